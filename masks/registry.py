@@ -1,0 +1,53 @@
+"""A tiny name -> class registry, the pattern timm uses for models.
+
+bench imports this too (for variants, models, datasets); masks never imports bench.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the allowed names."""
+
+    def __init__(self, kind: str, name: str, allowed: list[str]):
+        self.kind, self.name, self.allowed = kind, name, allowed
+        super().__init__(f"unknown {kind} {name!r}; allowed: {', '.join(allowed)}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str | None = None) -> Callable:
+        def deco(obj):
+            key = name or getattr(obj, "__name__")
+            if key in self._entries and self._entries[key] is not obj:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._entries[key] = obj
+            try:
+                obj.registered_name = key
+            except (AttributeError, TypeError):
+                pass
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise UnknownNameError(self.kind, name, self.names())
+        return self._entries[name]
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted(k for k in self._entries if fnmatch.fnmatch(k, pattern))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def items(self):
+        return sorted(self._entries.items())
