@@ -119,6 +119,33 @@ def norm_gammas(model) -> list[float]:
     return out
 
 
+def train_step(model, opt, x, y, criterion, amp_ctx):
+    """One optimizer step (SAM's two passes, or one for the baselines); returns (logits, loss)."""
+    with amp_ctx():
+        out = model(x)
+        loss = criterion(out, y)
+    if opt.is_sam:
+        opt.first_step(loss=loss)  # ascent gradients for the perturbed tensors only
+        with amp_ctx():
+            loss2 = criterion(model(x), y)
+        loss2.backward()
+        opt.second_step(zero_grad=True)
+    else:
+        loss.backward()
+        opt.base_optimizer.step()
+        opt.base_optimizer.zero_grad(set_to_none=True)
+    return out, loss
+
+
+def amp_context(enabled: bool):
+    """A factory of autocast contexts: bf16 on CUDA when enabled, else a no-op."""
+    import torch
+
+    if enabled:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def evaluate(model, loader, criterion, amp_ctx) -> tuple[float, float]:
     import torch
 
@@ -209,10 +236,7 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
 
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     eval_criterion = torch.nn.CrossEntropyLoss()
-    use_amp = cfg["amp"] == "bf16" and device.type == "cuda"
-
-    def amp_ctx():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    amp_ctx = amp_context(cfg["amp"] == "bf16" and device.type == "cuda")
 
     steps_per_epoch = len(train_loader)
     total_steps = cfg["epochs"] * steps_per_epoch
@@ -220,7 +244,6 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
 
     # --- resume ---------------------------------------------------------------------------
     start_epoch, elapsed, epoch_times = 0, 0.0, []
-    metrics = io.read_jsonl(run_dir / "metrics.jsonl")
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists():
         ckpt = io.load_checkpoint(ckpt_path)
@@ -230,8 +253,10 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         start_epoch, elapsed = int(ckpt["epoch"]), float(ckpt["elapsed"])
         epoch_times = [float(t) for t in ckpt["epoch_times"]]
+        metrics = [dict(m) for m in ckpt["metrics"]]  # the file may hold epochs past the checkpoint
         log(f"[{rid}] resuming after epoch {start_epoch}/{cfg['epochs']}")
-    metrics = [m for m in metrics if m.get("epoch", 0) <= start_epoch]
+    else:
+        metrics = []
     io.write_jsonl(run_dir / "metrics.jsonl", metrics)
 
     status, last = "done", (metrics[-1] if metrics else {})
@@ -250,19 +275,7 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
             factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
             for group, lr in zip(base.param_groups, base_lrs):
                 group["lr"] = lr * factor
-            with amp_ctx():
-                out = forward(x)
-                loss = criterion(out, y)
-            if opt.is_sam:
-                opt.first_step(loss=loss)
-                with amp_ctx():
-                    loss2 = criterion(forward(x), y)
-                loss2.backward()
-                opt.second_step(zero_grad=True)
-            else:
-                loss.backward()
-                base.step()
-                base.zero_grad(set_to_none=True)
+            out, loss = train_step(forward, opt, x, y, criterion, amp_ctx)
             loss_sum += loss.detach().float() * y.numel()
             correct += (out.detach().argmax(1) == y).sum()
             if (i + 1) % cfg["log_every"] == 0:
@@ -288,10 +301,10 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
                 "perturbed_fraction": opt.perturbed_fraction}
         metrics.append(last)
         now_elapsed = elapsed + time.perf_counter() - t_start
+        io.write_jsonl(run_dir / "metrics.jsonl", metrics)
         io.save_checkpoint(ckpt_path, {
             "run_id": rid, "epoch": epoch + 1, "elapsed": now_elapsed, "epoch_times": epoch_times,
-            "model": model.state_dict(), "optimizer": opt.state_dict()})
-        io.write_jsonl(run_dir / "metrics.jsonl", metrics)
+            "metrics": metrics, "model": model.state_dict(), "optimizer": opt.state_dict()})
         log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {train_loss:.4f} acc {train_acc:.2f}  "
             f"test loss {test_loss:.4f} acc {test_acc:.2f}  {epoch_time:.1f}s")
 
