@@ -1,0 +1,455 @@
+"""Datasets (held as tensors) and a device-side loader with batched augmentation.
+
+Every dataset is a function ``(root, download) -> DataSpec`` registered in
+``bench.registries.DATASETS``; :func:`load_dataset` looks one up by name. Images are
+float32, already normalized, shape (N, C, H, W); labels are int64.
+
+:class:`DeviceLoader` moves the whole split to the device once and does shuffling,
+random crops (zero padding) and horizontal flips there, in batches, from a generator
+seeded by (seed, epoch) only, so an epoch is exactly reproducible after a restart.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.registries import DATASETS
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded (missing files, failed download, bad format)."""
+
+
+@dataclass
+class DataSpec:
+    name: str
+    train_x: Tensor       # (N, C, H, W) float32, normalized
+    train_y: Tensor       # (N,) int64
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    in_chans: int
+    img_size: int
+    crop_pad: int         # random-crop padding for augmentation (0 = no crop)
+    flip: bool            # random horizontal flips in augmentation
+    classes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
+            if x.ndim != 4 or x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+                raise DataError(f"{self.name}: {split} images have shape {tuple(x.shape)}, expected "
+                                f"(N, {self.in_chans}, {self.img_size}, {self.img_size})")
+            if y.shape != (x.shape[0],):
+                raise DataError(f"{self.name}: {split} has {x.shape[0]} images but labels of "
+                                f"shape {tuple(y.shape)}")
+
+    def __repr__(self) -> str:
+        return (f"DataSpec({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
+                f"classes={self.num_classes}, shape=({self.in_chans}, {self.img_size}, {self.img_size}))")
+
+
+def shaped(num_classes: int, in_chans: int, img_size: int):
+    """Declare a dataset's (num_classes, in_chans, img_size), known without loading it."""
+    def deco(fn):
+        fn.shape = (num_classes, in_chans, img_size)
+        return fn
+    return deco
+
+
+def load_dataset(name: str, root: str | None = None, download: bool = False) -> DataSpec:
+    """Load a registered dataset; unknown names raise ``UnknownNameError`` listing the allowed ones."""
+    return DATASETS.get(name)(root, download)
+
+
+def _normalize(train: np.ndarray, test: np.ndarray, mean=None, std=None) -> tuple[Tensor, Tensor]:
+    """(N, C, H, W) arrays in [0, 1] -> normalized float32 tensors, per channel.
+
+    Without ``mean``/``std`` the training split's statistics are used.
+    """
+    train = torch.as_tensor(train, dtype=torch.float32)
+    test = torch.as_tensor(test, dtype=torch.float32)
+    if mean is None:
+        mean = train.mean(dim=(0, 2, 3))
+        std = train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((train - mean) / std).contiguous(), ((test - mean) / std).contiguous()
+
+
+def _labels(y) -> Tensor:
+    return torch.as_tensor(np.array(y, dtype=np.int64))
+
+
+def _default_roots(root: str | None) -> list[Path]:
+    """Where to look, in order: the argument, $SAMBENCH_DATA_ROOT, ./data."""
+    out = []
+    for r in (root, os.environ.get("SAMBENCH_DATA_ROOT"), "data"):
+        if r and Path(r) not in out:
+            out.append(Path(r))
+    return out
+
+
+# --- digits (scikit-learn, ships with the package) --------------------------------------
+
+@DATASETS.register("digits")
+@shaped(10, 1, 8)
+def digits(root: str | None = None, download: bool = False) -> DataSpec:
+    """scikit-learn digits: 1,797 real 8x8 grey images, 10 classes; stratified 1,437/360 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=360, random_state=0, stratify=d.target)
+    train_x, test_x = _normalize(xtr, xte)
+    return DataSpec("digits", train_x, _labels(ytr), test_x, _labels(yte), num_classes=10,
+                    in_chans=1, img_size=8, crop_pad=1, flip=False,
+                    classes=tuple(str(i) for i in range(10)))
+
+
+# --- synthetic (seeded, learnable; for tests) -------------------------------------------
+
+@DATASETS.register("synthetic")
+@shaped(4, 3, 8)
+def synthetic(root: str | None = None, download: bool = False, *, n_train: int = 512,
+              n_test: int = 256, num_classes: int = 4, in_chans: int = 3, img_size: int = 8,
+              seed: int = 0) -> DataSpec:
+    """Seeded random data: class-dependent smooth mean patterns plus Gaussian noise (3x8x8, 4 classes)."""
+    g = torch.Generator().manual_seed(seed)
+    # Smooth patterns (upsampled from 4x4), so crops and flips keep them mostly recognizable.
+    coarse = torch.randn(num_classes, in_chans, 4, 4, generator=g)
+    patterns = F.interpolate(coarse, size=(img_size, img_size), mode="bilinear", align_corners=False)
+
+    def split(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.arange(n) % num_classes
+        y = y[torch.randperm(n, generator=g)]
+        x = patterns[y] + 1.0 * torch.randn(n, in_chans, img_size, img_size, generator=g)
+        return x, y
+
+    xtr, ytr = split(n_train)
+    xte, yte = split(n_test)
+    train_x, test_x = _normalize(xtr, xte)
+    return DataSpec("synthetic", train_x, ytr.long(), test_x, yte.long(), num_classes=num_classes,
+                    in_chans=in_chans, img_size=img_size, crop_pad=1, flip=True,
+                    classes=tuple(f"class{i}" for i in range(num_classes)))
+
+
+# --- Fashion-MNIST (the original idx .gz files) -------------------------------------------
+
+FASHION_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+# Installed by the Debian package ``dataset-fashion-mnist``.
+FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (``.gz`` or not): magic 0x0000TTNN (T: type code, N: number of dims)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an idx file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    count = int(np.prod(dims)) if ndim else 1
+    offset = 4 + 4 * ndim
+    if len(raw) - offset < count * dtype.itemsize:
+        raise DataError(f"{path}: truncated idx file ({len(raw) - offset} bytes of data, "
+                        f"{count * dtype.itemsize} expected for shape {tuple(dims)})")
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(tuple(dims))
+    return arr.astype(dtype.newbyteorder("="))  # a writable, native-endian copy
+
+
+def _fashion_candidates(root: str | None) -> list[Path]:
+    bases: list[Path] = []
+    for r in (root, os.environ.get("SAMBENCH_DATA_ROOT"), FASHION_SYSTEM_DIR, "data/fashion-mnist"):
+        if r and Path(r) not in bases:
+            bases.append(Path(r))
+    out: list[Path] = []
+    for b in bases:
+        for d in (b, b / "FashionMNIST" / "raw", b / "fashion-mnist"):
+            if d not in out:
+                out.append(d)
+    return out
+
+
+def _fashion_files(d: Path) -> dict[str, Path] | None:
+    """The four files in directory d (preferring .gz, accepting uncompressed ones), or None."""
+    found = {}
+    for key, stem in FASHION_FILES.items():
+        for cand in (d / f"{stem}.gz", d / stem):
+            if cand.is_file():
+                found[key] = cand
+                break
+        else:
+            return None
+    return found
+
+
+@DATASETS.register("fashion_mnist")
+@shaped(10, 1, 28)
+def fashion_mnist(root: str | None = None, download: bool = False) -> DataSpec:
+    """Fashion-MNIST: 60,000/10,000 28x28 grey images, 10 classes, from the original idx files."""
+    tried = _fashion_candidates(root)
+    files = next((f for f in (_fashion_files(d) for d in tried) if f is not None), None)
+    if files is None and download:
+        target = _default_roots(root)[0]
+        try:
+            import torchvision
+            torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
+            torchvision.datasets.FashionMNIST(str(target), train=False, download=True)
+        except (URLError, OSError, RuntimeError) as e:
+            raise DataError(f"could not download Fashion-MNIST into {target / 'FashionMNIST' / 'raw'}: "
+                            f"{e}. Without network, install it with `apt-get install "
+                            f"dataset-fashion-mnist` or copy the four idx .gz files there.") from e
+        files = _fashion_files(target / "FashionMNIST" / "raw")
+    if files is None:
+        names = ", ".join(f"{s}.gz" for s in FASHION_FILES.values())
+        raise DataError(
+            "Fashion-MNIST not found; looked for " + names + " in:\n  "
+            + "\n  ".join(str(p) for p in tried)
+            + "\nGet it with `apt-get install dataset-fashion-mnist` (installs " + FASHION_SYSTEM_DIR
+            + "), point --data-root (or $SAMBENCH_DATA_ROOT) at a folder holding the files, "
+            "or set `download: true` to fetch it with torchvision.")
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    for split in ("train", "test"):
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"Fashion-MNIST {split} files in {files[f'{split}_x'].parent} have "
+                            f"shapes {x.shape} and {y.shape}; expected (N, H, W) and (N,)")
+    size = arrays["train_x"].shape[1]
+    train_x, test_x = _normalize(arrays["train_x"][:, None].astype(np.float32) / 255.0,
+                                 arrays["test_x"][:, None].astype(np.float32) / 255.0)
+    return DataSpec("fashion_mnist", train_x, _labels(arrays["train_y"]), test_x,
+                    _labels(arrays["test_y"]), num_classes=10, in_chans=1, img_size=size,
+                    crop_pad=2, flip=True, classes=FASHION_CLASSES)
+
+
+# --- CIFAR-10 / CIFAR-100 (torchvision's on-disk format) ---------------------------------
+
+@dataclass(frozen=True)
+class _CifarFormat:
+    title: str
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    meta_key: str
+    label_key: str
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    tv_class: str
+
+
+CIFAR10 = _CifarFormat("CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                       ("test_batch",), "batches.meta", "label_names", "labels", 10,
+                       (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10")
+CIFAR100 = _CifarFormat("CIFAR-100", "cifar-100-python", ("train",), ("test",), "meta",
+                        "fine_label_names", "fine_labels", 100,
+                        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100")
+
+
+def _cifar_dir(fmt: _CifarFormat, base: Path) -> Path | None:
+    for d in (base / fmt.folder, base):
+        if all((d / f).is_file() for f in fmt.train + fmt.test):
+            return d
+    return None
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a CIFAR pickle ({e})") from e
+
+
+def read_cifar(fmt: _CifarFormat, d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """Read the pickled batches the way torchvision does, without its md5 check."""
+    def read(files):
+        xs, ys = [], []
+        for name in files:
+            entry = _unpickle(d / name)
+            if "data" not in entry or fmt.label_key not in entry:
+                raise DataError(f"{d / name}: missing 'data' or {fmt.label_key!r}")
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry[fmt.label_key], dtype=np.int64))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    xtr, ytr = read(fmt.train)
+    xte, yte = read(fmt.test)
+    classes: tuple = ()
+    if (d / fmt.meta).is_file():
+        classes = tuple(_unpickle(d / fmt.meta).get(fmt.meta_key, ()))
+    return xtr, ytr, xte, yte, classes
+
+
+def _load_cifar(fmt: _CifarFormat, name: str, root: str | None, download: bool) -> DataSpec:
+    bases = _default_roots(root)
+    d = next((x for x in (_cifar_dir(fmt, b) for b in bases) if x is not None), None)
+    if d is None and download:
+        target = bases[0]
+        try:
+            import torchvision
+            getattr(torchvision.datasets, fmt.tv_class)(str(target), train=True, download=True)
+        except (URLError, OSError, RuntimeError) as e:
+            raise DataError(f"could not download {fmt.title} into {target / fmt.folder}: {e}. "
+                            f"Without network, copy the extracted {fmt.folder}/ folder there "
+                            f"(or point --data-root at its parent).") from e
+        d = _cifar_dir(fmt, target)
+    if d is None:
+        raise DataError(
+            f"{fmt.title} not found; expected the extracted python-version folder "
+            + " or ".join(str(b / fmt.folder) for b in bases)
+            + f" (holding {', '.join(fmt.train + fmt.test)}). Point --data-root (or "
+            "$SAMBENCH_DATA_ROOT) at its parent folder, or set `download: true`.")
+    xtr, ytr, xte, yte, classes = read_cifar(fmt, d)
+    if ytr.size and (ytr.min() < 0 or max(ytr.max(), yte.max()) >= fmt.num_classes):
+        raise DataError(f"{d}: labels outside 0..{fmt.num_classes - 1}")
+    train_x, test_x = _normalize(xtr.astype(np.float32) / 255.0, xte.astype(np.float32) / 255.0,
+                                 fmt.mean, fmt.std)
+    return DataSpec(name, train_x, _labels(ytr), test_x, _labels(yte), num_classes=fmt.num_classes,
+                    in_chans=3, img_size=32, crop_pad=4, flip=True, classes=classes)
+
+
+@DATASETS.register("cifar10")
+@shaped(10, 3, 32)
+def cifar10(root: str | None = None, download: bool = False) -> DataSpec:
+    """CIFAR-10: 50,000/10,000 32x32 colour images, 10 classes (torchvision layout)."""
+    return _load_cifar(CIFAR10, "cifar10", root, download)
+
+
+@DATASETS.register("cifar100")
+@shaped(100, 3, 32)
+def cifar100(root: str | None = None, download: bool = False) -> DataSpec:
+    """CIFAR-100: 50,000/10,000 32x32 colour images, 100 fine classes (torchvision layout)."""
+    return _load_cifar(CIFAR100, "cifar100", root, download)
+
+
+def dataset_shape(name: str) -> tuple[int, int, int]:
+    """(num_classes, in_chans, img_size) of a registered dataset, without loading its data."""
+    fn = DATASETS.get(name)
+    shape = getattr(fn, "shape", None)
+    if shape is None:  # a dataset registered without a declared shape: load it once
+        spec = fn()
+        shape = fn.shape = (spec.num_classes, spec.in_chans, spec.img_size)
+    return shape
+
+
+def describe_datasets() -> list[tuple[str, str]]:
+    return [(n, (fn.__doc__ or "").strip().splitlines()[0]) for n, fn in DATASETS.items()]
+
+
+# --- the loader --------------------------------------------------------------------------
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # A fixed mix of (seed, epoch) into 63 bits; depends on nothing else.
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 0x5DEECE66D) % (2**63 - 1)
+
+
+def augment_batch(x: Tensor, generator: torch.Generator, crop_pad: int = 0, flip: bool = False,
+                  flip_p: float = 0.5) -> Tensor:
+    """Random crop (zero padding ``crop_pad``, independent offsets per image) and random
+    horizontal flip (probability ``flip_p`` per image), batched on x's device."""
+    n, c, h, w = x.shape
+    dev = x.device
+    if crop_pad > 0:
+        p = int(crop_pad)
+        padded = F.pad(x, (p, p, p, p))
+        off = torch.randint(0, 2 * p + 1, (n, 2), generator=generator, device=dev)
+        rows = off[:, 0, None] + torch.arange(h, device=dev)  # (n, h)
+        cols = off[:, 1, None] + torch.arange(w, device=dev)  # (n, w)
+        x = padded[torch.arange(n, device=dev)[:, None, None, None],
+                   torch.arange(c, device=dev)[None, :, None, None],
+                   rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        do = torch.rand(n, generator=generator, device=dev) < flip_p
+        x = torch.where(do[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class DeviceLoader:
+    """Batches of whole tensors that live on ``device``.
+
+    The order and the augmentation of an epoch depend only on (seed, epoch): call
+    :meth:`set_epoch` before iterating (iterating twice without it repeats the epoch).
+    Random numbers are drawn with a generator on ``device`` (no host sync).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = False,
+                 augment: bool = False, crop_pad: int = 0, flip: bool = False, seed: int = 0,
+                 device: str | torch.device = "cpu", drop_last: bool = False, flip_p: float = 0.5):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device)
+        self.batch_size = int(batch_size)
+        self.shuffle, self.augment = shuffle, augment
+        self.crop_pad, self.flip, self.flip_p = int(crop_pad), bool(flip), float(flip_p)
+        self.seed, self.drop_last = int(seed), drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n = self.num_samples
+        g = torch.Generator(device=self.device)  # fresh per pass: nested/parallel passes agree
+        g.manual_seed(_epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=g, device=self.device) if self.shuffle else None
+        random_aug = self.augment and (self.crop_pad > 0 or self.flip)
+        for i in range(len(self)):
+            lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
+            if order is None:
+                xb, yb = self.x[lo:hi], self.y[lo:hi]
+            else:
+                idx = order[lo:hi]
+                xb, yb = self.x[idx], self.y[idx]
+            if random_aug:
+                xb = augment_batch(xb, g, self.crop_pad, self.flip, self.flip_p)
+            yield xb, yb
+
+
+def make_loaders(spec: DataSpec, batch_size: int, eval_batch_size: int, seed: int,
+                 device: str | torch.device, augment: bool,
+                 drop_last: bool = False) -> tuple[DeviceLoader, DeviceLoader]:
+    """(train loader: shuffled, augmented as the dataset says; test loader: in order, plain)."""
+    train = DeviceLoader(spec.train_x, spec.train_y, batch_size, shuffle=True, augment=augment,
+                         crop_pad=spec.crop_pad, flip=spec.flip, seed=seed, device=device,
+                         drop_last=drop_last)
+    test = DeviceLoader(spec.test_x, spec.test_y, eval_batch_size, shuffle=False, augment=False,
+                        seed=seed, device=device)
+    return train, test

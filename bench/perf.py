@@ -1,0 +1,252 @@
+"""``sambench perf``: step time of SAM variants × masks relative to SGD, in one process.
+
+Every configuration runs the real training step (bench.train.train_step) through the
+real bench.sam.SAM on one model and one batch; the configurations are interleaved
+(round-robin) after a warm-up, so drifting machine load hits them all alike, and the
+median is reported. On CUDA each step is timed with CUDA events.
+
+``loop_sam`` is an in-repo baseline: the straightforward SAM that clones every parameter
+and loops over tensors, with full gradients in both passes (what most public code does).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench import data as D
+from bench import models as M
+from bench.sam import SAM
+from bench.train import amp_context, train_step
+
+
+@dataclass
+class PerfConfig:
+    label: str
+    variant: str
+    mask: str
+    mask_opts: dict = field(default_factory=dict)
+    variant_opts: dict = field(default_factory=dict)
+    rho: float = 0.05
+
+
+PRESETS = {
+    # the issue's table: SGD, dense SAM, SAM-ON, ASAM-ON, norm layers of blocks 2+3
+    "default": [
+        PerfConfig("sgd", "none", "none"),
+        PerfConfig("loop_sam", "loop", "all"),
+        PerfConfig("sam all", "sam", "all"),
+        PerfConfig("sam norm_only", "sam", "norm_only", rho=0.5),
+        PerfConfig("asam norm_only", "asam", "norm_only", variant_opts={"adaptive": "elementwise"}, rho=2.0),
+        PerfConfig("sam layerwise[2,3]+norm", "sam", "layerwise", mask_opts={"blocks": [2, 3], "norm_only": True},
+                   rho=0.5),
+    ],
+}
+PRESETS["paper"] = PRESETS["default"] + [
+    PerfConfig("sam no_norm", "sam", "no_norm"),
+    PerfConfig("sam random@match:norm_only", "sam", "random", mask_opts={"sparsity": "match:norm_only"}),
+    PerfConfig("asam all", "asam", "all", variant_opts={"adaptive": "elementwise"}, rho=2.0),
+    PerfConfig("sam norm_only p=inf", "sam", "norm_only", variant_opts={"p": "inf"}, rho=0.1),
+]
+
+
+def parse_configs(text: str) -> list[PerfConfig]:
+    """A preset name, or ``variant:mask[:key=value;key=value]`` items separated by commas."""
+    if text in PRESETS:
+        return list(PRESETS[text])
+    out = [PerfConfig("sgd", "none", "none")]
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":", 2)
+        variant, mask = parts[0], parts[1] if len(parts) > 1 else "all"
+        opts: dict[str, Any] = {}
+        if len(parts) > 2:
+            import yaml
+
+            for kv in parts[2].split(";"):
+                k, v = kv.split("=", 1)
+                opts[k] = yaml.safe_load(v)
+        vopts = {k: opts.pop(k) for k in list(opts) if k in ("p", "adaptive", "eta", "normalize_bias")}
+        if (variant, mask) != ("none", "none"):
+            out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts))
+    return out
+
+
+class LoopSAM:
+    """Reference: per-parameter loop, every parameter cloned, full gradients in both passes."""
+
+    is_sam = True
+
+    def __init__(self, model: nn.Module, base: torch.optim.Optimizer, rho: float):
+        self.model, self.base_optimizer, self.rho = model, base, rho
+        self.old: dict[nn.Parameter, torch.Tensor] = {}
+
+    def step(self, model, x, y, criterion, amp_ctx):
+        with amp_ctx():
+            loss = criterion(model(x), y)
+        loss.backward()
+        with torch.no_grad():
+            params = [p for p in model.parameters() if p.grad is not None]
+            norm = torch.norm(torch.stack([p.grad.norm(p=2) for p in params]), p=2)
+            scale = self.rho / (norm + 1e-12)
+            for p in params:
+                self.old[p] = p.data.clone()
+                p.add_(p.grad * scale)
+        self.base_optimizer.zero_grad(set_to_none=True)
+        with amp_ctx():
+            criterion(model(x), y).backward()
+        with torch.no_grad():
+            for p in params:
+                p.data = self.old[p]
+        self.base_optimizer.step()
+        self.base_optimizer.zero_grad(set_to_none=True)
+
+
+def _make_step(cfg: PerfConfig, model, criterion, amp_ctx, x, y):
+    base = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    if cfg.variant == "loop":
+        loop = LoopSAM(model, base, cfg.rho)
+        return lambda: loop.step(model, x, y, criterion, amp_ctx), 1.0
+    import masks
+
+    mask = "none" if cfg.variant == "none" else masks.create_mask(cfg.mask, **cfg.mask_opts)
+    opt = SAM(model, base, rho=cfg.rho, variant=cfg.variant, mask=mask, **cfg.variant_opts)
+    if opt.is_sam and not opt.selection:
+        opt.build_mask([(x, y)])
+    return (lambda: train_step(model, opt, x, y, criterion, amp_ctx)), opt.perturbed_fraction
+
+
+def _shape(dataset: str | None) -> tuple[int, int, int]:
+    """(num_classes, in_chans, img_size) of a dataset, without loading it."""
+    return D.dataset_shape(dataset or "cifar100")
+
+
+def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
+               steps: int = 20, warmup: int = 3, dataset: str | None = None,
+               channels_last: bool = False) -> list[dict]:
+    dev = torch.device(device)
+    num_classes, in_chans, img_size = _shape(dataset)
+    torch.manual_seed(0)
+    model = M.create_model(model_name, num_classes=num_classes, in_chans=in_chans, img_size=img_size).to(dev)
+    model.train()
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    amp_ctx = amp_context(amp and dev.type == "cuda")
+    steps_fns = [_make_step(c, model, criterion, amp_ctx, x, y) for c in configs]
+    times: list[list[float]] = [[] for _ in configs]
+    cuda = dev.type == "cuda"
+    for rep in range(warmup + steps):
+        for i, (fn, _) in enumerate(steps_fns):
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                ms = start.elapsed_time(end)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                ms = (time.perf_counter() - t0) * 1e3
+            if rep >= warmup:
+                times[i].append(ms)
+    medians = [statistics.median(t) for t in times]
+    sgd = next((m for c, m in zip(configs, medians) if c.variant == "none"), None)
+    return [
+        {"model": model_name, "batch_size": batch_size, "device": str(dev), "amp": bool(amp),
+         "variant": c.variant, "mask": c.mask, "label": c.label, "ms": round(m, 3),
+         "ratio_vs_sgd": round(m / sgd, 3) if sgd else None, "perturbed_fraction": frac,
+         "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
+         "threads": torch.get_num_threads(), "steps": steps}
+        for c, m, (_, frac) in zip(configs, medians, steps_fns)
+    ]
+
+
+def time_epoch(model_name: str, dataset: str, batch_size: int, device: str, amp: bool,
+               data_root: str | None = None) -> dict:
+    """A full SGD+SAM-ON epoch through the device loader vs the sum of its step times."""
+    dev = torch.device(device)
+    spec = D.load_dataset(dataset, root=data_root)
+    train_loader, _ = D.make_loaders(spec, batch_size, 1024, 0, dev, augment=True)
+    torch.manual_seed(0)
+    model = M.create_model(model_name, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                           img_size=spec.img_size).to(dev)
+    opt = SAM(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), rho=0.5, mask="norm_only")
+    criterion = nn.CrossEntropyLoss()
+    amp_ctx = amp_context(amp and dev.type == "cuda")
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    batches = list(train_loader)[:3]
+    for xb, yb in batches:  # warm-up
+        train_step(model, opt, xb, yb, criterion, amp_ctx)
+    sync()
+    step_total = 0.0
+    fixed_x, fixed_y = batches[0]
+    for _ in range(len(train_loader)):  # the same number of steps, no data handling
+        t0 = time.perf_counter()
+        train_step(model, opt, fixed_x, fixed_y, criterion, amp_ctx)
+        sync()
+        step_total += time.perf_counter() - t0
+    train_loader.set_epoch(1)
+    sync()
+    t0 = time.perf_counter()
+    for xb, yb in train_loader:
+        train_step(model, opt, xb, yb, criterion, amp_ctx)
+    sync()
+    epoch_s = time.perf_counter() - t0
+    return {"model": model_name, "dataset": dataset, "batch_size": batch_size, "device": str(dev),
+            "amp": bool(amp), "steps": len(train_loader), "epoch_s": round(epoch_s, 4),
+            "sum_step_s": round(step_total, 4), "ratio": round(epoch_s / step_total, 3)}
+
+
+def print_table(records: list[dict]) -> None:
+    width = max(len(r["label"]) for r in records)
+    head = records[0]
+    print(f"model {head['model']}, batch {head['batch_size']}, {head['device_name']} ({head['device']}), "
+          f"{'bf16' if head['amp'] else 'fp32'}, median of {head['steps']} interleaved steps")
+    print(f"{'configuration':<{width}}  {'ms/step':>9}  {'x SGD':>6}  {'perturbed':>9}")
+    for r in records:
+        ratio = f"{r['ratio_vs_sgd']:.2f}" if r["ratio_vs_sgd"] else "-"
+        print(f"{r['label']:<{width}}  {r['ms']:>9.2f}  {ratio:>6}  {r['perturbed_fraction']:>9.5f}")
+
+
+def cmd_perf(args) -> int:
+    records: list[dict] = []
+    if args.fisher:
+        from masks.fisher import benchmark
+
+        num_classes, in_chans, img_size = _shape(args.dataset or "fashion_mnist")
+        torch.manual_seed(0)
+        model = M.create_model(args.model, num_classes=num_classes, in_chans=in_chans,
+                               img_size=img_size).to(args.device)
+        n = args.fisher_samples
+        xs = torch.randn(n, in_chans, img_size, img_size, device=args.device)
+        ys = torch.randint(0, num_classes, (n,), device=args.device)
+        batches = [(xs[i:i + 128], ys[i:i + 128]) for i in range(0, n, 128)]
+        out = benchmark(model, batches, num_samples=n)
+        rec = {"benchmark": "fisher", "model": args.model, "device": args.device, "num_samples": n, **out}
+        print(f"fisher mask, {n} samples, {args.model} on {args.device}: batched {out['batched_s']:.2f} s, "
+              f"sample-by-sample loop {out['loop_s']:.2f} s, {out['ratio']:.1f}x faster batched")
+        records.append(rec)
+    else:
+        configs = parse_configs(args.configs)
+        recs = time_steps(args.model, args.batch_size, args.device, args.amp, configs, steps=args.steps,
+                          warmup=args.warmup, dataset=args.dataset, channels_last=args.channels_last)
+        print_table(recs)
+        records.extend(recs)
+        if args.epoch:
+            ep = time_epoch(args.model, args.dataset or "digits", args.batch_size, args.device, args.amp)
+            print(f"epoch of {ep['dataset']} ({ep['steps']} SAM-ON steps): {ep['epoch_s']:.3f} s, "
+                  f"sum of step times {ep['sum_step_s']:.3f} s, ratio {ep['ratio']:.3f}")
+            records.append({"benchmark": "epoch", **ep})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=2)
+    return 0
