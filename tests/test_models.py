@@ -3,7 +3,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import time
 
 import pytest
 import torch
@@ -190,23 +189,8 @@ def test_describe_models():
 
 
 @pytest.mark.parametrize("name", ["resnet_ci", "vit_ci"])
-def test_ci_models_are_fast(name):
-    torch.manual_seed(0)
+def test_ci_models_are_small(name):
+    """CI models stay tiny (their speed is measured by `sambench perf`, not by a timed test)."""
     m = create_model(name, 10, 1, 8)
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    x, y = torch.randn(128, 1, 8, 8), torch.randint(0, 10, (128,))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
     assert sum(p.numel() for p in m.parameters()) < 50_000
-    assert min(times) < 0.5  # ~10 ms on 2 idle cores; loose, for busy CI machines
+    assert m(torch.randn(4, 1, 8, 8)).shape == (4, 10)

@@ -1,0 +1,240 @@
+"""Read a results folder into one pandas DataFrame (one row per run). Files only, no torch."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.labels import (
+    META_COLUMNS,
+    NUMERIC_RESULT_COLUMNS,
+    RESULT_COLUMNS,
+    RUNTIME_FIELDS,
+    VARIANT_DEFAULTS,
+    add_labels,
+)
+
+log = logging.getLogger("analysis")
+
+# result.json keys that are not copied as plain columns
+_RESULT_SPECIAL = {"config", "env", "run_id", "status", "epochs"}
+
+
+def _flatten(d: dict, prefix: str = "", out: dict | None = None) -> dict:
+    """{"base": {"lr": 0.1}} -> {"base.lr": 0.1}; lists become tuples (hashable)."""
+    out = {} if out is None else out
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            if v:
+                _flatten(v, key + ".", out)
+            # an empty option map contributes no column
+        elif isinstance(v, list):
+            out[key] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        else:
+            out[key] = v
+    return out
+
+
+def _read_json(path: Path, skipped: list) -> Any:
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError) as exc:
+        skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+        return None
+    if not isinstance(data, dict):
+        skipped.append({"path": str(path), "reason": f"not a JSON object ({type(data).__name__})"})
+        return None
+    return data
+
+
+def _read_metrics(path: Path, skipped: list) -> tuple[int, dict | None]:
+    """(number of valid lines, last valid record)."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return 0, None
+    except OSError as exc:
+        skipped.append({"path": str(path), "reason": f"{type(exc).__name__}: {exc}"})
+        return 0, None
+    n, last = 0, None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            skipped.append({"path": f"{path}:{i}", "reason": f"bad JSON line: {exc}"})
+            continue
+        if isinstance(rec, dict):
+            n += 1
+            last = rec
+    return n, last
+
+
+def _find_run_dirs(root: Path) -> list[Path]:
+    if (root / "config.json").is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "config.json" in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []  # run folders do not nest
+        else:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return sorted(found)
+
+
+def _load_run(run_dir: Path, skipped: list) -> dict | None:
+    cfg_file = run_dir / "config.json"
+    res_file = run_dir / "result.json"
+    cfg_json = _read_json(cfg_file, skipped)
+    result = None
+    result_state = "absent"
+    if res_file.exists():
+        result = _read_json(res_file, skipped)
+        result_state = "ok" if result is not None else "corrupt"
+    config = None
+    if cfg_json is not None and isinstance(cfg_json.get("config"), dict):
+        config = cfg_json["config"]
+    elif result is not None and isinstance(result.get("config"), dict):
+        config = result["config"]
+    if config is None:
+        if cfg_json is not None:
+            skipped.append({"path": str(cfg_file), "reason": "no 'config' mapping"})
+        log.info("skipping run %s: no readable config", run_dir)
+        return None
+    n_lines, last = _read_metrics(run_dir / "metrics.jsonl", skipped)
+
+    row: dict[str, Any] = {
+        "run_id": (cfg_json or {}).get("run_id") or (result or {}).get("run_id") or run_dir.name,
+        "suite": (cfg_json or {}).get("suite"),
+        "path": str(run_dir),
+    }
+    if result_state == "ok":
+        row["status"] = str(result.get("status") or "unknown")
+    elif result_state == "corrupt":
+        row["status"] = "corrupt"
+    else:
+        row["status"] = "running" if n_lines > 0 else "pending"
+    row.update(_flatten(config))
+    # a variant's options left at their defaults are the same experiment as options spelled out:
+    # fill the known defaults so {} and {"p": 2} group together
+    for k, v in VARIANT_DEFAULTS.get(str(config.get("variant")), {}).items():
+        row.setdefault(f"variant_opts.{k}", v)
+    row["epochs_logged"] = n_lines
+    row["last_test_acc"] = last.get("test_acc") if last else None
+    if result is not None:
+        if "epochs" in result:
+            row["epochs_done"] = result["epochs"]
+        for k, v in result.items():
+            if k in _RESULT_SPECIAL:
+                continue
+            if k == "norm_gamma":
+                row[k] = v if isinstance(v, list) else None
+                continue
+            if isinstance(v, dict):
+                v = json.dumps(v, sort_keys=True)
+            elif isinstance(v, list):
+                v = tuple(v)
+            col = k if k in RESULT_COLUMNS else f"result.{k}"
+            row[col] = v
+        env = result.get("env")
+        if isinstance(env, dict):
+            _flatten(env, "env.", row)
+    return row
+
+
+def collect(folder: str | os.PathLike) -> pd.DataFrame:
+    """One row per run found anywhere under ``folder`` (a results root, one suite, or one run).
+
+    Runs are found by their ``config.json``. Columns:
+
+    * ``run_id``, ``suite``, ``status`` (``done``/``diverged``/``failed`` from result.json;
+      ``running`` = metrics logged but no result.json; ``pending`` = config.json only;
+      ``corrupt`` = result.json unreadable), ``path``;
+    * every config field, flattened with dotted names (``base.lr``, ``variant_opts.p``,
+      ``mask_opts.num_samples``), runtime fields included; options of the built-in variants
+      (sam: p; asam: adaptive, p, eta, normalize_bias) left out of the config are filled with
+      their defaults, so ``{}`` and ``{"p": 2}`` are the same configuration;
+    * result fields (``test_acc``, ``test_loss``, ``train_acc``, ``train_loss``, ``best_test_acc``,
+      ``epochs_done`` (= result's ``epochs``), ``wall_time_s``, ``seconds_per_epoch``, ``n_params``,
+      ``n_perturbed``, ``perturbed_fraction``, ``error``), ``env.*``, ``norm_gamma`` (list or None),
+      unknown result keys as ``result.<key>``;
+    * ``epochs_logged`` / ``last_test_acc`` from metrics.jsonl (progress of unfinished runs);
+    * label columns ``baseline``, ``variant_label``, ``method``, ``mask_label``, ``setting``.
+
+    Unreadable files (invalid JSON, half-written lines) are skipped with one warning and listed
+    in ``df.attrs["skipped"]`` as ``{"path", "reason"}`` dicts; a run whose config cannot be read
+    from config.json nor result.json is left out (and its file listed there).
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"no such results folder: {root}")
+    skipped: list[dict] = []
+    rows = [r for r in (_load_run(d, skipped) for d in _find_run_dirs(root)) if r is not None]
+    df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(META_COLUMNS))
+
+    for c in NUMERIC_RESULT_COLUMNS:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+        elif c in ("test_acc", "test_loss", "train_acc", "seconds_per_epoch", "perturbed_fraction"):
+            df[c] = float("nan")
+    if "norm_gamma" not in df.columns:
+        df["norm_gamma"] = None
+
+    config_cols = [c for c in df.columns if c not in META_COLUMNS and c not in RESULT_COLUMNS
+                   and not c.startswith(("env.", "result."))]
+    env_cols = sorted(c for c in df.columns if c.startswith("env."))
+    other = [c for c in df.columns if c not in config_cols and c not in env_cols and c not in META_COLUMNS]
+    # config columns: experiment fields first (in file order), runtime fields last
+    config_cols = [c for c in config_cols if c not in RUNTIME_FIELDS] + [
+        c for c in config_cols if c in RUNTIME_FIELDS]
+    df = df[[c for c in META_COLUMNS if c in df.columns] + config_cols + other + env_cols]
+    df.attrs["config_columns"] = config_cols
+    df.attrs["skipped"] = skipped
+    df.attrs["root"] = str(root)
+    df = add_labels(df, force=True)
+    if skipped:
+        listing = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(f"analysis.collect: skipped {len(skipped)} unreadable file(s): {listing}{more}",
+                      stacklevel=2)
+    return df
+
+
+def ensure_frame(data) -> pd.DataFrame:
+    """A collected frame from a folder path or an existing frame (returned as is)."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return collect(data)
+    raise TypeError(f"expected a results folder or a DataFrame from collect(), got {type(data).__name__}")
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike, include_gamma: bool = False) -> str:
+    """Write a frame (from collect/aggregate/paired_difference) to CSV; returns the path.
+
+    List/tuple/dict cells are written as JSON; ``norm_gamma`` is dropped unless
+    ``include_gamma``. Parent folders are created.
+    """
+    out = df.copy()
+    if not include_gamma and "norm_gamma" in out.columns:
+        out = out.drop(columns="norm_gamma")
+    for c in out.columns:
+        if out[c].dtype == object:
+            vals = out[c].tolist()
+            if any(isinstance(v, (list, tuple, dict)) for v in vals):
+                out[c] = [json.dumps(list(v) if isinstance(v, tuple) else v, default=str)
+                          if isinstance(v, (list, tuple, dict)) else v for v in vals]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(path, index=False)
+    return str(path)
