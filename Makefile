@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-fast demo lint perf slurm-up slurm-down clean
+.PHONY: install test test-fast demo lint perf perf-gpu slurm-up slurm-down clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ lint:
 
 perf:
 	$(VENV)/bin/sambench perf --device cpu --model resnet20 --dataset digits --batch-size 128
+
+# on a machine with a CUDA GPU (see bench/gpu_checks.sh)
+perf-gpu:
+	bash bench/gpu_checks.sh results/perf-gpu
 
 slurm-up:
 	bash bench/slurm/up.sh

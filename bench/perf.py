@@ -106,18 +106,18 @@ class LoopSAM:
         self.base_optimizer.zero_grad(set_to_none=True)
 
 
-def _make_step(cfg: PerfConfig, model, criterion, amp_ctx, x, y):
+def _make_step(cfg: PerfConfig, model, forward, criterion, amp_ctx, x, y):
     base = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     if cfg.variant == "loop":
         loop = LoopSAM(model, base, cfg.rho)
-        return lambda: loop.step(model, x, y, criterion, amp_ctx), 1.0
+        return lambda: loop.step(forward, x, y, criterion, amp_ctx), 1.0
     import masks
 
     mask = "none" if cfg.variant == "none" else masks.create_mask(cfg.mask, **cfg.mask_opts)
     opt = SAM(model, base, rho=cfg.rho, variant=cfg.variant, mask=mask, **cfg.variant_opts)
     if opt.is_sam and not opt.selection:
         opt.build_mask([(x, y)])
-    return (lambda: train_step(model, opt, x, y, criterion, amp_ctx)), opt.perturbed_fraction
+    return (lambda: train_step(forward, opt, x, y, criterion, amp_ctx)), opt.perturbed_fraction
 
 
 def _shape(dataset: str | None) -> tuple[int, int, int]:
@@ -127,7 +127,7 @@ def _shape(dataset: str | None) -> tuple[int, int, int]:
 
 def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
                steps: int = 20, warmup: int = 3, dataset: str | None = None,
-               channels_last: bool = False) -> list[dict]:
+               channels_last: bool = False, compile: bool = False) -> list[dict]:
     dev = torch.device(device)
     num_classes, in_chans, img_size = _shape(dataset)
     torch.manual_seed(0)
@@ -140,7 +140,8 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
         x = x.contiguous(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     amp_ctx = amp_context(amp and dev.type == "cuda")
-    steps_fns = [_make_step(c, model, criterion, amp_ctx, x, y) for c in configs]
+    forward = torch.compile(model) if compile else model
+    steps_fns = [_make_step(c, model, forward, criterion, amp_ctx, x, y) for c in configs]
     times: list[list[float]] = [[] for _ in configs]
     cuda = dev.type == "cuda"
     for rep in range(warmup + steps):
@@ -210,7 +211,8 @@ def print_table(records: list[dict]) -> None:
     width = max(len(r["label"]) for r in records)
     head = records[0]
     print(f"model {head['model']}, batch {head['batch_size']}, {head['device_name']} ({head['device']}), "
-          f"{'bf16' if head['amp'] else 'fp32'}, median of {head['steps']} interleaved steps")
+          f"{'bf16' if head['amp'] else 'fp32'}, {head['threads']} threads, "
+          f"median of {head['steps']} interleaved steps")
     print(f"{'configuration':<{width}}  {'ms/step':>9}  {'x SGD':>6}  {'perturbed':>9}")
     for r in records:
         ratio = f"{r['ratio_vs_sgd']:.2f}" if r["ratio_vs_sgd"] else "-"
@@ -238,7 +240,8 @@ def cmd_perf(args) -> int:
     else:
         configs = parse_configs(args.configs)
         recs = time_steps(args.model, args.batch_size, args.device, args.amp, configs, steps=args.steps,
-                          warmup=args.warmup, dataset=args.dataset, channels_last=args.channels_last)
+                          warmup=args.warmup, dataset=args.dataset, channels_last=args.channels_last,
+                          compile=args.compile)
         print_table(recs)
         records.extend(recs)
         if args.epoch:
