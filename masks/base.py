@@ -116,6 +116,40 @@ def topk_selection(model: nn.Module, scores: dict[str, torch.Tensor], k: int,
     return prune_empty(out)
 
 
+# --- option checks shared by the strategies -------------------------------------------
+
+def check_required_sparsity(mask: Mask) -> None:
+    if mask.sparsity is None:
+        raise ValueError(
+            f"mask {mask.registered_name!r} needs a sparsity: a number in [0, 1) "
+            f"(fraction of elements NOT perturbed) or 'match:<mask>'"
+        )
+
+
+def check_int(mask: Mask, option: str, value, minimum: int = 1, allow_none: bool = False) -> None:
+    """ValueError naming the option unless ``value`` is an int >= minimum (or None if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        extra = " or None" if allow_none else ""
+        raise ValueError(
+            f"mask {mask.registered_name!r}: option {option} must be an integer >= {minimum}{extra}, "
+            f"got {value!r}"
+        )
+
+
+def check_choice(mask: Mask, option: str, value, allowed: list) -> None:
+    if value not in allowed:
+        raise ValueError(
+            f"mask {mask.registered_name!r}: option {option} got {value!r}; allowed: "
+            + ", ".join(map(repr, allowed))
+        )
+
+
+def check_seed(mask: Mask, seed) -> None:
+    check_int(mask, "seed", seed, minimum=0)
+
+
 # --- the base class ------------------------------------------------------------------------
 
 class Mask:

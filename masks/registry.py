@@ -8,7 +8,7 @@ import fnmatch
 from typing import Any, Callable
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(KeyError, ValueError):
     """A name that is not registered; the message lists the allowed names."""
 
     def __init__(self, kind: str, name: str, allowed: list[str]):

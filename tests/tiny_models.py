@@ -1,0 +1,185 @@
+"""Tiny models for the mask tests, built from torch modules only (1x8x8 inputs, 10 classes)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x):
+        y = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(y + (x if self.short is None else self.short(x)))
+
+
+class TinyResNet(nn.Module):
+    """BatchNorm CNN: stem conv+bn, three stages of one BasicBlock, linear head."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, widths=(4, 6, 8)):
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(widths[0])
+        cins = (widths[0],) + tuple(widths[:-1])
+        self.stages = nn.Sequential(*[BasicBlock(ci, co, 1 if i == 0 else 2)
+                                      for i, (ci, co) in enumerate(zip(cins, widths))])
+        self.head = nn.Linear(widths[-1], num_classes)
+        self.mask_blocks = ["stages.0", "stages.1", "stages.2"]
+
+    def forward(self, x):
+        x = self.stages(F.relu(self.bn(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5).softmax(-1)
+        return self.proj((att @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """LayerNorm transformer: patch embedding, cls token and position embedding on the model
+    itself, two pre-norm blocks, final norm, linear head."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, img: int = 8, patch: int = 4, dim: int = 8,
+                 depth: int = 2, heads: int = 2):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, (img // patch) ** 2 + 1, dim) * 0.02)
+        self.patch_embed = nn.Conv2d(in_chans, dim, patch, patch)
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.mask_blocks = [f"blocks.{i}" for i in range(depth)]
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+class MyLayerNorm(nn.LayerNorm):
+    """A custom subclass: still a norm layer by type."""
+
+
+class OddNorms(nn.Module):
+    """Norm layers under unusual attribute names, of four kinds."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, 1, 1)
+        self.foo = nn.BatchNorm2d(4)
+        self.b = nn.Conv2d(4, 4, 3, 2, 1)
+        self.grp = nn.GroupNorm(2, 4)
+        self.c = nn.Linear(4 * 4 * 4, 12)
+        self.zz = nn.LayerNorm(12)
+        self.d = nn.Linear(12, 12)
+        self.mine = MyLayerNorm(12)
+        self.out = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.foo(self.a(x)))
+        x = F.relu(self.grp(self.b(x))).flatten(1)
+        x = self.mine(F.relu(self.d(self.zz(self.c(x)))))
+        return self.out(x)
+
+
+NORM_NAMES_ODD = {"foo.weight", "foo.bias", "grp.weight", "grp.bias", "zz.weight", "zz.bias",
+                  "mine.weight", "mine.bias"}
+
+
+class NoNorm(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, 2, 1)
+        self.fc = nn.Linear(3 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).flatten(1))
+
+
+class Conv2dSubclass(nn.Conv2d):
+    """A Conv2d subclass that transforms its weight (must not take the fast conv path)."""
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * 1.5, self.bias)
+
+
+class ConvZoo(nn.Module):
+    """Every Conv2d variant the batched Fisher path must get right, plus a frozen parameter."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, 1, 1, bias=True)                     # bias
+        self.bn = nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), groups=2)  # groups, asym
+        self.c3 = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6, bias=False)  # depthwise, dilation
+        self.c4 = nn.Conv2d(6, 5, 1)                                       # 1x1
+        self.shared = nn.Conv2d(5, 5, 3, padding=1)                        # called twice
+        self.same = nn.Conv2d(5, 5, 3, padding="same")                     # string padding
+        self.sub = Conv2dSubclass(5, 4, 3, padding=1)                      # subclass
+        self.frozen = nn.Conv2d(4, 4, 1)
+        self.frozen.weight.requires_grad_(False)                           # bias trainable only
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.c1(x)))
+        x = F.relu(self.c4(self.c3(F.relu(self.c2(x)))))
+        x = F.relu(self.shared(F.relu(self.shared(x))))
+        x = F.relu(self.sub(F.relu(self.same(x))))
+        x = self.frozen(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def make(cls, seed: int = 0, **kw) -> nn.Module:
+    """Build a model with non-trivial norm affine parameters and running statistics."""
+    torch.manual_seed(seed)
+    model = cls(**kw)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.3, 0.3)
+                if getattr(m, "running_mean", None) is not None:
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def batches(n: int = 32, batch_size: int = 8, seed: int = 1, shape=(1, 8, 8), num_classes: int = 10,
+            dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g).to(dtype)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
