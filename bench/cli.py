@@ -200,18 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a suite (local by default, or SLURM)")
-    p.add_argument("suite")
-    p.add_argument("--out", default="results")
-    p.add_argument("--executor", choices=["local", "slurm", "debug", "auto"], default="local")
-    p.add_argument("--max-parallel", type=int, default=None)
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--no-wait", action="store_true", help="submit and return (slurm)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("suite", help="a suite file (suites/*.yaml)")
+    p.add_argument("--out", default="results", help="results folder; runs go to OUT/<suite name>/<run id>/")
+    p.add_argument("--executor", choices=["local", "slurm", "debug", "auto"], default="local",
+                   help="local processes (default), SLURM job arrays, in process (debug), or auto: "
+                        "slurm when `scontrol ping` answers UP, else local")
+    p.add_argument("--max-parallel", type=int, default=None,
+                   help="local: worker processes (default one per GPU, else one per core, <= 8); "
+                        "slurm: array tasks running at once")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their state; write nothing")
+    p.add_argument("--no-wait", action="store_true", help="submit and return; follow with `sambench status`")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a run field for every run (epochs=1, base.lr=0.05), or slurm.KEY, name, seeds")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="counts of done/running/pending/failed/diverged runs")
-    p.add_argument("target", help="a suite file or a results folder")
-    p.add_argument("--out", default="results")
+    p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
+    p.add_argument("--out", default="results", help="results folder (for a suite file)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("collect", help="one CSV row per run")

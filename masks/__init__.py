@@ -38,7 +38,6 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     for info in pkgutil.iter_modules(__path__):
         if info.name not in ("base", "registry") and not info.name.startswith("_"):
             importlib.import_module(f"masks.{info.name}")
@@ -53,6 +52,7 @@ def load_all() -> None:
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod_name] = module
             spec.loader.exec_module(module)
+    _loaded = True  # only once every module imported: a failed import is retried, not half-loaded
 
 
 def create_mask(name, **kwargs) -> Mask:

@@ -38,6 +38,10 @@ class Registry:
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (for tests and interactive use); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> Any:
         if name not in self._entries:
             raise UnknownNameError(self.kind, name, self.names())
