@@ -120,6 +120,9 @@ def _legend(fig, axes, extra=()) -> None:
         longest = max(len(lab) for lab in labels)
         per_col = max(1.0, 0.35 + 0.06 * longest)
         ncols = max(1, min(len(labels), int(width // per_col)))
+        rows = -(-len(labels) // ncols)
+        # grow the figure by the legend's height, so the panels keep their size
+        fig.set_figheight(fig.get_figheight() + 0.15 + 0.17 * rows)
         fig.legend(handles, labels, loc="outside lower center", ncols=ncols, frameon=False,
                    handlelength=1.8, columnspacing=1.2)
 
@@ -202,7 +205,7 @@ def _acc_vs_sparsity(d: _Data, outdir, formats) -> PlotPaths:
             out.skipped[f"{name}[{v}]"] = "no partial-perturbation runs with a measured perturbed_fraction"
             continue
         settings = sorted(pts["setting"].unique())
-        fig, axes = _figure(len(settings), extra_h=0.45)
+        fig, axes = _figure(len(settings))
         for ax, s in zip(axes, settings):
             p = pts[pts["setting"] == s]
             b = _baseline_row(d, s)
@@ -262,9 +265,10 @@ def _rho_sweep(d: _Data, outdir, formats) -> PlotPaths:
     if not len(swept):
         return _skip(name, "no method was run at two or more rho values")
     panels = sorted({(s, v) for s, v, _ in swept.index}, key=lambda sv: (sv[0], variant_sort_key(sv[1])))
-    fig, axes = _figure(len(panels), extra_h=0.45)
+    fig, axes = _figure(len(panels))
     for ax, (s, v) in zip(axes, panels):
         p = nb[(nb["setting"] == s) & (nb["variant_label"] == v)]
+        p = p[p["method"].isin(swept.loc[(s, v)].index)]  # a sweep needs two rhos: no lone points
         b = _baseline_row(d, s)
         if b is not None:
             _band(ax, b["test_acc_mean"], b["test_acc_std"], BASELINE_COLOR,
@@ -307,7 +311,7 @@ def _runtime(d: _Data, outdir, formats) -> PlotPaths:
     sam_rows = a[a["setting"].isin(settings) & ~a["baseline"].astype(bool)]
     variants = sorted(sam_rows["variant_label"].unique(), key=variant_sort_key)
     vmarkers = dict(zip(variants, ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">") * 3))
-    fig, axes = _figure(len(settings), extra_h=0.5)
+    fig, axes = _figure(len(settings))
     masks_seen: dict[str, str] = {}
     for ax, s in zip(axes, settings):
         ref = refs[s]
@@ -363,7 +367,7 @@ def _gamma(d: _Data, outdir, formats) -> PlotPaths:
                     key=lambda sv: (sv[0], variant_sort_key(sv[1])))
     if not panels:  # only baselines saved it
         panels = sorted({(s, None) for s in best["setting"]})
-    fig, axes = _figure(len(panels), extra_h=0.45)
+    fig, axes = _figure(len(panels))
     for ax, (s, v) in zip(axes, panels):
         rows = best[(best["setting"] == s) & ((best["variant_label"] == v) | best["baseline"].astype(bool))]
         rows = rows.iloc[sorted(range(len(rows)), key=lambda i: method_sort_key(
