@@ -17,16 +17,22 @@ from masks.base import (  # noqa: F401
     Mask,
     MaskError,
     Selection,
-    create_mask as _create_mask,
-    describe_masks as _describe_masks,
     is_norm_module,
-    list_masks as _list_masks,
     n_trainable,
     norm_param_names,
     perturbed_fraction,
     register_mask,
     register_norm_type,
     selection_count,
+)
+from masks.base import (
+    create_mask as _create_mask,
+)
+from masks.base import (
+    describe_masks as _describe_masks,
+)
+from masks.base import (
+    list_masks as _list_masks,
 )
 from masks.registry import UnknownNameError  # noqa: F401
 

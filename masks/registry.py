@@ -26,7 +26,7 @@ class Registry:
 
     def register(self, name: str | None = None) -> Callable:
         def deco(obj):
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             if key in self._entries and self._entries[key] is not obj:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._entries[key] = obj
