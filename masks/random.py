@@ -108,7 +108,7 @@ class RandomMask(Mask):
 
 
 @register_mask("random_tensor")
-class RandomTensorMask(Mask):
+class RandomTensorMask(RandomMask):
     """Whole tensors in a seeded random order, first-fit up to target_count elements.
 
     Count rule (:func:`first_fit`): the perturbed count is <= target_count and no unchosen
@@ -117,12 +117,6 @@ class RandomTensorMask(Mask):
     """
 
     description = "whole tensors chosen at random (seeded), first-fit up to the sparsity's count"
-    uses_sparsity = True
-
-    def __init__(self, sparsity: float | str | None = None, seed: int = 0):
-        super().__init__(sparsity=sparsity, seed=seed)
-        check_required_sparsity(self)
-        check_seed(self, seed)
 
     def select(self, model, data):
         params = trainable(model)
