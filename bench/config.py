@@ -202,7 +202,8 @@ def validate(cfg: dict[str, Any]) -> None:
     try:
         check_variant_opts(cfg["variant"], cfg["variant_opts"])
     except (TypeError, ValueError) as exc:
-        raise ConfigError("variant_opts", str(exc)) from None
+        bad = next((k for k in cfg["variant_opts"] if str(exc).startswith(f"{k}=")), None)
+        raise ConfigError(f"variant_opts.{bad}" if bad else "variant_opts", str(exc)) from None
     if cfg["variant"] != "none" and cfg["mask"] != "none":
         try:
             kwargs = dict(cfg["mask_opts"])
