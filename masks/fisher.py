@@ -88,29 +88,51 @@ def _unfoldable_convs(model: nn.Module, x1: torch.Tensor, params: dict) -> dict[
     return {n: m for n, m in cands.items() if calls[n] == 1}
 
 
+_CACHE_BYTES = 2 ** 21     # per-sample gradients are squared and summed in blocks this size
+_PAIR_EXTRA = 8            # pairs (below) pay off while P(P+1)/2 <= P + this
+
+
 def _conv_weight_sq(m: nn.Conv2d, x: torch.Tensor, go: torch.Tensor, score_w: torch.Tensor,
                     score_b: torch.Tensor | None) -> None:
     """Add sum_b (per-sample weight/bias gradient)^2 of conv ``m`` to the scores.
 
     ``x``: the conv's per-sample inputs (B, 1, Cin, H, W); ``go``: dL_b/d output (B, 1, Cout, H', W').
-    The weight gradient at kernel offset (i, j) is ``go @ x_shifted^T`` (one batched matmul per
-    offset, on strided views of the padded input; faster than F.unfold on CPU).
+    At kernel offset (i, j) the per-sample weight gradient is ``G_b X_b^T`` (G_b: Cout x P output
+    gradients, X_b: Cin x P shifted inputs, P output positions). Two exact ways to sum its square:
+    - blocks: materialize G_b X_b^T for a few samples at a time (kept in cache), square, sum;
+    - pairs, for small P: sum_b (G_b X_b^T)^2 = sum_{b,p<=q} w_pq (G_bp G_bq)(X_bp X_bq)^T, one
+      large matrix product over (b, p, q) that never materializes a per-sample gradient.
     """
     b = x.shape[0]
     x = x.reshape(b, *x.shape[2:])
     go = go.reshape(b, *go.shape[2:])
     gr, (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.groups, m.kernel_size, m.stride, m.dilation, m.padding
     ho, wo = go.shape[-2:]
+    npos = ho * wo
     cout, cin = m.out_channels // gr, m.in_channels // gr
-    g = go.reshape(b, gr, cout, ho * wo)
+    g = go.reshape(b, gr, cout, npos).to(score_w.dtype)
     if ph or pw:
         x = F.pad(x, (pw, pw, ph, ph))
     sw_ = score_w.view(gr, cout, cin, kh, kw)
+    use_pairs = npos * (npos + 1) // 2 <= npos + _PAIR_EXTRA
+    if use_pairs:
+        p_idx, q_idx = torch.triu_indices(npos, npos, device=g.device)
+        weight = torch.where(p_idx == q_idx, 1.0, 2.0).to(g.dtype)
+        gg = (g[..., p_idx] * g[..., q_idx] * weight)                  # (B, gr, cout, pairs)
+        gg = gg.permute(1, 2, 0, 3).reshape(gr, cout, -1)               # (gr, cout, B*pairs)
+    block = max(1, _CACHE_BYTES // (gr * cout * cin * score_w.element_size()))
     for i in range(kh):
         for j in range(kw):
             xs = x[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
-            gw = torch.matmul(g, xs.reshape(b, gr, cin, ho * wo).transpose(-1, -2))  # (B, gr, cout, cin)
-            sw_[:, :, :, i, j] += gw.to(score_w.dtype).square_().sum(0)
+            xs = xs.reshape(b, gr, cin, npos).to(score_w.dtype)
+            acc = sw_[:, :, :, i, j]
+            if use_pairs:
+                xx = (xs[..., p_idx] * xs[..., q_idx]).permute(1, 0, 3, 2).reshape(gr, -1, cin)
+                acc += torch.matmul(gg, xx)                              # (gr, cout, cin)
+                continue
+            xt = xs.transpose(-1, -2)
+            for s in range(0, b, block):
+                acc += torch.matmul(g[s:s + block], xt[s:s + block]).square_().sum(0)
     if score_b is not None:
         score_b.add_(go.sum((-1, -2)).to(score_b.dtype).square().sum(0))
 

@@ -227,6 +227,21 @@ def test_fisher_equals_per_sample_loop(cls):
         assert torch.equal(b, running[n])
 
 
+@pytest.mark.parametrize("pairs", [True, False])
+def test_fisher_conv_pair_and_block_paths_are_exact(monkeypatch, pairs):
+    """Both ways of summing squared per-sample conv gradients, forced on every conv."""
+    import masks.fisher as FM
+
+    monkeypatch.setattr(FM, "_PAIR_EXTRA", 10**9 if pairs else -(10**9))
+    monkeypatch.setattr(FM, "_CACHE_BYTES", 1)  # blocks of one sample: the block loop runs too
+    model = make(TinyResNet).double()
+    data = batches(24, 5, dtype=torch.float64)
+    ref = brute_force_fisher(model, data, 13)
+    got = fisher_diagonal(model, data, num_samples=13, chunk_size=4)
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-9, atol=1e-14)
+
+
 def test_fisher_mask_equals_brute_force_topk():
     model = make(TinyResNet).double()
     data = batches(24, 5, dtype=torch.float64)
