@@ -141,7 +141,14 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     amp_ctx = amp_context(amp and dev.type == "cuda")
     forward = torch.compile(model) if compile else model
-    steps_fns = [_make_step(c, model, forward, criterion, amp_ctx, x, y) for c in configs]
+    steps_fns, kept = [], []
+    for c in configs:
+        try:
+            steps_fns.append(_make_step(c, model, forward, criterion, amp_ctx, x, y))
+            kept.append(c)
+        except (ValueError, TypeError) as exc:  # e.g. a layerwise block the model does not have
+            print(f"skipped {c.label}: {exc}")
+    configs = kept
     times: list[list[float]] = [[] for _ in configs]
     cuda = dev.type == "cuda"
     for rep in range(warmup + steps):
@@ -245,6 +252,12 @@ def cmd_perf(args) -> int:
         print_table(recs)
         records.extend(recs)
         if args.epoch:
+            from bench.cli import InvalidInput
+
+            try:
+                D.load_dataset(args.dataset or "digits")
+            except D.DataError as exc:
+                raise InvalidInput(f"--epoch needs the data set: {exc}") from None
             ep = time_epoch(args.model, args.dataset or "digits", args.batch_size, args.device, args.amp)
             print(f"epoch of {ep['dataset']} ({ep['steps']} SAM-ON steps): {ep['epoch_s']:.3f} s, "
                   f"sum of step times {ep['sum_step_s']:.3f} s, ratio {ep['ratio']:.3f}")
