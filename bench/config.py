@@ -204,12 +204,20 @@ def validate(cfg: dict[str, Any]) -> None:
     except (TypeError, ValueError) as exc:
         bad = next((k for k in cfg["variant_opts"] if str(exc).startswith(f"{k}=")), None)
         raise ConfigError(f"variant_opts.{bad}" if bad else "variant_opts", str(exc)) from None
-    if cfg["variant"] != "none" and cfg["mask"] != "none":
-        try:
-            kwargs = dict(cfg["mask_opts"])
-            if cfg["sparsity"] is not None:
-                kwargs["sparsity"] = cfg["sparsity"]
-            masks.create_mask(cfg["mask"], seed=cfg["seed"], **kwargs)
-        except (TypeError, ValueError) as exc:
-            field = "sparsity" if "sparsity" in str(exc) else "mask_opts"
-            raise ConfigError(field, str(exc)) from None
+    try:
+        make_mask(cfg)
+    except (TypeError, ValueError) as exc:
+        field = "sparsity" if "sparsity" in str(exc) else "mask_opts"
+        raise ConfigError(field, str(exc)) from None
+
+
+def make_mask(cfg: dict[str, Any], seed: int | None = None):
+    """The run's mask strategy (a ``masks.Mask``), or ``"none"`` for the plain-optimizer baselines."""
+    import masks
+
+    if cfg["variant"] == "none" or cfg["mask"] == "none":
+        return "none"
+    kwargs = dict(cfg["mask_opts"])
+    if cfg["sparsity"] is not None:
+        kwargs["sparsity"] = cfg["sparsity"]
+    return masks.create_mask(cfg["mask"], seed=cfg["seed"] if seed is None else seed, **kwargs)

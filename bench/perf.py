@@ -120,16 +120,11 @@ def _make_step(cfg: PerfConfig, model, forward, criterion, amp_ctx, x, y):
     return (lambda: train_step(forward, opt, x, y, criterion, amp_ctx)), opt.perturbed_fraction
 
 
-def _shape(dataset: str | None) -> tuple[int, int, int]:
-    """(num_classes, in_chans, img_size) of a dataset, without loading it."""
-    return D.dataset_shape(dataset or "cifar100")
-
-
 def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
                steps: int = 20, warmup: int = 3, dataset: str | None = None,
                channels_last: bool = False, compile: bool = False) -> list[dict]:
     dev = torch.device(device)
-    num_classes, in_chans, img_size = _shape(dataset)
+    num_classes, in_chans, img_size = D.dataset_shape(dataset or "cifar100")
     torch.manual_seed(0)
     model = M.create_model(model_name, num_classes=num_classes, in_chans=in_chans, img_size=img_size).to(dev)
     model.train()
@@ -231,7 +226,7 @@ def cmd_perf(args) -> int:
     if args.fisher:
         from masks.fisher import benchmark
 
-        num_classes, in_chans, img_size = _shape(args.dataset or "fashion_mnist")
+        num_classes, in_chans, img_size = D.dataset_shape(args.dataset or "fashion_mnist")
         torch.manual_seed(0)
         model = M.create_model(args.model, num_classes=num_classes, in_chans=in_chans,
                                img_size=img_size).to(args.device)

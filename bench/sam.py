@@ -134,6 +134,7 @@ class SAM(torch.optim.Optimizer):
 
         self._names = {p: n for n, p in model.named_parameters()}
         self.selection: dict[str, torch.Tensor] = {}
+        self._n_perturbed, self._n_params = 0, max(1, masks.n_trainable(model))
         self._perturbed: list[nn.Parameter] = []
         self._perturbed_names: list[str] = []
         self._mask_index: list[int] = []       # positions of partially masked tensors
@@ -163,6 +164,7 @@ class SAM(torch.optim.Optimizer):
                 self._mask_index.append(i)
                 self._mask_values.append(m.to(device=params[n].device, dtype=params[n].dtype))
         self._backup = [torch.empty_like(p) for p in self._perturbed]
+        self._n_perturbed = masks.selection_count(self.selection)  # counted once, not per query
 
     def build_mask(self, data: Iterable | None = None) -> None:
         if self.mask is not None:
@@ -177,11 +179,11 @@ class SAM(torch.optim.Optimizer):
 
     @property
     def n_perturbed(self) -> int:
-        return masks.selection_count(self.selection) if self.selection else 0
+        return self._n_perturbed
 
     @property
     def perturbed_fraction(self) -> float:
-        return self.n_perturbed / max(1, masks.n_trainable(self.model))
+        return self._n_perturbed / self._n_params
 
     @property
     def is_sam(self) -> bool:

@@ -334,11 +334,8 @@ class _ModelChecks:
         total = masks.n_trainable(model)
         if total == 0:
             return "model", f"{cfg['model']!r} has no trainable parameters to perturb", None
-        kwargs = dict(cfg["mask_opts"])
-        if cfg["sparsity"] is not None:
-            kwargs["sparsity"] = cfg["sparsity"]
         try:
-            mask = masks.create_mask(cfg["mask"], seed=0, **kwargs)
+            mask = C.make_mask(cfg, seed=0)
         except (TypeError, ValueError) as exc:
             return ("sparsity" if "sparsity" in str(exc) else "mask_opts"), str(exc), None
         resolved = None

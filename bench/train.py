@@ -76,17 +76,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_mask(cfg: dict):
-    import masks
-
-    if cfg["variant"] == "none" or cfg["mask"] == "none":
-        return "none"
-    kwargs = dict(cfg["mask_opts"])
-    if cfg["sparsity"] is not None:
-        kwargs["sparsity"] = cfg["sparsity"]
-    return masks.create_mask(cfg["mask"], seed=cfg["seed"], **kwargs)
-
-
 class Progress:
     """tqdm on a terminal; otherwise one line per epoch (set by the caller)."""
 
@@ -213,8 +202,9 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
     spec = D.load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
     train_loader, test_loader = D.make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"],
                                                cfg["seed"], device, cfg["augment"])
-    # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation
-    mask_loader = D.DeviceLoader(spec.train_x, spec.train_y, cfg["batch_size"], shuffle=True,
+    # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation; it shares
+    # the training tensors already on the device
+    mask_loader = D.DeviceLoader(train_loader.x, train_loader.y, cfg["batch_size"], shuffle=True,
                                  augment=False, crop_pad=0, flip=False, seed=cfg["seed"] + 7919,
                                  device=device)
 
@@ -226,7 +216,7 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
     n_params = masks.n_trainable(model)
     base = make_base_optimizer(cfg, model.parameters())
     base_lrs = [g["lr"] for g in base.param_groups]
-    mask = build_mask(cfg)
+    mask = C.make_mask(cfg)
     opt = SAM(model, base, rho=cfg["rho"], variant=cfg["variant"], mask=mask, rho_norm=cfg["rho_norm"],
               freeze_bn_second=cfg["freeze_bn_second"], **cfg["variant_opts"])
     if opt.is_sam and not opt.selection:
