@@ -11,18 +11,18 @@ from typing import Any
 import pandas as pd
 
 from analysis.labels import (
+    LABEL_INPUTS,
     META_COLUMNS,
     NUMERIC_RESULT_COLUMNS,
     RESULT_COLUMNS,
     RUNTIME_FIELDS,
-    VARIANT_DEFAULTS,
     add_labels,
 )
 
 log = logging.getLogger("analysis")
 
 # result.json keys that are not copied as plain columns
-_RESULT_SPECIAL = {"config", "env", "run_id", "status", "epochs"}
+_RESULT_SPECIAL = {"config", "env", "run_id", "status", "epochs", "variant_options", "submission"}
 
 
 def _flatten(d: dict, prefix: str = "", out: dict | None = None) -> dict:
@@ -92,6 +92,21 @@ def _find_run_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def _variant_columns(config: dict, stored: Any) -> dict[str, Any]:
+    """``variant_opts.<k>`` for every option of the run's variant, and ``variant_shown``: the
+    options that differ from the variant's defaults (comma-separated), for its label.
+
+    bench writes the canonical options (defaults dropped) in the config and every option in
+    ``variant_options``; older files have only what the config said (all of it is shown).
+    """
+    given = config.get("variant_opts") if isinstance(config.get("variant_opts"), dict) else {}
+    if not isinstance(stored, dict):
+        return {"variant_shown": ",".join(sorted(given))}
+    out = {f"variant_opts.{k}": (tuple(v) if isinstance(v, list) else v) for k, v in stored.items()}
+    out["variant_shown"] = ",".join(sorted(given))
+    return out
+
+
 def _load_run(run_dir: Path, skipped: list) -> dict | None:
     cfg_file = run_dir / "config.json"
     res_file = run_dir / "result.json"
@@ -125,10 +140,8 @@ def _load_run(run_dir: Path, skipped: list) -> dict | None:
     else:
         row["status"] = "running" if n_lines > 0 else "pending"
     row.update(_flatten(config))
-    # a variant's options left at their defaults are the same experiment as options spelled out:
-    # fill the known defaults so {} and {"p": 2} group together
-    for k, v in VARIANT_DEFAULTS.get(str(config.get("variant")), {}).items():
-        row.setdefault(f"variant_opts.{k}", v)
+    stored = (cfg_json or {}).get("variant_options", (result or {}).get("variant_options"))
+    row.update(_variant_columns(config, stored))
     row["epochs_logged"] = n_lines
     row["last_test_acc"] = last.get("test_acc") if last else None
     if result is not None:
@@ -161,9 +174,10 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
       ``running`` = metrics logged but no result.json; ``pending`` = config.json only;
       ``corrupt`` = result.json unreadable), ``path``;
     * every config field, flattened with dotted names (``base.lr``, ``variant_opts.p``,
-      ``mask_opts.num_samples``), runtime fields included; options of the built-in variants
-      (sam: p; asam: adaptive, p, eta, normalize_bias) left out of the config are filled with
-      their defaults, so ``{}`` and ``{"p": 2}`` are the same configuration;
+      ``mask_opts.num_samples``), runtime fields included; ``variant_opts.*`` holds every option
+      of the run's variant, defaults included, from the ``variant_options`` bench stores beside
+      the config (older files: the options their config spelled out), and ``variant_shown`` the
+      ones that differ from the defaults;
     * result fields (``test_acc``, ``test_loss``, ``train_acc``, ``train_loss``, ``best_test_acc``,
       ``epochs_done`` (= result's ``epochs``), ``wall_time_s``, ``seconds_per_epoch``, ``n_params``,
       ``n_perturbed``, ``perturbed_fraction``, ``error``), ``env.*``, ``norm_gamma`` (list or None),
@@ -191,7 +205,7 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
         df["norm_gamma"] = None
 
     config_cols = [c for c in df.columns if c not in META_COLUMNS and c not in RESULT_COLUMNS
-                   and not c.startswith(("env.", "result."))]
+                   and c not in LABEL_INPUTS and not c.startswith(("env.", "result."))]
     env_cols = sorted(c for c in df.columns if c.startswith("env."))
     other = [c for c in df.columns if c not in config_cols and c not in env_cols and c not in META_COLUMNS]
     # config columns: experiment fields first (in file order), runtime fields last

@@ -1,37 +1,70 @@
 """The ``sambench`` command line (also ``python -m bench``).
 
-Exit status: 0 success, 2 invalid input, 1 a failure at run time.
+Exit status: 0 success, 2 invalid input, 1 a failure at run time; 130 after Ctrl-C and
+128 + N after signal N (SIGTERM: 143).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
-import yaml
+from bench.errors import EXIT_FAIL, EXIT_INVALID, EXIT_OK, Interrupted, InvalidInput, load_yaml, parse_set
 
-EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+# --- paths given on the command line --------------------------------------------------------------
 
-
-class InvalidInput(Exception):
-    """Bad input from the user: printed without a traceback, exit status 2."""
-
-
-def parse_set(items: list[str] | None) -> dict:
-    """``--set key=value``: the value is a YAML scalar (or flow list/map), never eval-ed."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise InvalidInput(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"--set {key}: cannot parse {value!r} ({exc})") from None
-    return out
+def existing_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInput(f"{path}: no such {what}")
+    if not p.is_dir():
+        raise InvalidInput(f"{path}: not a folder (expected a {what})")
+    return p
 
 
-# --- train ---------------------------------------------------------------------------------
+def creatable_dir(path: str, flag: str) -> Path:
+    """A folder that exists or can be made (no file in its way)."""
+    p = Path(path)
+    for q in [p, *p.parents]:
+        if q.exists():
+            if not q.is_dir():
+                raise InvalidInput(f"{flag} {path}: {q} is a file, not a folder")
+            break
+    return p
+
+
+def creatable_file(path: str, flag: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidInput(f"{flag} {path}: is a folder, expected a file name")
+    creatable_dir(str(p.parent), flag)
+    return p
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM and SIGHUP stop the command like Ctrl-C does (raise Interrupted), so what it
+    started is stopped or handed over before it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# --- train ----------------------------------------------------------------------------------------
 
 TRAIN_FLAGS = {  # flag -> config path
     "dataset": "dataset", "model": "model", "variant": "variant", "mask": "mask", "rho": "rho",
@@ -39,16 +72,32 @@ TRAIN_FLAGS = {  # flag -> config path
     "optimizer": "base.name", "lr": "base.lr", "momentum": "base.momentum",
     "weight_decay": "base.weight_decay", "seed": "seed", "label_smoothing": "label_smoothing",
     "schedule": "schedule", "warmup_epochs": "warmup_epochs", "amp": "amp", "device": "device",
-    "data_root": "data_root", "p": "variant_opts.p", "adaptive": "variant_opts.adaptive",
-    "eta": "variant_opts.eta", "eval_batch_size": "eval_batch_size", "log_every": "log_every",
+    "data_root": "data_root", "eval_batch_size": "eval_batch_size", "log_every": "log_every",
 }
+TRAIN_TYPES = {"rho": float, "epochs": int, "batch_size": int, "lr": float, "momentum": float,
+               "weight_decay": float, "seed": int, "label_smoothing": float, "warmup_epochs": int,
+               "eval_batch_size": int, "log_every": int}
 BOOL_FLAGS = {"freeze_bn_second": "freeze_bn_second", "channels_last": "channels_last",
-              "download": "download", "normalize_bias": "variant_opts.normalize_bias", "compile": "compile"}
+              "download": "download", "compile": "compile"}
+RESERVED = set(TRAIN_FLAGS) | set(BOOL_FLAGS) | {"no_augment", "mask_opt", "variant_opt", "set", "out", "help"}
 
 
 def _scalar(text: str):
-    value = yaml.safe_load(text)
+    value = load_yaml(text, "value")
     return text if value is None else value
+
+
+def variant_flags() -> dict[str, object]:
+    """``--<option>`` flags for every registered variant's options (its signature), with a
+    default to tell the flag's kind; names taken by other flags are left to --variant-opt."""
+    from bench.registries import VARIANTS, variant_options
+
+    flags: dict[str, object] = {}
+    for name in VARIANTS.names():
+        for option, default in variant_options(name).items():
+            if option not in RESERVED:
+                flags.setdefault(option, default)
+    return flags
 
 
 def train_overrides(args) -> dict:
@@ -60,55 +109,73 @@ def train_overrides(args) -> dict:
     for flag, path in BOOL_FLAGS.items():
         if getattr(args, flag):
             over[path] = True
+    for option in getattr(args, "variant_flag_names", []):
+        value = getattr(args, f"variant_{option}")
+        if value is not None and value is not False:
+            over[f"variant_opts.{option}"] = value
     if args.no_augment:
         over["augment"] = False
     if over.get("base.name") == "adamw":
         over["base"] = {"name": "adamw", "lr": over.pop("base.lr", 1e-3), "weight_decay": 0.05}
         over.pop("base.name")
         over.pop("base.momentum", None)
+    for key, value in parse_set(args.variant_opt).items():
+        over[f"variant_opts.{key}"] = value
     for key, value in parse_set(args.mask_opt).items():
         over[f"mask_opts.{key}"] = value
     over.update(parse_set(args.set))
     return over
 
 
-def cmd_train(args) -> int:
-    from bench import config as C
-    from bench import train
+def flag_of(field: str, args) -> str:
+    """The command-line option that sets a config field (for error messages)."""
+    by_path = {path: flag for flag, path in {**TRAIN_FLAGS, **BOOL_FLAGS}.items()}
+    if field in by_path:
+        return "--" + by_path[field].replace("_", "-")
+    top, _, key = field.partition(".")
+    if top == "variant_opts" and key:
+        if key in getattr(args, "variant_flag_names", []):
+            return "--" + key.replace("_", "-")
+        return f"--variant-opt {key}"
+    if top == "mask_opts" and key:
+        return f"--mask-opt {key}"
+    if top in ("variant_opts", "mask_opts"):
+        return "--" + top.replace("_opts", "-opt")
+    return f"--set {field}"
 
-    over = train_overrides(args)
+
+def cmd_train(args) -> int:
+    from bench import config, train
+    from bench.data import DataError, check_available
+
     try:
-        cfg = C.resolve(over)
-    except C.ConfigError as exc:
-        flag = "--" + exc.field.split(".")[-1].replace("_", "-")
-        raise InvalidInput(f"{flag} ({exc.render()})") from None
+        cfg = config.resolve(train_overrides(args))
+    except config.ConfigError as exc:
+        raise InvalidInput(f"{flag_of(exc.field, args)} ({exc.render()})") from None
     if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
         raise InvalidInput(f"--data-root: no such directory: {cfg['data_root']}")
-    check_data(cfg)
-    out = Path(args.out) if args.out else Path("results") / "train" / C.run_id(cfg)
-    result = train.run(cfg, out, progress=True)
+    try:
+        check_available(cfg["dataset"], cfg["data_root"], cfg["download"])
+    except DataError as exc:
+        raise InvalidInput(f"--data-root / dataset {cfg['dataset']!r}: {exc}") from None
+    out = creatable_dir(args.out, "--out") if args.out else Path("results") / "train" / config.run_id(cfg)
+    with signals_interrupt():
+        result = train.run(cfg, out, progress=True)
     print(f"{result['status']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} epochs, "
           f"{result['wall_time_s']:.1f} s, perturbed fraction {result['perturbed_fraction']:.6f} -> {out}"
           if result["test_acc"] is not None else f"{result['status']} -> {out}")
     return EXIT_OK if result["status"] == "done" else EXIT_FAIL
 
 
-def check_data(cfg: dict) -> None:
-    """Find the data before any work starts, so a missing data set is invalid input (exit 2)."""
-    from bench import data as D
+# --- list -----------------------------------------------------------------------------------------
 
-    try:
-        D.load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
-    except D.DataError as exc:
-        raise InvalidInput(f"--data-root / dataset {cfg['dataset']!r}: {exc}") from None
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
 
-
-# --- list ----------------------------------------------------------------------------------
 
 def cmd_list(args) -> int:
-    from bench import registries
-
-    registries.load()
     if args.what == "masks":
         import masks
 
@@ -118,36 +185,31 @@ def cmd_list(args) -> int:
             print(f"{name:<{width}}  {desc}")
             if opts:
                 print(f"{'':<{width}}    options: {opts}")
-        return EXIT_OK
-    if args.what == "variants":
-        import inspect
+    elif args.what == "variants":
+        from bench.registries import VARIANTS, variant_options
 
-        for name, cls in registries.VARIANTS.items():
-            params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-            opts = ", ".join(f"{p.name}={p.default!r}" for p in params)
+        for name, cls in VARIANTS.items():
+            opts = ", ".join(f"{k}={v!r}" for k, v in variant_options(name).items())
             print(f"{name:<6}  {(cls.__doc__ or '').strip()}" + (f"\n        options: {opts}" if opts else ""))
-        return EXIT_OK
-    if args.what == "models":
+    elif args.what == "models":
         from bench.models import describe_models
 
-        rows = describe_models()
+        _print_rows(describe_models())
     else:
         from bench.data import describe_datasets
 
-        rows = describe_datasets()
-    width = max(len(r[0]) for r in rows)
-    for name, desc in rows:
-        print(f"{name:<{width}}  {desc}")
+        _print_rows(describe_datasets())
     return EXIT_OK
 
 
-# --- analysis ------------------------------------------------------------------------------
+# --- analysis -------------------------------------------------------------------------------------
 
 def cmd_collect(args) -> int:
     import analysis
 
-    df = analysis.collect(args.dir)
-    out = args.output or str(Path(args.dir) / "results.csv")
+    folder = existing_dir(args.dir, "results folder")
+    out = creatable_file(args.output, "-o") if args.output else folder / "results.csv"
+    df = analysis.collect(folder)
     analysis.write_csv(df, out)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     print(f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}) -> {out}")
@@ -157,8 +219,9 @@ def cmd_collect(args) -> int:
 def cmd_plot(args) -> int:
     import analysis
 
-    outdir = args.output or str(Path(args.dir) / "figures")
-    paths = analysis.plot_all(args.dir, outdir)
+    folder = existing_dir(args.dir, "results folder")
+    outdir = creatable_dir(args.output, "-o") if args.output else folder / "figures"
+    paths = analysis.plot_all(folder, outdir)
     for p in paths:
         print(p)
     print(f"{len(paths)} figure files in {outdir}")
@@ -168,34 +231,91 @@ def cmd_plot(args) -> int:
 def cmd_table(args) -> int:
     import analysis
 
-    print(analysis.table(args.dir, fmt="markdown"))
+    folder = existing_dir(args.dir, "results folder")
+    print(analysis.table(folder, fmt="markdown"))
     if args.latex:
         print()
-        print(analysis.table(args.dir, fmt="latex"))
+        print(analysis.table(folder, fmt="latex"))
     return EXIT_OK
 
 
-# --- run / status / perf -------------------------------------------------------------------
+# --- run / status ---------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
     from bench import runner
+    from bench.suite import load_suite
 
-    return runner.cmd_run(args)
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise InvalidInput(f"--max-parallel: must be >= 1, got {args.max_parallel}")
+    out = creatable_dir(args.out, "--out")
+    suite = load_suite(args.suite, parse_set(args.set))
+    with signals_interrupt():
+        return runner.run_suite(suite, out, executor=args.executor, max_parallel=args.max_parallel,
+                                dry_run=args.dry_run, wait=not args.no_wait, keep_running=args.keep_running)
 
 
 def cmd_status(args) -> int:
     from bench import runner
 
-    return runner.cmd_status(args)
+    return runner.print_status(Path(args.target), Path(args.out))
 
+
+# --- perf -----------------------------------------------------------------------------------------
 
 def cmd_perf(args) -> int:
-    from bench import perf
+    from bench import config, perf
 
-    return perf.cmd_perf(args)
+    for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                             ("--batch-size", args.batch_size, 1), ("--fisher-samples", args.fisher_samples, 1)):
+        if value < low:
+            raise InvalidInput(f"{flag}: must be >= {low}, got {value}")
+    config.check_device(args.device, "--device")
+    json_path = creatable_file(args.json, "--json") if args.json else None
+    if args.fisher:
+        rec = perf.time_fisher(args.model, args.dataset or "fashion_mnist", args.device, args.fisher_samples)
+        print(f"fisher mask, {rec['num_samples']} samples, {args.model} on {args.device}: batched "
+              f"{rec['batched_s']:.2f} s, sample-by-sample loop {rec['loop_s']:.2f} s, "
+              f"{rec['ratio']:.1f}x faster batched")
+        records = [rec]
+    else:
+        records = _perf_steps(args, perf)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(records, indent=2))
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _perf_steps(args, perf) -> list[dict]:
+    configs = perf.parse_configs(args.configs)
+    dataset = args.dataset or "digits"
+    if args.epoch:
+        from bench.data import DataError, check_available
+
+        try:
+            check_available(dataset)
+        except DataError as exc:
+            raise InvalidInput(f"--epoch needs the data set: {exc}") from None
+    recs = perf.time_steps(args.model, args.batch_size, args.device, args.amp, configs, steps=args.steps,
+                           warmup=args.warmup, dataset=args.dataset, channels_last=args.channels_last,
+                           compile=args.compile)
+    if len(recs) < min(2, len(configs)):
+        raise RunFailed("perf: no configuration could be timed on this model (see the messages above)")
+    perf.print_table(recs)
+    if args.epoch:
+        ep = perf.time_epoch(args.model, dataset, args.batch_size, args.device, args.amp)
+        print(f"epoch of {ep['dataset']} ({ep['steps']} SAM-ON steps): {ep['epoch_s']:.3f} s, "
+              f"sum of step times {ep['sum_step_s']:.3f} s, ratio {ep['ratio']:.3f}")
+        recs.append({"benchmark": "epoch", **ep})
+    return recs
+
+
+class RunFailed(Exception):
+    """A command that could not do its work (exit 1, one line)."""
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+def build_parser(with_variant_flags: bool = False) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sambench", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -210,11 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "slurm: array tasks running at once")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state; write nothing")
     p.add_argument("--no-wait", action="store_true", help="submit and return; follow with `sambench status`")
+    p.add_argument("--keep-running", action="store_true",
+                   help="on Ctrl-C or SIGTERM, leave the local workers running (default: stop them; "
+                        "their runs resume from the last finished epoch on the next run)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a run field for every run (epochs=1, base.lr=0.05), or slurm.KEY, name, seeds")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="counts of done/running/pending/failed/diverged runs")
+    p = sub.add_parser("status", help="counts of done/failed/running/... runs, and why runs failed")
     p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
     p.add_argument("--out", default="results", help="results folder (for a suite file)")
     p.set_defaults(func=cmd_status)
@@ -236,14 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="one run, in process")
     for flag in TRAIN_FLAGS:
-        kind = {"rho": float, "sparsity": _scalar, "epochs": int, "batch_size": int, "lr": float,
-                "momentum": float, "weight_decay": float, "seed": int, "label_smoothing": float,
-                "warmup_epochs": int, "p": _scalar, "eta": float, "eval_batch_size": int,
-                "log_every": int}.get(flag, str)
+        kind = TRAIN_TYPES.get(flag, _scalar if flag == "sparsity" else str)
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     for flag in BOOL_FLAGS:
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true")
+    names = []
+    if with_variant_flags:
+        for option, default in variant_flags().items():
+            names.append(option)
+            if isinstance(default, bool):
+                p.add_argument("--" + option.replace("_", "-"), dest=f"variant_{option}", action="store_true",
+                               help="a variant option")
+            else:
+                p.add_argument("--" + option.replace("_", "-"), dest=f"variant_{option}", type=_scalar,
+                               default=None, help=f"a variant option (default {default!r})")
+    p.set_defaults(variant_flag_names=names)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--variant-opt", action="append", metavar="KEY=VALUE", help="a variant option")
     p.add_argument("--mask-opt", action="append", metavar="KEY=VALUE", help="a mask option")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field")
     p.add_argument("--out", help="the run folder (default results/train/<run_id>)")
@@ -274,15 +406,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.config import ConfigError
     from masks.registry import UnknownNameError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # variant options become train flags only for `train` (reading them imports torch)
+    args = build_parser(with_variant_flags="train" in argv[:1]).parse_args(argv)
     try:
         return args.func(args)
-    except (InvalidInput, ConfigError, UnknownNameError) as exc:
+    except (InvalidInput, UnknownNameError) as exc:
         print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except RunFailed as exc:
+        print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except Interrupted as exc:
+        return 128 + exc.signum
     except KeyboardInterrupt:
         return 130
 

@@ -5,46 +5,26 @@
 ``run_dir`` receives config.json, metrics.jsonl (one line per epoch), checkpoint.pt
 (every epoch) and, atomically at the end, result.json. A rerun on the same folder
 resumes from the checkpoint and gives, on CPU, the same numbers as an uninterrupted run:
-every epoch's data order and augmentation depend only on (seed, epoch).
+every epoch's data order and augmentation depend only on (seed, epoch). Which folder may be
+trained, its lock and what happens to an old result are the run-folder rule of
+:mod:`bench.rundir`.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
-import os
 import sys
 import time
-import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from bench import config as C
-from bench import io
-
-
-class RunLocked(RuntimeError):
-    """Another process is training this run right now."""
+from bench import config, env, io, rundir
 
 
 class CheckpointMismatch(RuntimeError):
     """The checkpoint in a run folder belongs to another config."""
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """An exclusive, non-blocking lock on the run folder (released if the process dies)."""
-    fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"{run_dir} is being trained by another process") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
 
 
 def pick_device(name: str):
@@ -152,152 +132,221 @@ def evaluate(model, loader, criterion, amp_ctx) -> tuple[float, float]:
 
 
 def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool = True,
-        log: Callable[[str], None] | None = None) -> dict:
-    """Train (or resume, or return the finished result of) one run; return result.json's content."""
-    cfg = C.resolve(cfg)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rid = C.run_id(cfg)
-    result_path = run_dir / "result.json"
-    if log is None:
-        def log(msg: str) -> None:
-            print(msg, flush=True)
+        log: Callable[[str], None] | None = None, submission: str | None = None) -> dict:
+    """Train (or resume, or return the finished result of) one run; return result.json's content.
 
-    with run_lock(run_dir):
-        if result_path.exists():
-            previous = io.read_json(result_path)
-            if previous.get("status") in ("done", "diverged"):
-                return previous
-            result_path.unlink()  # a failed run is retried
-        cfg_path = run_dir / "config.json"
-        if cfg_path.exists():
-            stored = io.read_json(cfg_path)
-            if stored.get("run_id") != rid:
-                raise CheckpointMismatch(
-                    f"{run_dir} holds run {stored.get('run_id')}, not {rid}: use another folder")
-        else:
-            io.write_json(cfg_path, {"run_id": rid, "suite": suite, "config": cfg})
+    ``submission`` (an id chosen by the suite runner) is stored in result.json, so the runner
+    knows which results its own submission produced. A folder holding another run is refused
+    (rundir.ForeignRunDir) before anything is written.
+    """
+    cfg = config.resolve(cfg)
+    rid = config.run_id(cfg)
+    run_dir = Path(run_dir)
+    rundir.check_owner(run_dir, rid)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = log or _print
+    with rundir.run_lock(run_dir):
+        finished, note = rundir.take_up(run_dir)
+        if finished is not None:
+            return finished
+        if note:
+            log(f"[{rid}] {note}")
+        write_config(run_dir, rid, suite, cfg)
         try:
-            return _train(cfg, rid, run_dir, progress, log)
+            result = _train(cfg, rid, run_dir, progress, log)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
-            result = {"status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
-                      "traceback": traceback.format_exc()[-4000:], "config": cfg}
-            io.write_json(result_path, result)
+            io.write_json(run_dir / "result.json", {
+                "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": _traceback(), "config": cfg, "submission": submission})
             raise
+        result["submission"] = submission
+        io.write_json(run_dir / "result.json", result)
+        return result
+
+
+def write_config(run_dir: Path, rid: str, suite: str | None, cfg: dict) -> None:
+    """config.json, unless the folder has one (it then names this run: rundir.check_owner)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        io.write_json(path, {"run_id": rid, "suite": suite, "config": cfg,
+                             "variant_options": config.variant_options(cfg)})
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _traceback() -> str:
+    import traceback
+
+    return traceback.format_exc()[-4000:]
+
+
+@dataclass
+class Setup:
+    """Everything a run trains with, built from its config."""
+
+    device: Any
+    train_loader: Any
+    test_loader: Any
+    mask_loader: Any
+    model: Any
+    forward: Any              # the model, or its torch.compile wrapper
+    base: Any                 # the base optimizer
+    opt: Any                  # bench.sam.SAM around it
+    base_lrs: list[float]
+    n_params: int
+    criterion: Any
+    eval_criterion: Any
+    amp_ctx: Any
+
+
+@dataclass
+class TrainState:
+    """Where training stands: restored from checkpoint.pt, advanced every epoch."""
+
+    epoch: int = 0
+    elapsed: float = 0.0
+    epoch_times: list[float] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
 
 
 def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
-    import torch
-
-    import masks
-    from bench import data as D
-    from bench import env as E
-    from bench import models as M
-    from bench.sam import SAM
-
+    """Set up, resume, train the remaining epochs; return the result (not yet written)."""
     t_start = time.perf_counter()
-    device = pick_device(cfg["device"])
-    torch.manual_seed(cfg["seed"])
-
-    spec = D.load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
-    train_loader, test_loader = D.make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"],
-                                               cfg["seed"], device, cfg["augment"])
-    # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation; it shares
-    # the training tensors already on the device
-    mask_loader = D.DeviceLoader(train_loader.x, train_loader.y, cfg["batch_size"], shuffle=True,
-                                 augment=False, crop_pad=0, flip=False, seed=cfg["seed"] + 7919,
-                                 device=device)
-
-    torch.manual_seed(cfg["seed"])
-    model = M.create_model(cfg["model"], num_classes=spec.num_classes, in_chans=spec.in_chans,
-                           img_size=spec.img_size).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    n_params = masks.n_trainable(model)
-    base = make_base_optimizer(cfg, model.parameters())
-    base_lrs = [g["lr"] for g in base.param_groups]
-    mask = C.make_mask(cfg)
-    opt = SAM(model, base, rho=cfg["rho"], variant=cfg["variant"], mask=mask, rho_norm=cfg["rho_norm"],
-              freeze_bn_second=cfg["freeze_bn_second"], **cfg["variant_opts"])
-    if opt.is_sam and not opt.selection:
-        mask_loader.set_epoch(0)
-        opt.build_mask(mask_loader)
-    forward = torch.compile(model) if cfg["compile"] else model
-
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    eval_criterion = torch.nn.CrossEntropyLoss()
-    amp_ctx = amp_context(cfg["amp"] == "bf16" and device.type == "cuda")
-
-    steps_per_epoch = len(train_loader)
-    total_steps = cfg["epochs"] * steps_per_epoch
-    warmup = cfg["warmup_epochs"] * steps_per_epoch
-
-    # --- resume ---------------------------------------------------------------------------
-    start_epoch, elapsed, epoch_times = 0, 0.0, []
-    ckpt_path = run_dir / "checkpoint.pt"
-    if ckpt_path.exists():
-        ckpt = io.load_checkpoint(ckpt_path)
-        if ckpt.get("run_id") != rid:
-            raise CheckpointMismatch(f"{ckpt_path} belongs to run {ckpt.get('run_id')}, not {rid}")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, elapsed = int(ckpt["epoch"]), float(ckpt["elapsed"])
-        epoch_times = [float(t) for t in ckpt["epoch_times"]]
-        metrics = [dict(m) for m in ckpt["metrics"]]  # the file may hold epochs past the checkpoint
-        log(f"[{rid}] resuming after epoch {start_epoch}/{cfg['epochs']}")
-    else:
-        metrics = []
-    io.write_jsonl(run_dir / "metrics.jsonl", metrics)
-
-    status, last = "done", (metrics[-1] if metrics else {})
-    for epoch in range(start_epoch, cfg["epochs"]):
-        mask_loader.set_epoch(epoch + 1)
-        opt.on_epoch_start(epoch, cfg["epochs"], mask_loader)
-        train_loader.set_epoch(epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = Progress(steps_per_epoch, f"{rid} epoch {epoch + 1}/{cfg['epochs']}", progress)
-        t0 = time.perf_counter()
-        for i, (x, y) in enumerate(train_loader):
-            if cfg["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
-            factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
-            for group, lr in zip(base.param_groups, base_lrs):
-                group["lr"] = lr * factor
-            out, loss = train_step(forward, opt, x, y, criterion, amp_ctx)
-            loss_sum += loss.detach().float() * y.numel()
-            correct += (out.detach().argmax(1) == y).sum()
-            if (i + 1) % cfg["log_every"] == 0:
-                if not math.isfinite(float(loss_sum)):  # one host sync every log_every steps
-                    break
-                bar.update(cfg["log_every"], loss=f"{float(loss_sum) / ((i + 1) * y.numel()):.3f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - t0
-        bar.close()
-        n_train = train_loader.num_samples
-        train_loss, train_acc = float(loss_sum) / n_train, 100.0 * float(correct) / n_train
-        if not math.isfinite(train_loss):
+    setup = build(cfg)
+    state = resume(setup, cfg, rid, run_dir, log)
+    io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
+    status, last = "done", (state.metrics[-1] if state.metrics else {})
+    for epoch in range(state.epoch, cfg["epochs"]):
+        stats = train_epoch(setup, cfg, rid, epoch, progress)
+        if not math.isfinite(stats["train_loss"]):
             status = "diverged"
-            last = {"epoch": epoch + 1, "train_loss": float("nan"), "train_acc": train_acc,
+            last = {"epoch": epoch + 1, "train_loss": float("nan"), "train_acc": stats["train_acc"],
                     "test_loss": float("nan"), "test_acc": float("nan")}
             log(f"[{rid}] epoch {epoch + 1}: loss is not finite, run diverged")
             break
-        test_loss, test_acc = evaluate(forward, test_loader, eval_criterion, amp_ctx)
-        epoch_times.append(epoch_time)
-        last = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                "test_acc": test_acc, "lr": base.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-                "perturbed_fraction": opt.perturbed_fraction}
-        metrics.append(last)
-        now_elapsed = elapsed + time.perf_counter() - t_start
-        io.write_jsonl(run_dir / "metrics.jsonl", metrics)
-        io.save_checkpoint(ckpt_path, {
-            "run_id": rid, "epoch": epoch + 1, "elapsed": now_elapsed, "epoch_times": epoch_times,
-            "metrics": metrics, "model": model.state_dict(), "optimizer": opt.state_dict()})
-        log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {train_loss:.4f} acc {train_acc:.2f}  "
-            f"test loss {test_loss:.4f} acc {test_acc:.2f}  {epoch_time:.1f}s")
+        last = finish_epoch(setup, cfg, rid, run_dir, epoch, stats, state, t_start, log)
+    return make_result(setup, cfg, rid, status, last, state, t_start)
 
+
+def build(cfg: dict) -> Setup:
+    """Data, model, base optimizer and SAM, seeded by the config."""
+    import torch
+
+    import masks
+    from bench.data import DeviceLoader, load_dataset, make_loaders
+    from bench.models import create_model
+    from bench.sam import SAM
+
+    device = pick_device(cfg["device"])
+    torch.manual_seed(cfg["seed"])
+    spec = load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
+    train_loader, test_loader = make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"],
+                                             cfg["seed"], device, cfg["augment"])
+    # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation; it shares
+    # the training tensors already on the device
+    mask_loader = DeviceLoader(train_loader.x, train_loader.y, cfg["batch_size"], shuffle=True,
+                               augment=False, crop_pad=0, flip=False, seed=cfg["seed"] + 7919, device=device)
+    torch.manual_seed(cfg["seed"])
+    model = create_model(cfg["model"], num_classes=spec.num_classes, in_chans=spec.in_chans,
+                         img_size=spec.img_size).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    base = make_base_optimizer(cfg, model.parameters())
+    opt = SAM(model, base, rho=cfg["rho"], variant=cfg["variant"], mask=config.make_mask(cfg),
+              rho_norm=cfg["rho_norm"], freeze_bn_second=cfg["freeze_bn_second"], **cfg["variant_opts"])
+    if opt.is_sam and not opt.selection:
+        mask_loader.set_epoch(0)
+        opt.build_mask(mask_loader)
+    return Setup(device=device, train_loader=train_loader, test_loader=test_loader, mask_loader=mask_loader,
+                 model=model, forward=torch.compile(model) if cfg["compile"] else model, base=base, opt=opt,
+                 base_lrs=[g["lr"] for g in base.param_groups], n_params=masks.n_trainable(model),
+                 criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
+                 eval_criterion=torch.nn.CrossEntropyLoss(),
+                 amp_ctx=amp_context(cfg["amp"] == "bf16" and device.type == "cuda"))
+
+
+def resume(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:
+    """Restore model, optimizer and progress from checkpoint.pt, if there is one (one of
+    another run is refused: CheckpointMismatch).
+    """
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return TrainState()
+    ckpt = io.load_checkpoint(path)
+    if ckpt.get("run_id") != rid:
+        raise CheckpointMismatch(f"{path} belongs to run {ckpt.get('run_id')}, not {rid}")
+    setup.model.load_state_dict(ckpt["model"])
+    setup.opt.load_state_dict(ckpt["optimizer"])
+    state = TrainState(epoch=int(ckpt["epoch"]), elapsed=float(ckpt["elapsed"]),
+                      epoch_times=[float(t) for t in ckpt["epoch_times"]],
+                      metrics=[dict(m) for m in ckpt["metrics"]])  # the file may hold epochs past it
+    log(f"[{rid}] resuming after epoch {state.epoch}/{cfg['epochs']}")
+    return state
+
+
+def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -> dict:
+    """One pass over the training set; ``{train_loss, train_acc, epoch_time_s}`` (loss may be nan)."""
+    import torch
+
+    s = setup
+    s.mask_loader.set_epoch(epoch + 1)
+    s.opt.on_epoch_start(epoch, cfg["epochs"], s.mask_loader)
+    s.train_loader.set_epoch(epoch)
+    s.model.train()
+    steps_per_epoch = len(s.train_loader)
+    total_steps, warmup = cfg["epochs"] * steps_per_epoch, cfg["warmup_epochs"] * steps_per_epoch
+    loss_sum = torch.zeros((), device=s.device)
+    correct = torch.zeros((), device=s.device, dtype=torch.long)
+    bar = Progress(steps_per_epoch, f"{rid} epoch {epoch + 1}/{cfg['epochs']}", progress)
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(s.train_loader):
+        if cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
+        for group, lr in zip(s.base.param_groups, s.base_lrs):
+            group["lr"] = lr * factor
+        out, loss = train_step(s.forward, s.opt, x, y, s.criterion, s.amp_ctx)
+        loss_sum += loss.detach().float() * y.numel()
+        correct += (out.detach().argmax(1) == y).sum()
+        if (i + 1) % cfg["log_every"] == 0:
+            if not math.isfinite(float(loss_sum)):  # one host sync every log_every steps
+                break
+            bar.update(cfg["log_every"], loss=f"{float(loss_sum) / ((i + 1) * y.numel()):.3f}")
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    epoch_time = time.perf_counter() - t0
+    bar.close()
+    n_train = s.train_loader.num_samples
+    return {"train_loss": float(loss_sum) / n_train, "train_acc": 100.0 * float(correct) / n_train,
+            "epoch_time_s": epoch_time}
+
+
+def finish_epoch(setup: Setup, cfg: dict, rid: str, run_dir: Path, epoch: int, stats: dict,
+                 state: TrainState, t_start: float, log) -> dict:
+    """Evaluate, then append the epoch to metrics.jsonl and write checkpoint.pt; return its metrics."""
+    test_loss, test_acc = evaluate(setup.forward, setup.test_loader, setup.eval_criterion, setup.amp_ctx)
+    state.epoch_times.append(stats["epoch_time_s"])
+    last = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+            "test_loss": test_loss, "test_acc": test_acc, "lr": setup.base.param_groups[0]["lr"],
+            "epoch_time_s": stats["epoch_time_s"], "perturbed_fraction": setup.opt.perturbed_fraction}
+    state.metrics.append(last)
+    state.epoch = epoch + 1
+    io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
+    io.save_checkpoint(run_dir / "checkpoint.pt", {
+        "run_id": rid, "epoch": epoch + 1, "elapsed": state.elapsed + time.perf_counter() - t_start,
+        "epoch_times": state.epoch_times, "metrics": state.metrics,
+        "model": setup.model.state_dict(), "optimizer": setup.opt.state_dict()})
+    log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {stats['train_loss']:.4f} "
+        f"acc {stats['train_acc']:.2f}  test loss {test_loss:.4f} acc {test_acc:.2f}  {stats['epoch_time_s']:.1f}s")
+    return last
+
+
+def make_result(setup: Setup, cfg: dict, rid: str, status: str, last: dict, state: TrainState,
+                t_start: float) -> dict:
+    """result.json's content: the last epoch's numbers, timing, the mask's size, the environment."""
+    times = state.epoch_times
     result = {
         "status": status,
         "run_id": rid,
@@ -305,19 +354,19 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
         "test_loss": last.get("test_loss"),
         "train_acc": last.get("train_acc"),
         "train_loss": last.get("train_loss"),
-        "best_test_acc": max((m["test_acc"] for m in metrics), default=None),
+        "best_test_acc": max((m["test_acc"] for m in state.metrics), default=None),
         "epochs": last.get("epoch", 0),
-        "wall_time_s": elapsed + time.perf_counter() - t_start,
-        "seconds_per_epoch": sum(epoch_times) / len(epoch_times) if epoch_times else None,
-        "n_params": n_params,
-        "n_perturbed": opt.n_perturbed,
-        "perturbed_fraction": opt.perturbed_fraction,
-        "env": E.environment(device),
+        "wall_time_s": state.elapsed + time.perf_counter() - t_start,
+        "seconds_per_epoch": sum(times) / len(times) if times else None,
+        "n_params": setup.n_params,
+        "n_perturbed": setup.opt.n_perturbed,
+        "perturbed_fraction": setup.opt.perturbed_fraction,
+        "env": env.environment(setup.device),
         "config": cfg,
+        "variant_options": config.variant_options(cfg),
     }
     if cfg["save_gamma"]:
-        gammas = norm_gammas(model)
+        gammas = norm_gammas(setup.model)
         if gammas:
             result["norm_gamma"] = gammas
-    io.write_json(run_dir / "result.json", result)
     return result
