@@ -5,21 +5,32 @@ data, so a caller can re-address it (a suite names the grid entry, ``sambench tr
 flag) without reading the message text. The command line prints it without a traceback and
 exits with :data:`EXIT_INVALID`.
 
-User text (suite files, ``--set`` values) is parsed by :func:`load_yaml` (``yaml.safe_load``
-rules).
+User text (suite files, ``--set`` values) is parsed by :func:`load_yaml`: ``yaml.safe_load``
+rules, and at most :data:`MAX_YAML_NODES` nodes after alias expansion,
+so a few hundred bytes of aliases cannot expand into gigabytes. Values quoted in messages go
+through :func:`show`, which never builds more than a short prefix of a value's repr.
 """
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 import yaml
 
 EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+MAX_YAML_NODES = 100_000      # nodes of a suite file or --set value after alias expansion
+MESSAGE_LIMIT = 2_000         # characters of one error message
+SHOW_LIMIT = 80               # characters of one value quoted in a message
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxdict, _repr.maxlist, _repr.maxtuple = 3, 6, 6, 6
+_repr.maxstring, _repr.maxother, _repr.maxlong = SHOW_LIMIT, SHOW_LIMIT, 40
 
 
-def show(value: Any) -> str:
-    """A user value quoted in a message."""
-    return repr(value)
+def show(value: Any, limit: int = SHOW_LIMIT) -> str:
+    """A short repr of a user value for messages (nested and long values are cut with '...')."""
+    text = _repr.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class InvalidInput(ValueError):
@@ -43,7 +54,7 @@ class InvalidInput(ValueError):
             if isinstance(allowed, (list, tuple)):
                 allowed = ", ".join(map(str, allowed))
             text += f" (allowed: {allowed})"
-        return text
+        return text if len(text) <= MESSAGE_LIMIT else text[:MESSAGE_LIMIT - 3] + "..."
 
     def __str__(self) -> str:
         return self.render()
@@ -59,12 +70,34 @@ class Interrupted(KeyboardInterrupt):
 
 # --- user YAML -----------------------------------------------------------------------------
 
+def _node_count(node: yaml.Node, budget: int) -> int:
+    """Nodes of the document with every alias expanded, counting no further than ``budget``."""
+    count, stack = 0, [node]
+    while stack:
+        n = stack.pop()
+        count += 1
+        if count > budget:
+            break
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                stack.append(k)
+                stack.append(v)
+    return count
+
+
 def load_yaml(text: str, source: str) -> Any:
-    """Parse user YAML (``source`` names it in errors)."""
+    """Parse user YAML (``source`` names it in errors): safe, unique keys, bounded size."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
-        return None if node is None else loader.construct_document(node)
+        if node is None:
+            return None
+        if _node_count(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise InvalidInput(f"more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+                               f"expanded; write the suite out or split it", source=source)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -143,6 +143,31 @@ def test_final_summary_counts_a_failed_run_whose_worker_is_still_exiting(tmp_pat
     assert "this mask fails once training starts" in proc.stdout
 
 
+# --- 4: an alias bomb: refused in a few lines, values cut in messages ------------------------------
+
+def _bomb(levels: int, width: int = 10) -> str:
+    anchors = [f"&a0 [{', '.join(['xxxxxxxxxx'] * width)}]"]
+    anchors += [f"&a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "name: bomb\ndefaults:\n  rho: [" + ", ".join(anchors) + "]\n"
+
+
+def test_alias_bomb_is_refused_and_messages_stay_short(tmp_path, run_sambench):
+    big = tmp_path / "big.yaml"
+    big.write_text(_bomb(7))  # ~10^7 values once expanded, from a few hundred bytes
+    assert big.stat().st_size < 500
+    t0 = time.time()
+    proc = run_sambench("run", big, "--out", tmp_path / "out", "--dry-run", timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr) < 500, proc.stderr[:2000]
+    assert "more than 100,000 values once its aliases (*name) are expanded" in proc.stderr
+    assert time.time() - t0 < 60
+    small = tmp_path / "small.yaml"
+    small.write_text(_bomb(4))  # 11,110 values: loaded, then rejected as a rho, shown cut short
+    proc = run_sambench("run", small, "--out", tmp_path / "out", "--dry-run", timeout=120)
+    assert proc.returncode == 2 and "defaults.rho: must be a finite number" not in proc.stderr
+    assert "defaults.rho: must be a number >= 0, got [[" in proc.stderr and len(proc.stderr) < 400, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # --- 8: a failed result is retried whatever its file time says ------------------------------------------
 
 def test_failed_result_with_a_future_mtime_is_retried(tmp_path, capsys, write_file):
