@@ -6,7 +6,7 @@ flag) without reading the message text. The command line prints it without a tra
 exits with :data:`EXIT_INVALID`.
 
 User text (suite files, ``--set`` values) is parsed by :func:`load_yaml`: ``yaml.safe_load``
-rules, and at most :data:`MAX_YAML_NODES` nodes after alias expansion,
+rules, duplicate keys rejected, and at most :data:`MAX_YAML_NODES` nodes after alias expansion,
 so a few hundred bytes of aliases cannot expand into gigabytes. Values quoted in messages go
 through :func:`show`, which never builds more than a short prefix of a value's repr.
 """
@@ -70,6 +70,27 @@ class Interrupted(KeyboardInterrupt):
 
 # --- user YAML -----------------------------------------------------------------------------
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *defaults": merged keys may be overridden, that is the point
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # SafeLoader reports unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {show(key)} (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _node_count(node: yaml.Node, budget: int) -> int:
     """Nodes of the document with every alias expanded, counting no further than ``budget``."""
     count, stack = 0, [node]
@@ -89,7 +110,7 @@ def _node_count(node: yaml.Node, budget: int) -> int:
 
 def load_yaml(text: str, source: str) -> Any:
     """Parse user YAML (``source`` names it in errors): safe, unique keys, bounded size."""
-    loader = yaml.SafeLoader(text)
+    loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

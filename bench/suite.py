@@ -21,7 +21,7 @@ A list value in a grid mapping is an axis; to give a list-valued field one value
 ``base.lr=0.05``); ``slurm.<key>=value`` sets an executor setting, ``name=...`` and
 ``seeds=[...]`` replace those keys.
 
-Every error (unknown key or name, bad value, YAML syntax, a file that
+Every error (unknown key or name, bad value, YAML syntax or a key given twice, a file that
 expands past errors.MAX_YAML_NODES values, a mask that selects nothing on its model, no runs
 at all) raises :class:`SuiteError` with the file and the field path as data, e.g.
 ``suites/x.yaml: grid[2].mask: unknown mask 'randm' (allowed: all, ...)``; nothing is written.

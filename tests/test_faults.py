@@ -353,6 +353,21 @@ def test_match_of_an_unknown_mask_is_blamed_on_sparsity(tmp_path, capsys, write_
     assert "grid.sparsity: unknown mask 'nope'" in err, err
 
 
+def test_duplicate_yaml_keys_are_rejected(tmp_path, capsys, write_file):
+    path = write_file("s.yaml", TINY + "grid: {rho: [0.1], rho: [0.2]}\n")
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err and "duplicate key 'rho'" in err, err
+    path = write_file("t.yaml", "name: a\nname: b\n")
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    assert "duplicate key 'name'" in capsys.readouterr().err
+    assert cli.main(["run", str(path), "--dry-run", "--set", "base={lr: 1, lr: 2}"]) == 2
+    assert "--set base: " in capsys.readouterr().err
+    anchors = write_file("u.yaml", TINY.replace("defaults:", "defaults: &d") + "include:\n  - {<<: *d, rho: 0.1}\n")
+    (run,) = load_suite(anchors).runs  # a merge key may override what it merges
+    assert run["rho"] == 0.1 and run["model"] == "resnet_ci"
+
+
 @pytest.mark.parametrize("field, value, needle", [
     ("device", "cuda:abc", "device: got 'cuda:abc'"),
     ("epochs", "100000000000000000000", "epochs: must be an integer >= 1 and <= 100,000"),
