@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -218,6 +219,30 @@ def _keys(cfg: dict) -> None:
     for key in cfg:
         if key not in allowed:
             raise ConfigError(str(key), "unknown key", sorted(allowed))
+
+
+def _non_finite(value: Any) -> tuple[str, float] | None:
+    """(path as ``.key`` / ``[i]`` parts, value) of a NaN or infinity inside value, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", value)
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, (list, tuple)) else ())
+    for k, v in items:
+        if isinstance(v, (float, dict, list, tuple)):
+            found = _non_finite(v)
+            if found is not None:
+                return (f"[{k}]" if isinstance(k, int) else f".{k}") + found[0], found[1]
+    return None
+
+
+@step
+def _finite(cfg: dict) -> None:
+    """No NaN or infinity anywhere: JSON cannot store them, so the run would change on disk."""
+    found = _non_finite(cfg)
+    if found is not None:
+        path = found[0][1:]
+        hint = "; an option that takes infinity spells it 'inf'" if "." in path else ""
+        raise ConfigError(path, f"must be a finite number, got {found[1]}{hint}")
 
 
 @step

@@ -168,6 +168,32 @@ def test_alias_bomb_is_refused_and_messages_stay_short(tmp_path, run_sambench):
     assert not (tmp_path / "out").exists()
 
 
+# --- 5, 6: NaN/inf and non-integer seeds are rejected ---------------------------------------------
+
+@pytest.mark.parametrize("key, value", [("rho", ".nan"), ("rho", ".inf"), ("base.lr", ".nan"),
+                                        ("base.momentum", ".inf"), ("base.weight_decay", "-.inf"),
+                                        ("label_smoothing", ".nan"), ("sparsity", ".nan"),
+                                        ("variant_opts.eta", ".inf")])
+def test_non_finite_numbers_exit_2(tmp_path, capsys, write_file, key, value):
+    fields = {"dataset": "digits", "model": "resnet_ci", "epochs": "1", "variant": "asam", "mask": "random",
+              "sparsity": "0.5", "rho": "0.5"}
+    path = write_file("s.yaml", "name: f\ndefaults: {" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}\n")
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--set", f"{key}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--set {key}: must be a finite number" in err, err
+    fields[key] = value
+    path = write_file("t.yaml", "name: f\ndefaults: {" + ", ".join(f"{k}: {v}" for k, v in fields.items()) + "}\n")
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    assert f"defaults.{key}: must be a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_adamw_betas_must_be_finite(tmp_path, capsys, write_file):
+    path = write_file("s.yaml", TINY + "grid: {base: {name: adamw, betas: [0.9, .nan]}}\n")
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    assert "grid.base.betas[1]: must be a finite number, got nan" in capsys.readouterr().err
+
+
 # --- 8: a failed result is retried whatever its file time says ------------------------------------------
 
 def test_failed_result_with_a_future_mtime_is_retried(tmp_path, capsys, write_file):
