@@ -10,7 +10,7 @@ Format (see the README's "Suite files")::
     grid: {...} | [{...}, ...]  # a mapping = cartesian product of its list values;
                               # a list of mappings = union of their products
     include: [{...}, ...]     # single extra runs (defaults + that mapping)
-    seeds: [0, 1, 2]          # crossed with every run (default [0])
+    seeds: [0, 1, 2]          # crossed with every run (default: the runs' own seed field)
     slurm: {...}              # executor settings (partition, cpus_per_task, runs_per_job, ...)
 
 A list value in a grid mapping is an axis; to give a list-valued field one value, wrap it:
@@ -103,6 +103,10 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> Suite:
     seeds = _seeds(doc, top_over, source)
     slurm = _slurm_settings(doc, top_over, slurm_over, source)
     defaults = _mapping_of_fields(doc.get("defaults"), source, "defaults")
+    if seeds != [None] and "seed" in defaults:  # replaced by the seeds list, but still checked
+        seed = defaults["seed"]
+        if not (config._is_int(seed) and seed >= 0):
+            raise _err(source, "defaults.seed", f"must be an integer >= 0, got {show(seed)}")
     points = _points(doc, source)
     base_layer = _Layer.of(defaults, "defaults.")
     over_layer = _Layer.of(run_over, "--set ")
@@ -182,12 +186,11 @@ def _suite_name(doc: dict, top_over: dict, source: str) -> str:
 
 
 def _seeds(doc: dict, top_over: dict, source: str) -> list[int | None]:
-    """The seeds list (default: the seed of the defaults, else 0)."""
+    """The seeds list, or ``[None]``: each run keeps the seed its own fields give it."""
     seeds_src = "--set" if "seeds" in top_over else source
     seeds = top_over.get("seeds", doc.get("seeds"))
     if seeds is None:
-        defaults = doc.get("defaults") if isinstance(doc.get("defaults"), dict) else {}
-        return [defaults["seed"]] if config._is_int(defaults.get("seed")) else [0]
+        return [None]
     if not isinstance(seeds, list) or not seeds or not all(config._is_int(s) and s >= 0 for s in seeds):
         raise _err(seeds_src, "seeds", f"must be a non-empty list of integers >= 0, got {show(seeds)}")
     return seeds

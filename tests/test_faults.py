@@ -194,6 +194,14 @@ def test_adamw_betas_must_be_finite(tmp_path, capsys, write_file):
     assert "grid.base.betas[1]: must be a finite number, got nan" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", ['"abc"', "1.0", "-1", "true"])
+@pytest.mark.parametrize("seeds", ["", "seeds: [0, 1]\n"])
+def test_a_seed_that_is_not_an_integer_exits_2(tmp_path, capsys, write_file, seed, seeds):
+    path = write_file("s.yaml", TINY.replace("rho: 0.5", f"rho: 0.5, seed: {seed}") + seeds)
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    assert "defaults.seed: must be an integer >= 0, got" in capsys.readouterr().err
+
+
 # --- 8: a failed result is retried whatever its file time says ------------------------------------------
 
 def test_failed_result_with_a_future_mtime_is_retried(tmp_path, capsys, write_file):
