@@ -80,15 +80,22 @@ def _read_metrics(path: Path, skipped: list) -> tuple[int, dict | None]:
 
 
 def _find_run_dirs(root: Path) -> list[Path]:
+    """Folders holding a config.json or a result.json. Symbolic links to folders are followed
+    (as ``sambench status`` does), each real folder once, so a link loop ends."""
     if (root / "config.json").is_file():
         return [root]
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if "config.json" in filenames:
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if "config.json" in filenames or "result.json" in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []  # run folders do not nest
         else:
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     return sorted(found)
 
 
@@ -168,7 +175,8 @@ def _load_run(run_dir: Path, skipped: list) -> dict | None:
 def collect(folder: str | os.PathLike) -> pd.DataFrame:
     """One row per run found anywhere under ``folder`` (a results root, one suite, or one run).
 
-    Runs are found by their ``config.json``. Columns:
+    Runs are found by their ``config.json`` (or ``result.json``); symbolic links to folders are
+    followed, each real folder once. Columns:
 
     * ``run_id``, ``suite``, ``status`` (``done``/``diverged``/``failed`` from result.json;
       ``running`` = metrics logged but no result.json; ``pending`` = config.json only;

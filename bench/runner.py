@@ -19,6 +19,7 @@ workers this command started have exited.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -238,17 +239,35 @@ def _is_run_dir(d: Path) -> bool:
         bool(RUN_ID_RE.match(d.name)) or (d / "config.json").exists() or (d / "result.json").exists())
 
 
+def _real(d: Path, folder_real: str) -> str:
+    """Where a folder entry really is (symbolic links resolved; others cheaply)."""
+    return os.path.realpath(d) if d.is_symlink() else os.path.join(folder_real, d.name)
+
+
 def _run_dirs(folder: Path) -> list[Path]:
-    """The run folders in a suite folder."""
-    return [d for d in sorted(folder.iterdir()) if _is_run_dir(d)]
+    """The run folders in a suite folder, symbolic links followed, each real folder once."""
+    seen, out, folder_real = set(), [], os.path.realpath(folder)
+    for d in sorted(folder.iterdir()):
+        if _is_run_dir(d):
+            real = _real(d, folder_real)
+            if real not in seen:
+                seen.add(real)
+                out.append(d)
+    return out
 
 
 def suite_folders(target: Path) -> list[Path]:
-    """``target`` if it holds run folders, else its sub-folders that do."""
+    """``target`` if it holds run folders, else its sub-folders that do (links followed once)."""
     if any(_is_run_dir(d) for d in target.iterdir()):
         return [target]
-    return [d for d in sorted(target.iterdir())
-            if d.is_dir() and not d.name.startswith(".") and any(_is_run_dir(r) for r in d.iterdir())]
+    seen, out, target_real = set(), [], os.path.realpath(target)
+    for d in sorted(target.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and any(_is_run_dir(r) for r in d.iterdir()):
+            real = _real(d, target_real)
+            if real not in seen:
+                seen.add(real)
+                out.append(d)
+    return out
 
 
 def status_groups(target: Path, out: Path) -> list[tuple[str, Path, list[RunState]]]:

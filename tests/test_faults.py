@@ -202,6 +202,29 @@ def test_a_seed_that_is_not_an_integer_exits_2(tmp_path, capsys, write_file, see
     assert "defaults.seed: must be an integer >= 0, got" in capsys.readouterr().err
 
 
+# --- 7: symbolic links: status and collect count the same runs --------------------------------------
+
+def test_status_and_collect_follow_the_same_links_once(tmp_path, capsys):
+    results = tmp_path / "results"
+    for seed in range(3):
+        write_run(results, "real", make_cfg(seed=seed), test_acc=80.0)
+    elsewhere = tmp_path / "elsewhere"
+    for seed in range(2):
+        write_run(elsewhere, "linked", make_cfg(seed=seed, rho=0.1), test_acc=81.0)
+    (results / "linked").symlink_to(elsewhere / "linked")                    # a linked suite folder
+    extra = write_run(tmp_path / "loose", "x", make_cfg(seed=9), test_acc=82.0)
+    (results / "real" / extra.name).symlink_to(extra)                         # a linked run folder
+    (results / "real" / "loop").symlink_to(results)                           # a loop
+    (results / "again").symlink_to(results / "real")                          # the same folder twice
+
+    assert cli.main(["status", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    counted = sum(int(ln.split(": ", 1)[1].split()[0]) for ln in lines if " runs: " in ln)
+    df = analysis.collect(results)
+    assert counted == len(df) == 6, lines
+    assert sorted(df["test_acc"]) == [80.0] * 3 + [81.0] * 2 + [82.0]
+
+
 # --- 8: a failed result is retried whatever its file time says ------------------------------------------
 
 def test_failed_result_with_a_future_mtime_is_retried(tmp_path, capsys, write_file):
