@@ -32,6 +32,7 @@ import copy
 import itertools
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from bench.errors import InvalidInput, load_yaml, show
 
 TOP_KEYS = ["defaults", "grid", "include", "name", "seeds", "slurm"]
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+LARGE_SUITE = 10_000   # runs: above this, say that expanding and listing takes a while
 
 # slurm: key -> (type check, description)
 SLURM_KEYS: dict[str, tuple[Any, str]] = {
@@ -94,8 +96,13 @@ class Suite:
 
 # --- the public entry ----------------------------------------------------------------------------
 
-def load_suite(path: str | Path, overrides: dict | None = None) -> Suite:
-    """Read, expand and validate a suite file; raise SuiteError on the first problem."""
+def load_suite(path: str | Path, overrides: dict | None = None,
+               warn: Callable[[str], None] | None = None) -> Suite:
+    """Read, expand and validate a suite file; raise SuiteError on the first problem.
+
+    ``warn`` receives a note when the suite expands to more than LARGE_SUITE runs (default:
+    printed to stderr), before the long part of the work.
+    """
     source, path = str(path), Path(path)
     doc = _read_doc(path, source)
     run_over, slurm_over, top_over = _split_overrides(overrides)
@@ -108,6 +115,7 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> Suite:
         if not (config._is_int(seed) and seed >= 0):
             raise _err(source, "defaults.seed", f"must be an integer >= 0, got {show(seed)}")
     points = _points(doc, source)
+    _warn_if_large(len(points) * len(seeds), source, warn)
     base_layer = _Layer.of(defaults, "defaults.")
     over_layer = _Layer.of(run_over, "--set ")
     runs, ids, resolved = _expand(points, seeds, base_layer, over_layer, source)
@@ -275,6 +283,17 @@ def _points(doc: dict, source: str) -> list[tuple[str, dict[str, Any]]]:
     if not points:
         raise _err(source, "grid" if "grid" in doc else "include", "no runs")
     return points
+
+
+def _warn_if_large(n_runs: int, source: str, warn: Callable[[str], None] | None) -> None:
+    if n_runs <= LARGE_SUITE:
+        return
+    note = (f"warning: {source} expands to {n_runs:,} runs (before removing duplicates); checking "
+            f"every one takes a while, and --dry-run prints one line per run")
+    if warn is None:
+        print(note, file=sys.stderr, flush=True)
+    else:
+        warn(note)
 
 
 # --- layers: where each value came from ---------------------------------------------------------

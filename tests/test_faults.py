@@ -368,6 +368,17 @@ def test_keep_running_leaves_the_workers_and_says_so(tmp_path, sambench_env):
         run.cleanup()
 
 
+# --- 10: a large suite says so before the long part -----------------------------------------------------
+
+def test_large_suite_warns_before_expanding(tmp_path, capsys, write_file, monkeypatch):
+    monkeypatch.setattr(suite, "LARGE_SUITE", 5)
+    path = write_file("s.yaml", TINY + "grid: {rho: [0.1, 0.2, 0.3]}\nseeds: [0, 1]\n")
+    assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: " in captured.err and "expands to 6 runs" in captured.err
+    assert "6 runs: 0 done" in captured.out
+
+
 @pytest.mark.parametrize("command", ["collect", "plot", "table"])
 def test_analysis_commands_on_a_missing_folder_exit_2(tmp_path, capsys, command):
     assert cli.main([command, str(tmp_path / "nope")]) == 2
