@@ -180,9 +180,9 @@ def owner(run_dir: Path) -> str | None:
     if (run_dir / "checkpoint.pt").exists():
         try:
             held = io.load_checkpoint(run_dir / "checkpoint.pt").get("run_id")
-        except Exception as exc:  # noqa: BLE001 -- torch.load's errors on a broken file vary
-            raise ForeignRunDir(f"{run_dir / 'checkpoint.pt'} is unreadable ({type(exc).__name__}); with no "
-                                f"config.json it is unclear which run this folder holds: use another folder") from None
+        except OSError as exc:
+            raise ForeignRunDir(f"{exc}; with no config.json it is unclear which run this folder holds: "
+                                f"use another folder") from None
         return held if isinstance(held, str) else None
     return None
 

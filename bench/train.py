@@ -268,13 +268,20 @@ def build(cfg: dict) -> Setup:
 
 
 def resume(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:
-    """Restore model, optimizer and progress from checkpoint.pt, if there is one (one of
-    another run is refused: CheckpointMismatch).
+    """Restore model, optimizer and progress from checkpoint.pt, if there is a usable one.
+
+    A checkpoint that cannot be read is kept under another name and the run starts over;
+    one of another run is refused (CheckpointMismatch).
     """
     path = run_dir / "checkpoint.pt"
     if not path.exists():
         return TrainState()
-    ckpt = io.load_checkpoint(path)
+    try:
+        ckpt = io.load_checkpoint(path)
+    except io.CheckpointError as exc:
+        kept = rundir.move_aside(path)
+        log(f"[{rid}] {exc}: kept as {kept.name}, training from the start")
+        return TrainState()
     if ckpt.get("run_id") != rid:
         raise CheckpointMismatch(f"{path} belongs to run {ckpt.get('run_id')}, not {rid}")
     setup.model.load_state_dict(ckpt["model"])

@@ -379,6 +379,24 @@ def test_large_suite_warns_before_expanding(tmp_path, capsys, write_file, monkey
     assert "6 runs: 0 done" in captured.out
 
 
+# --- also: the smaller ones ---------------------------------------------------------------------------
+
+def test_truncated_checkpoint_is_named_kept_and_the_run_restarted(tmp_path):
+    cfg = {"dataset": "digits", "model": "resnet_ci", "epochs": 2, "mask": "norm_only", "rho": 0.5, "device": "cpu"}
+    first = train.run(cfg, tmp_path / "r", progress=False, log=lambda m: None)
+    (tmp_path / "r" / "result.json").unlink()
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(io.CheckpointError, match="checkpoint.pt is unreadable"):
+        io.load_checkpoint(ckpt)
+    logs: list[str] = []
+    again = train.run(cfg, tmp_path / "r", progress=False, log=logs.append)
+    assert any(f"{ckpt} is unreadable" in line and "kept as checkpoint.pt.corrupt" in line for line in logs), logs
+    assert (tmp_path / "r" / "checkpoint.pt.corrupt").read_bytes() == data[: len(data) // 2]
+    assert again["status"] == "done" and again["test_acc"] == first["test_acc"]
+
+
 @pytest.mark.parametrize("command", ["collect", "plot", "table"])
 def test_analysis_commands_on_a_missing_folder_exit_2(tmp_path, capsys, command):
     assert cli.main([command, str(tmp_path / "nope")]) == 2
