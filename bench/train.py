@@ -4,10 +4,11 @@
 
 ``run_dir`` receives config.json, metrics.jsonl (one line per epoch), checkpoint.pt
 (every epoch) and, atomically at the end, result.json. A rerun on the same folder
-resumes from the checkpoint and gives, on CPU, the same numbers as an uninterrupted run:
-every epoch's data order and augmentation depend only on (seed, epoch). Which folder may be
-trained, its lock and what happens to an old result are the run-folder rule of
-:mod:`bench.rundir`.
+resumes from the checkpoint and gives, on CPU with the same number of threads, the same
+numbers as an uninterrupted run: every epoch's data order and augmentation depend only on
+(seed, epoch). The thread counts used are recorded (metrics, checkpoint, result); a resume
+with another count says so. Which folder may be trained, its lock and what happens to an
+old result are the run-folder rule of :mod:`bench.rundir`.
 """
 from __future__ import annotations
 
@@ -209,13 +210,19 @@ class TrainState:
     elapsed: float = 0.0
     epoch_times: list[float] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)
+    threads_used: list[int] = field(default_factory=list)
 
 
 def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
     """Set up, resume, train the remaining epochs; return the result (not yet written)."""
+    import torch
+
     t_start = time.perf_counter()
     setup = build(cfg)
     state = resume(setup, cfg, rid, run_dir, log)
+    threads = torch.get_num_threads()
+    if threads not in state.threads_used:
+        state.threads_used.append(threads)
     io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
     status, last = "done", (state.metrics[-1] if state.metrics else {})
     for epoch in range(state.epoch, cfg["epochs"]):
@@ -273,6 +280,8 @@ def resume(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:
     A checkpoint that cannot be read is kept under another name and the run starts over;
     one of another run is refused (CheckpointMismatch).
     """
+    import torch
+
     path = run_dir / "checkpoint.pt"
     if not path.exists():
         return TrainState()
@@ -288,8 +297,14 @@ def resume(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:
     setup.opt.load_state_dict(ckpt["optimizer"])
     state = TrainState(epoch=int(ckpt["epoch"]), elapsed=float(ckpt["elapsed"]),
                       epoch_times=[float(t) for t in ckpt["epoch_times"]],
-                      metrics=[dict(m) for m in ckpt["metrics"]])  # the file may hold epochs past it
+                      metrics=[dict(m) for m in ckpt["metrics"]],  # the file may hold epochs past it
+                      threads_used=[int(t) for t in ckpt.get("threads_used", [])])
     log(f"[{rid}] resuming after epoch {state.epoch}/{cfg['epochs']}")
+    threads = torch.get_num_threads()
+    if state.threads_used and threads not in state.threads_used and setup.device.type == "cpu":
+        log(f"[{rid}] warning: resuming with {threads} CPU thread(s); the epochs so far used "
+            f"{', '.join(map(str, state.threads_used))}. On CPU the thread count changes the numbers "
+            f"slightly: this run will not match an uninterrupted one bit for bit")
     return state
 
 
@@ -333,17 +348,20 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -
 def finish_epoch(setup: Setup, cfg: dict, rid: str, run_dir: Path, epoch: int, stats: dict,
                  state: TrainState, t_start: float, log) -> dict:
     """Evaluate, then append the epoch to metrics.jsonl and write checkpoint.pt; return its metrics."""
+    import torch
+
     test_loss, test_acc = evaluate(setup.forward, setup.test_loader, setup.eval_criterion, setup.amp_ctx)
     state.epoch_times.append(stats["epoch_time_s"])
     last = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
             "test_loss": test_loss, "test_acc": test_acc, "lr": setup.base.param_groups[0]["lr"],
-            "epoch_time_s": stats["epoch_time_s"], "perturbed_fraction": setup.opt.perturbed_fraction}
+            "epoch_time_s": stats["epoch_time_s"], "perturbed_fraction": setup.opt.perturbed_fraction,
+            "threads": torch.get_num_threads()}
     state.metrics.append(last)
     state.epoch = epoch + 1
     io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
     io.save_checkpoint(run_dir / "checkpoint.pt", {
         "run_id": rid, "epoch": epoch + 1, "elapsed": state.elapsed + time.perf_counter() - t_start,
-        "epoch_times": state.epoch_times, "metrics": state.metrics,
+        "epoch_times": state.epoch_times, "metrics": state.metrics, "threads_used": state.threads_used,
         "model": setup.model.state_dict(), "optimizer": setup.opt.state_dict()})
     log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {stats['train_loss']:.4f} "
         f"acc {stats['train_acc']:.2f}  test loss {test_loss:.4f} acc {test_acc:.2f}  {stats['epoch_time_s']:.1f}s")
@@ -368,6 +386,7 @@ def make_result(setup: Setup, cfg: dict, rid: str, status: str, last: dict, stat
         "n_params": setup.n_params,
         "n_perturbed": setup.opt.n_perturbed,
         "perturbed_fraction": setup.opt.perturbed_fraction,
+        "threads_used": state.threads_used,
         "env": env.environment(setup.device),
         "config": cfg,
         "variant_options": config.variant_options(cfg),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from analysis_fixtures import make_cfg, write_run
 
 import analysis
@@ -452,6 +453,31 @@ def test_duplicate_yaml_keys_are_rejected(tmp_path, capsys, write_file):
     anchors = write_file("u.yaml", TINY.replace("defaults:", "defaults: &d") + "include:\n  - {<<: *d, rho: 0.1}\n")
     (run,) = load_suite(anchors).runs  # a merge key may override what it merges
     assert run["rho"] == 0.1 and run["model"] == "resnet_ci"
+
+
+def test_thread_count_is_recorded_and_a_resume_with_another_warns(tmp_path, monkeypatch):
+    cfg = {"dataset": "digits", "model": "resnet_ci", "epochs": 2, "mask": "norm_only", "rho": 0.5, "device": "cpu"}
+    real_save = io.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt  # killed after epoch 1
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setattr(io, "save_checkpoint", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train.run(cfg, tmp_path / "r", progress=False, log=lambda m: None)
+        monkeypatch.setattr(io, "save_checkpoint", real_save)
+        torch.set_num_threads(2)
+        logs: list[str] = []
+        result = train.run(cfg, tmp_path / "r", progress=False, log=logs.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert any("warning: resuming with 2 CPU thread(s); the epochs so far used 1" in ln for ln in logs), logs
+    assert result["threads_used"] == [1, 2] and result["env"]["threads"] == 2
+    assert [m["threads"] for m in io.read_jsonl(tmp_path / "r" / "metrics.jsonl")] == [1, 2]
 
 
 @pytest.mark.parametrize("field, value, needle", [
