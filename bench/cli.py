@@ -405,15 +405,20 @@ def build_parser(with_variant_flags: bool = False) -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    from masks.registry import UnknownNameError
+def _unknown_name(exc: BaseException) -> bool:
+    """A masks.registry.UnknownNameError (looked up only if that module was loaded: commands that
+    read files only, like status and collect, never import torch through masks)."""
+    registry = sys.modules.get("masks.registry")
+    return registry is not None and isinstance(exc, registry.UnknownNameError)
 
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # variant options become train flags only for `train` (reading them imports torch)
     args = build_parser(with_variant_flags="train" in argv[:1]).parse_args(argv)
     try:
         return args.func(args)
-    except (InvalidInput, UnknownNameError) as exc:
+    except InvalidInput as exc:
         print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     except RunFailed as exc:
@@ -423,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + exc.signum
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _unknown_name(exc):
+            raise
+        print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 if __name__ == "__main__":

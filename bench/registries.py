@@ -110,7 +110,12 @@ def variant_options(name: str) -> dict[str, Any]:
     Parameters without a default (required options) are not listed.
     """
     cls = VARIANTS.get(name)
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params
-            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            and p.default is not p.empty}
+    if cls not in _OPTIONS:
+        params = inspect.signature(cls.__init__).parameters.values()
+        _OPTIONS[cls] = {p.name: p.default for p in params
+                         if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                         and p.default is not p.empty}
+    return dict(_OPTIONS[cls])
+
+
+_OPTIONS: dict[Any, dict[str, Any]] = {}   # variant class -> its options (signatures do not change)

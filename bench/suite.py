@@ -28,7 +28,6 @@ at all) raises :class:`SuiteError` with the file and the field path as data, e.g
 """
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import re
@@ -349,7 +348,7 @@ def _compose(layers: list[_Layer]) -> tuple[dict[str, Any], dict[str, str]]:
                 for sub in [s for s in flat if s.startswith(k + ".")]:
                     flat.pop(sub)
                     origin.pop(sub, None)
-            flat[k] = copy.deepcopy(v)
+            flat[k] = config.plain_copy(v)
             origin[k] = layer.origin[k]
     over: dict[str, Any] = {}
     base: dict[str, Any] = {"name": base_name}
