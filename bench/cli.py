@@ -372,7 +372,7 @@ def build_parser(with_variant_flags: bool = False) -> argparse.ArgumentParser:
                                help="a variant option")
             else:
                 p.add_argument("--" + option.replace("_", "-"), dest=f"variant_{option}", type=_scalar,
-                               default=None, help=f"a variant option (default {default!r})")
+                               default=None, metavar="VALUE", help=f"a variant option (default {default!r})")
     p.set_defaults(variant_flag_names=names)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--variant-opt", action="append", metavar="KEY=VALUE", help="a variant option")
