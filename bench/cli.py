@@ -120,12 +120,12 @@ def cmd_list(args) -> int:
                 print(f"{'':<{width}}    options: {opts}")
         return EXIT_OK
     if args.what == "variants":
-        import inspect
+        from bench.variants import describe_variants
 
-        for name, cls in registries.VARIANTS.items():
-            params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-            opts = ", ".join(f"{p.name}={p.default!r}" for p in params)
-            print(f"{name:<6}  {(cls.__doc__ or '').strip()}" + (f"\n        options: {opts}" if opts else ""))
+        rows = describe_variants()
+        width = max(len(r[0]) for r in rows)
+        for name, desc, opts in rows:
+            print(f"{name:<{width}}  {desc}" + (f"\n{'':<{width}}    options: {opts}" if opts else ""))
         return EXIT_OK
     if args.what == "models":
         from bench.models import describe_models

@@ -16,7 +16,9 @@ def load() -> None:
     """Import the modules that register entries (cheap: timm is imported lazily)."""
     import bench.data  # noqa: F401
     import bench.models  # noqa: F401
-    import bench.sam  # noqa: F401
+    import bench.variants
+
+    bench.variants.load_all()
 
 
 def names(kind: str) -> list[str]:
