@@ -229,11 +229,11 @@ class SAM(torch.optim.Optimizer):
         clean gradient a variant keeps is their weighted sum. On the fast path the first group
         of a step clears .grad, so the descent backward starts clean.
         """
+        if loss is not None and self._groups == 0:
+            self.zero_grad(set_to_none=True)
         if self.sam_now:
             if not self._perturbed:
                 raise RuntimeError("the mask is not built yet: call build_mask(data) first")
-            if loss is not None and self._groups == 0:
-                self.zero_grad(set_to_none=True)
             grads = self._ascent_gradient(loss) if self.variant.ascent else None
             if grads is not None and self.variant.keeps_gradient:
                 self._keep_clean(grads, weight)

@@ -5,9 +5,10 @@ gradient" part, which the paper finds harmful):
     step 1:  d = g,                 m <- g
     later:   d = g - sigma m,       then m <- lmbda m + (1 - lmbda) g
     e = rho d / ||d||
-m lives on the ascent tensors (the perturbed ones; every tensor with rho_norm="full"); a tensor
-that joins a changing mask starts its m at its g. Defaults sigma = 1, lmbda = 0.9: the public
-code's FriendlySAM class (nblt/F-SAM; its run.sh uses lmbda = 0.95 for CIFAR-100).
+The EMA m (state; not the m-sharpness option m) lives on the ascent tensors (the perturbed
+ones; every tensor with rho_norm="full"); a tensor that joins a changing mask starts its m at its
+g, one that leaves drops it. Defaults sigma = 1, lmbda = 0.9: the public code's FriendlySAM class
+(nblt/F-SAM; its run.sh uses lmbda = 0.95 for CIFAR-100).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bench.variants.base import Variant, check_number, register_variant
 
 @register_variant("fsam")
 class FSAM(Variant):
-    """Friendly-SAM (Li et al.): perturb along g - sigma m, m an EMA (lmbda) of past gradients"""
+    """Friendly-SAM (Li et al.): perturb along g - sigma x (EMA with decay lmbda of past gradients)"""
 
     keeps_gradient = True
 
@@ -33,11 +34,13 @@ class FSAM(Variant):
 
     @torch.no_grad()
     def correct_descent(self, grads, clean):
-        for n, g in clean.items():
+        ema = {}
+        for n, g in clean.items():  # tensors that left the ascent set drop their m
             if n in self.ema:
-                self.ema[n].mul_(self.lmbda).add_(g, alpha=1.0 - self.lmbda)
+                ema[n] = self.ema[n].mul_(self.lmbda).add_(g, alpha=1.0 - self.lmbda)
             else:
-                self.ema[n] = g.detach().clone()
+                ema[n] = g.detach().clone()
+        self.ema = ema
 
     def state_dict(self):
         return {"ema": {n: t.detach().cpu() for n, t in self.ema.items()}}
