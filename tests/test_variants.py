@@ -4,6 +4,7 @@ through checkpoints, m-sharpness and late-phase SAM."""
 import math
 
 import pytest
+import pytorch_optimizer as po  # pinned in the test extra
 import torch
 from tiny_models import TinyResNet, TinyViT, batches, make
 from torch import nn
@@ -252,9 +253,6 @@ def test_closure_refuses_m():
 
 
 # --- kozistr/pytorch-optimizer (pinned test dependency) -------------------------------------
-
-po = pytest.importorskip("pytorch_optimizer")
-
 
 def po_steps(model, opt, batches_, lrs=LRS, before=None):
     out = []
