@@ -445,6 +445,8 @@ def _checked_taps(model, taps: dict[str, Tap], params, x, y, batched: bool) -> d
     """The taps whose squares on the first (up to) two samples agree with autograd's, per sample."""
     n = min(2, x.shape[0]) if batched else 1
     keys = [k for t in taps.values() for k in t.keys.values()]
+    if not keys:
+        return {}
     ref = {k: torch.zeros_like(params[k], dtype=torch.promote_types(params[k].dtype, torch.float32))
            for k in keys}
     got = {k: torch.zeros_like(v) for k, v in ref.items()}

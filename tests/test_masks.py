@@ -11,6 +11,7 @@ from tiny_models import (
     ConvVariety,
     ConvZoo,
     NoNorm,
+    NoTaps,
     OddNorms,
     SeqFirst,
     SharedWeights,
@@ -225,7 +226,7 @@ PATHS = {TinyResNet: ("backward", []), OddNorms: ("backward", []), TokenMixer: (
          TinyViT: ("vmap", ["cls_token", "pos_embed"]),
          SharedWeights: ("vmap", ["fc.weight", "fc.bias", "a.weight", "a.bias", "b.bias"]),
          SeqFirst: ("vmap", ["proj.weight", "proj.bias", "norm.weight", "norm.bias"]),
-         BatchMixing: ("vmap", [])}
+         BatchMixing: ("vmap", []), NoTaps: ("vmap", ["w", "b"])}
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")

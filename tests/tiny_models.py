@@ -278,3 +278,16 @@ def batches(n: int = 32, batch_size: int = 8, seed: int = 1, shape=(1, 8, 8), nu
     x = torch.randn(n, *shape, generator=g).to(dtype)
     y = torch.randint(0, num_classes, (n,), generator=g)
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+class NoTaps(nn.Module):
+    """Only parameters used directly (no Linear, Conv2d or norm layer): all per-sample gradients
+    come from vmap."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(64, num_classes) * 0.1)
+        self.b = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x):
+        return torch.tanh(x.flatten(1)) @ self.w + self.b
