@@ -285,6 +285,18 @@ def test_fisher_float64_bench_models():
         assert_fisher_exact(fisher_diagonal(model, data, 9, chunk_size=4), ref)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls", [TinyResNet, TokenMixer, TinyViT], ids=lambda c: c.__name__)
+def test_fisher_on_cuda(cls):
+    model = make(cls).double()
+    data = batches(24, 5, dtype=torch.float64)
+    ref = brute_force_fisher(model, data, 13)
+    model.cuda()
+    cuda_data = [(xb.cuda(), yb.cuda()) for xb, yb in data]
+    got = fisher_diagonal(model, cuda_data, num_samples=13, chunk_size=4)
+    assert_fisher_exact({n: v.cpu() for n, v in got.items()}, ref)
+
+
 def test_fisher_mask_equals_brute_force_topk():
     model = make(TinyResNet).double()
     data = batches(24, 5, dtype=torch.float64)
