@@ -9,7 +9,8 @@
 # OUTDIR/summary.md (the README's tables and the targets, by bench/perf_summary.py).
 # Needs torch and timm only (no submitit, no network). The epoch check reads Fashion-MNIST's four
 # .gz files from data/fashion-mnist/ or $SAMBENCH_DATA_ROOT; without them it is skipped.
-# Each part has its own time limit, and a part that fails is noted, never stops the others.
+# Each part has its own time limit (at most about 10 minutes in all), and a part that fails is noted,
+# never stops the others. Where pytest is installed, the suite's CUDA cases run last.
 set -uo pipefail
 out=${1:-${OUT:-/tmp/sambench-gpu}}
 mkdir -p "$out"
@@ -37,20 +38,27 @@ part() {  # part SECONDS NAME sambench-perf-arguments...
 cat "$out/env.txt"
 
 # WRN-28-10 and ViT-S/4 at batch 128 on CIFAR-100 shapes (3x32x32)
-part 100 "WRN-28-10 bf16+CL" --model wrn28_10 --batch-size 128 --amp --channels-last --configs paper \
+part 90 "WRN-28-10 bf16+CL" --model wrn28_10 --batch-size 128 --amp --channels-last --configs paper \
   --steps 30 --json "$out/wrn28_bf16.json"
-part 100 "WRN-28-10 fp32" --model wrn28_10 --batch-size 128 --channels-last --configs paper \
+part 90 "WRN-28-10 fp32" --model wrn28_10 --batch-size 128 --channels-last --configs paper \
   --steps 20 --json "$out/wrn28_fp32.json"
-part 80 "ViT-S/4 bf16" --model vit_s --batch-size 128 --amp --configs default --steps 30 \
+part 75 "ViT-S/4 bf16" --model vit_s --batch-size 128 --amp --configs default --steps 30 \
   --json "$out/vit_s_bf16.json"
-part 80 "ViT-S/4 fp32" --model vit_s --batch-size 128 --configs default --steps 20 \
+part 75 "ViT-S/4 fp32" --model vit_s --batch-size 128 --configs default --steps 20 \
   --json "$out/vit_s_fp32.json"
 # an epoch of Fashion-MNIST against the sum of its steps (the loader must not cost more than 5%)
-part 100 "epoch" --model wrn16_4 --dataset fashion_mnist --batch-size 128 --amp --configs sam:norm_only \
+part 90 "epoch" --model wrn16_4 --dataset fashion_mnist --batch-size 128 --amp --configs sam:norm_only \
   --steps 5 --epoch --json "$out/epoch_fmnist.json"
 # the Fisher mask: batched per-sample gradient squares vs one backward per sample, and the floor
-part 110 "Fisher" --model wrn28_10 --dataset cifar100 --fisher --fisher-samples 1024 \
+part 100 "Fisher" --model wrn28_10 --dataset cifar100 --fisher --fisher-samples 1024 \
   --json "$out/fisher_wrn28.json"
+
+# the CUDA cases of the test suite (loader, Fisher mask, peak memory), where pytest is installed
+if "$py" -c "import pytest" 2>/dev/null; then
+  echo "== CUDA tests" | tee -a "$out/log.txt"
+  timeout 60 "$py" -m pytest -q -p no:cacheprovider tests/test_data.py tests/test_masks.py tests/test_perf.py \
+    -k "cuda or peak_memory" 2>&1 | tail -5 | tee "$out/cuda_tests.txt" | tee -a "$out/log.txt" || failed=1
+fi
 
 "$py" -m bench.perf_summary "$out" > "$out/summary.md" && cat "$out/summary.md"
 exit $failed
