@@ -415,25 +415,50 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 0x5DEECE66D) % (2**63 - 1)
 
 
+def _crop_flip_gather(x: Tensor, index: Tensor | None, offsets: Tensor | None, flips: Tensor | None,
+                      pad: int) -> Tensor:
+    """``out[s]`` = image ``x[index[s]]``, zero-padded by ``pad``, cropped at ``offsets[s]`` (row,
+    column in the padded image), mirrored left-right where ``flips[s]``: one gather kernel.
+
+    Same as ``F.pad`` then slicing then ``flip(3)``, without the padded copy: indices outside the
+    image are clamped and their values replaced by zeros.
+    """
+    n = x.shape[0] if index is None else index.shape[0]
+    _, c, h, w = x.shape
+    dev = x.device
+    rows = torch.arange(h, device=dev).expand(n, h)
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if flips is not None:
+        cols = torch.where(flips[:, None], (w - 1) - cols, cols)
+    if offsets is not None:
+        rows = rows + (offsets[:, :1] - pad)
+        cols = cols + (offsets[:, 1:] - pad)
+    inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
+    src = torch.arange(n, device=dev) if index is None else index
+    out = x[src[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+            rows.clamp(0, h - 1)[:, None, :, None], cols.clamp(0, w - 1)[:, None, None, :]]
+    return out.masked_fill_(~inside, 0)
+
+
+def _draw_augmentation(n: int, generator: torch.Generator, device, crop_pad: int, flip: bool,
+                       flip_p: float) -> tuple[Tensor | None, Tensor | None]:
+    """Per-image crop offsets (n, 2) in [0, 2 * crop_pad] and flip flags (n,), in this order."""
+    offsets = flips = None
+    if crop_pad > 0:
+        offsets = torch.randint(0, 2 * int(crop_pad) + 1, (n, 2), generator=generator, device=device)
+    if flip:
+        flips = torch.rand(n, generator=generator, device=device) < flip_p
+    return offsets, flips
+
+
 def augment_batch(x: Tensor, generator: torch.Generator, crop_pad: int = 0, flip: bool = False,
                   flip_p: float = 0.5) -> Tensor:
     """Random crop (zero padding ``crop_pad``, independent offsets per image) and random
     horizontal flip (probability ``flip_p`` per image), batched on x's device."""
-    n, c, h, w = x.shape
-    dev = x.device
-    if crop_pad > 0:
-        p = int(crop_pad)
-        padded = F.pad(x, (p, p, p, p))
-        off = torch.randint(0, 2 * p + 1, (n, 2), generator=generator, device=dev)
-        rows = off[:, 0, None] + torch.arange(h, device=dev)  # (n, h)
-        cols = off[:, 1, None] + torch.arange(w, device=dev)  # (n, w)
-        x = padded[torch.arange(n, device=dev)[:, None, None, None],
-                   torch.arange(c, device=dev)[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]
-    if flip:
-        do = torch.rand(n, generator=generator, device=dev) < flip_p
-        x = torch.where(do[:, None, None, None], x.flip(3), x)
-    return x
+    offsets, flips = _draw_augmentation(x.shape[0], generator, x.device, crop_pad, flip, flip_p)
+    if offsets is None and flips is None:
+        return x
+    return _crop_flip_gather(x, None, offsets, flips, int(crop_pad))
 
 
 class DeviceLoader:
@@ -441,8 +466,17 @@ class DeviceLoader:
 
     The order and the augmentation of an epoch depend only on (seed, epoch): call
     :meth:`set_epoch` before iterating (iterating twice without it repeats the epoch).
-    Random numbers are drawn with a generator on ``device`` (no host sync).
+    All random numbers of an epoch (the order, every image's crop offsets and flip) are drawn
+    at its start with a generator on ``device`` (no host sync); images are then gathered,
+    cropped and flipped a segment of batches at a time (``segment_bytes``) in one kernel, and
+    each batch is a slice of its segment (no work per batch). Without shuffling or augmentation a batch is a slice of
+    the data itself.
     """
+
+    # bytes of images gathered and augmented at once (whole batches, at least one): few kernels
+    # per epoch on a GPU; cache-sized on a CPU, where a kernel launch costs nothing
+    segment_bytes = {"cpu": 2 ** 22}
+    default_segment_bytes = 2 ** 26
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool = False,
                  augment: bool = False, crop_pad: int = 0, flip: bool = False, seed: int = 0,
@@ -476,17 +510,32 @@ class DeviceLoader:
         g = torch.Generator(device=self.device)  # fresh per pass: nested/parallel passes agree
         g.manual_seed(_epoch_seed(self.seed, self.epoch))
         order = torch.randperm(n, generator=g, device=self.device) if self.shuffle else None
-        random_aug = self.augment and (self.crop_pad > 0 or self.flip)
-        for i in range(len(self)):
-            lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
-            if order is None:
-                xb, yb = self.x[lo:hi], self.y[lo:hi]
-            else:
-                idx = order[lo:hi]
-                xb, yb = self.x[idx], self.y[idx]
-            if random_aug:
-                xb = augment_batch(xb, g, self.crop_pad, self.flip, self.flip_p)
-            yield xb, yb
+        offsets = flips = None
+        if self.augment:
+            offsets, flips = _draw_augmentation(n, g, self.device, self.crop_pad, self.flip, self.flip_p)
+        used = len(self) * self.batch_size if self.drop_last else n
+        span = self.batch_size * self._segment_batches()
+        for lo in range(0, used, span):
+            hi = min(used, lo + span)
+            xs, ys = self._segment(lo, hi, order, offsets, flips)
+            for a in range(0, hi - lo, self.batch_size):
+                yield xs[a:a + self.batch_size], ys[a:a + self.batch_size]
+
+    def _segment_batches(self) -> int:
+        budget = self.segment_bytes.get(self.device.type, self.default_segment_bytes)
+        batch_bytes = self.batch_size * self.x[:1].numel() * self.x.element_size()
+        return max(1, budget // max(1, batch_bytes))
+
+    def _segment(self, lo: int, hi: int, order, offsets, flips) -> tuple[Tensor, Tensor]:
+        """Samples lo..hi of this epoch: gathered, cropped and flipped."""
+        index = None if order is None else order[lo:hi]
+        ys = self.y[lo:hi] if index is None else self.y[index]
+        offsets = None if offsets is None else offsets[lo:hi]
+        flips = None if flips is None else flips[lo:hi]
+        if offsets is None and flips is None:
+            return (self.x[lo:hi] if index is None else self.x[index]), ys
+        return _crop_flip_gather(self.x, index if index is not None else torch.arange(lo, hi, device=self.device),
+                                 offsets, flips, self.crop_pad), ys
 
 
 def make_loaders(spec: DataSpec, batch_size: int, eval_batch_size: int, seed: int,

@@ -10,6 +10,7 @@ and loops over tensors, with full gradients in both passes (what most public cod
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -170,16 +171,36 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     amp_ctx = amp_context(amp and dev.type == "cuda")
     forward = torch.compile(model) if compile else model
-    steps_fns, kept = [], []
-    for c in configs:
+    cuda = dev.type == "cuda"
+
+    def peak_memory(fn) -> int:
+        """Peak CUDA memory of one step of a configuration alive alone (after a warm-up step)."""
+        fn()  # lazily allocated state: momentum buffers, SAM backups
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        fn()
+        torch.cuda.synchronize(dev)
+        return torch.cuda.max_memory_allocated(dev)
+
+    kept, peaks, steps_fns = [], [], []
+    for c in configs:  # on CUDA each configuration runs alone first, for its peak memory
         try:
-            steps_fns.append(_make_step(c, model, forward, criterion, amp_ctx, x, y))
-            kept.append(c)
+            step = _make_step(c, model, forward, criterion, amp_ctx, x, y)
         except (ValueError, TypeError) as exc:  # e.g. a layerwise block the model does not have
             print(f"skipped {c.label}: {exc}")
+            continue
+        kept.append(c)
+        if cuda:
+            peaks.append(peak_memory(step[0]))
+            step = None
+            gc.collect()  # its state goes before the next one is measured
+        else:
+            peaks.append(None)
+            steps_fns.append(step)
     configs = kept
+    if cuda:  # built again, so that no configuration's state was there while another was measured
+        steps_fns = [_make_step(c, model, forward, criterion, amp_ctx, x, y) for c in configs]
     times: list[list[float]] = [[] for _ in configs]
-    cuda = dev.type == "cuda"
     for rep in range(warmup + steps):
         for i, (fn, _) in enumerate(steps_fns):
             if cuda:
@@ -202,14 +223,20 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
          "variant": c.variant, "mask": c.mask, "label": c.label, "ms": round(m, 3),
          "ratio_vs_sgd": round(m / sgd, 3) if sgd else None, "perturbed_fraction": frac,
          "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
-         "threads": torch.get_num_threads(), "steps": steps}
-        for c, m, (_, frac) in zip(configs, medians, steps_fns)
+         "threads": torch.get_num_threads(), "steps": steps,
+         "peak_mem_mib": round(peak / 2 ** 20, 1) if peak is not None else None}
+        for c, m, (_, frac), peak in zip(configs, medians, steps_fns, peaks)
     ]
 
 
 def time_epoch(model_name: str, dataset: str, batch_size: int, device: str, amp: bool,
                data_root: str | None = None) -> dict:
-    """A full SGD+SAM-ON epoch through the device loader vs the sum of its step times."""
+    """A full SGD+SAM-ON epoch through the device loader vs the sum of its step times.
+
+    Warm-up covers the shapes of an epoch (full batches and the last, partial one), so one-time
+    set-up for a new shape (cuDNN plans, oneDNN primitives) is not charged to the epoch.
+    ``loader_s``: one pass over the loader alone (gather, crop, flip; no training).
+    """
     dev = torch.device(device)
     spec = load_dataset(dataset, root=data_root)
     train_loader, _ = make_loaders(spec, batch_size, 1024, 0, dev, augment=True)
@@ -220,17 +247,26 @@ def time_epoch(model_name: str, dataset: str, batch_size: int, device: str, amp:
     criterion = nn.CrossEntropyLoss()
     amp_ctx = amp_context(amp and dev.type == "cuda")
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    batches = list(train_loader)[:3]
-    for xb, yb in batches:  # warm-up
+    batches = list(train_loader)
+    for xb, yb in batches[:3] + batches[-1:]:  # warm-up, every batch shape of the epoch
         train_step(model, opt, xb, yb, criterion, amp_ctx)
     sync()
     step_total = 0.0
-    fixed_x, fixed_y = batches[0]
-    for _ in range(len(train_loader)):  # the same number of steps, no data handling
+    first, last = batches[0], batches[-1]
+    del batches
+    for i in range(len(train_loader)):  # the same steps (batch sizes too), no data handling
+        xb, yb = last if i == len(train_loader) - 1 else first
         t0 = time.perf_counter()
-        train_step(model, opt, fixed_x, fixed_y, criterion, amp_ctx)
+        train_step(model, opt, xb, yb, criterion, amp_ctx)
         sync()
         step_total += time.perf_counter() - t0
+    train_loader.set_epoch(2)
+    sync()
+    t0 = time.perf_counter()
+    for _ in train_loader:
+        pass
+    sync()
+    loader_s = time.perf_counter() - t0
     train_loader.set_epoch(1)
     sync()
     t0 = time.perf_counter()
@@ -240,7 +276,8 @@ def time_epoch(model_name: str, dataset: str, batch_size: int, device: str, amp:
     epoch_s = time.perf_counter() - t0
     return {"model": model_name, "dataset": dataset, "batch_size": batch_size, "device": str(dev),
             "amp": bool(amp), "steps": len(train_loader), "epoch_s": round(epoch_s, 4),
-            "sum_step_s": round(step_total, 4), "ratio": round(epoch_s / step_total, 3)}
+            "sum_step_s": round(step_total, 4), "ratio": round(epoch_s / step_total, 3),
+            "loader_s": round(loader_s, 4)}
 
 
 def print_table(records: list[dict]) -> None:

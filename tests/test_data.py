@@ -328,6 +328,68 @@ def test_crop_is_a_window_of_the_padded_image():
     assert 10 < flips < 54
 
 
+def test_crop_flip_gather_is_pad_slice_flip():
+    """The one-kernel gather = F.pad, then the window at the offsets, then a left-right flip."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 2, 5, 7, generator=g)
+    index = torch.tensor([3, 0, 5, 5, 1, 2])
+    offsets = torch.randint(0, 5, (6, 2), generator=g)
+    flips = torch.tensor([True, False, True, False, False, True])
+    out = data._crop_flip_gather(x, index, offsets, flips, 2)
+    for s in range(6):
+        dy, dx = offsets[s].tolist()
+        ref = torch.nn.functional.pad(x[index[s]], (2, 2, 2, 2))[:, dy:dy + 5, dx:dx + 7]
+        assert torch.equal(out[s], ref.flip(-1) if flips[s] else ref)
+    assert torch.equal(data._crop_flip_gather(x, index, None, None, 0), x[index])
+
+
+def _patterned(n=45, c=2, h=4, w=5):
+    """Image i holds i * 1000 + (1, 2, ...): every window of every image is told apart."""
+    base = torch.arange(1, c * h * w + 1, dtype=torch.float32).view(1, c, h, w)
+    return base + 1000 * torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.arange(n)
+
+
+def test_loader_augments_each_image_with_its_label():
+    x, y = _patterned()
+    loader = DeviceLoader(x, y, 8, shuffle=True, augment=True, crop_pad=1, flip=True, seed=4)
+    loader.set_epoch(2)
+    kinds = set()
+    for xb, yb in loader:
+        for img, label in zip(xb, yb):
+            wins = _windows(x[label], 1)
+            plain = [k for k, win in wins.items() if torch.equal(img, win)]
+            mirrored = [k for k, win in wins.items() if torch.equal(img, win.flip(-1))]
+            assert plain or mirrored
+            kinds.add(bool(mirrored and not plain))
+    assert kinds == {True, False}
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_loader_segments_do_not_change_an_epoch(drop_last):
+    """Batches gathered one at a time, a few at a time or all at once: the same epoch."""
+    x, y = _patterned()
+    epochs = []
+    for budget in (1, 3 * 8 * x[:1].numel() * 4, 2 ** 30):  # 1 batch, 3 batches, everything per segment
+        loader = DeviceLoader(x, y, 8, shuffle=True, augment=True, crop_pad=1, flip=True, seed=7,
+                              drop_last=drop_last)
+        loader.segment_bytes = {"cpu": budget}
+        epochs.append(_batches(loader, 3))
+    for other in epochs[1:]:
+        assert len(other) == len(epochs[0]) == (5 if drop_last else 6)
+        for (xa, ya), (xb, yb) in zip(epochs[0], other):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_loader_batches_are_slices_of_one_gather():
+    """No work per batch: the batches of a segment are views of one augmented tensor."""
+    x, y = _patterned()
+    loader = DeviceLoader(x, y, 8, shuffle=True, augment=True, crop_pad=1, flip=True)
+    loader.segment_bytes = {"cpu": 2 ** 30}
+    assert len({xb.untyped_storage().data_ptr() for xb, _ in loader}) == 1
+    plain = DeviceLoader(x, y, 8)  # in order, no augmentation: slices of the data itself
+    assert all(xb.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for xb, _ in plain)
+
+
 def test_make_loaders_on_digits():
     spec = load_dataset("digits")
     train, test = make_loaders(spec, 128, 500, seed=0, device="cpu", augment=True)

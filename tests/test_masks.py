@@ -7,11 +7,17 @@ import pytest
 import torch
 from tiny_models import (
     NORM_NAMES_ODD,
+    BatchMixing,
+    ConvVariety,
     ConvZoo,
     NoNorm,
+    NoTaps,
     OddNorms,
+    SeqFirst,
+    SharedWeights,
     TinyResNet,
     TinyViT,
+    TokenMixer,
     batches,
     make,
 )
@@ -207,39 +213,88 @@ def brute_force_fisher(model, data, num_samples):
     return out
 
 
-@pytest.mark.parametrize("cls", [TinyResNet, ConvZoo, TinyViT, OddNorms])
+def assert_fisher_exact(got, ref):
+    assert got.keys() == ref.keys()
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-9, atol=1e-14, msg=n)
+
+
+# the way each model takes: "backward" = one batched backward per chunk (every parameter in a
+# Linear, Conv2d or norm layer, samples independent); "vmap" for the parameters outside those
+PATHS = {TinyResNet: ("backward", []), OddNorms: ("backward", []), TokenMixer: ("backward", []),
+         ConvVariety: ("backward", []), ConvZoo: ("vmap", ["sub.weight", "sub.bias"]),
+         TinyViT: ("vmap", ["cls_token", "pos_embed"]),
+         SharedWeights: ("vmap", ["fc.weight", "fc.bias", "a.weight", "a.bias", "b.bias"]),
+         SeqFirst: ("vmap", ["proj.weight", "proj.bias", "norm.weight", "norm.bias"]),
+         BatchMixing: ("vmap", []), NoTaps: ("vmap", ["w", "b"])}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("cls", list(PATHS), ids=lambda c: c.__name__)
 def test_fisher_equals_per_sample_loop(cls):
     model = make(cls).double().train()
     data = batches(24, 5, dtype=torch.float64)  # 13 samples: across batch boundaries
     running = {n: b.clone() for n, b in model.named_buffers()}
     ref = brute_force_fisher(model, data, 13)
     model.train()
-    for chunk in ((1, 4, 64) if cls is TinyViT else (4, 64)):  # 4: chunks across batches
-        got = fisher_diagonal(model, data, num_samples=13, chunk_size=chunk)
-        assert got.keys() == ref.keys()
-        for n in ref:
-            torch.testing.assert_close(got[n], ref[n], rtol=1e-9, atol=1e-14)
-    loop = fisher_diagonal(model, data, num_samples=13, batched=False)
-    for n in ref:
-        torch.testing.assert_close(loop[n], ref[n], rtol=1e-9, atol=1e-14)
+    for chunk in ((1, 4, 64) if cls in (TinyViT, TokenMixer) else (4, 64)):  # 4: chunks across batches
+        info = {}
+        assert_fisher_exact(fisher_diagonal(model, data, num_samples=13, chunk_size=chunk, info=info), ref)
+        assert (info["path"], info["others"]) == PATHS[cls]
+    assert_fisher_exact(fisher_diagonal(model, data, num_samples=13, chunk_size=4, path="vmap"), ref)
+    assert_fisher_exact(fisher_diagonal(model, data, num_samples=13, batched=False), ref)
     assert model.training  # mode restored
     for n, b in model.named_buffers():  # eval mode: running statistics untouched
         assert torch.equal(b, running[n])
 
 
-@pytest.mark.parametrize("pairs", [True, False])
-def test_fisher_conv_pair_and_block_paths_are_exact(monkeypatch, pairs):
-    """Both ways of summing squared per-sample conv gradients, forced on every conv."""
+def test_fisher_backward_path_refuses_what_it_cannot_take():
+    data = batches(8, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="cls_token, pos_embed"):
+        fisher_diagonal(make(TinyViT).double(), data, 4, path="backward")
+    with pytest.raises(ValueError, match="samples interact"):
+        fisher_diagonal(make(BatchMixing).double(), data, 4, path="backward")
+    with pytest.raises(ValueError, match="path must be"):
+        fisher_diagonal(make(TinyResNet).double(), data, 4, path="fast")
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("way", ["pairs", "one_sample_blocks", "whole_chunk"])
+@pytest.mark.parametrize("cls", [TinyResNet, ConvVariety, TokenMixer], ids=lambda c: c.__name__)
+def test_fisher_conv_and_linear_ways_are_exact(monkeypatch, way, cls):
+    """Every way of summing squared per-sample products, forced on every conv and linear layer
+    with several positions: the pair form, blocks of one sample (product kept in cache, squared
+    in place) and one batched GEMM over the whole chunk."""
     import masks.fisher as FM
 
-    monkeypatch.setattr(FM, "_PAIR_EXTRA", 10**9 if pairs else -(10**9))
-    monkeypatch.setattr(FM, "_CACHE_BYTES", 1)  # blocks of one sample: the block loop runs too
-    model = make(TinyResNet).double()
+    monkeypatch.setattr(FM, "_PAIR_EXTRA", 10**9 if way == "pairs" else -(10**9))
+    monkeypatch.setattr(FM, "_CACHE_BYTES", 1 if way == "one_sample_blocks" else 2**40)
+    model = make(cls).double()
     data = batches(24, 5, dtype=torch.float64)
     ref = brute_force_fisher(model, data, 13)
-    got = fisher_diagonal(model, data, num_samples=13, chunk_size=4)
-    for n in ref:
-        torch.testing.assert_close(got[n], ref[n], rtol=1e-9, atol=1e-14)
+    for path in ("backward", "vmap"):
+        assert_fisher_exact(fisher_diagonal(model, data, num_samples=13, chunk_size=4, path=path), ref)
+
+
+def test_fisher_float64_bench_models():
+    """The bench models (timm's ViT with its LayerNorm, a CIFAR ResNet), exact in float64."""
+    for name in ("resnet_ci", "vit_ci"):
+        model = bench_model(name).double()
+        data = batches(12, 6, dtype=torch.float64)
+        ref = brute_force_fisher(model, data, 9)
+        assert_fisher_exact(fisher_diagonal(model, data, 9, chunk_size=4), ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("cls", [TinyResNet, TokenMixer, TinyViT], ids=lambda c: c.__name__)
+def test_fisher_on_cuda(cls):
+    model = make(cls).double()
+    data = batches(24, 5, dtype=torch.float64)
+    ref = brute_force_fisher(model, data, 13)
+    model.cuda()
+    cuda_data = [(xb.cuda(), yb.cuda()) for xb, yb in data]
+    got = fisher_diagonal(model, cuda_data, num_samples=13, chunk_size=4)
+    assert_fisher_exact({n: v.cpu() for n, v in got.items()}, ref)
 
 
 def test_fisher_mask_equals_brute_force_topk():
@@ -271,8 +326,9 @@ def test_fisher_float32_bench_models():
 
 def test_fisher_benchmark_smoke():
     out = benchmark(make(TinyResNet), DATA, num_samples=8, chunk_size=4, warmup_samples=2)
-    assert {"batched_s", "loop_s", "ratio", "floor_s"} <= out.keys()
-    assert out["num_samples"] == 8 and out["max_rel_diff"] < 1e-4
+    assert {"batched_s", "loop_s", "ratio", "floor_s", "batched_vs_floor"} <= out.keys()
+    assert out["num_samples"] == 8 and out["max_rel_diff"] < 1e-4 and out["path"] == "backward"
+    assert out["batched_vs_floor"] == pytest.approx(out["batched_s"] / out["floor_s"])
 
 
 def test_fisher_needs_data_and_options():

@@ -110,3 +110,27 @@ def test_perf_presets_parse():
     custom = parse_configs("asam:norm_only:adaptive=layerwise;p=inf")
     assert custom[1].variant_opts == {"adaptive": "layerwise", "p": "inf"}
     assert copy.deepcopy(custom[1]).mask == "norm_only"
+
+
+def test_time_steps_records_peak_memory():
+    """Peak memory per configuration: measured alone on CUDA (a dense SAM step needs at least
+    what an SGD step needs), null on a CPU."""
+    from bench.perf import time_steps
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    recs = time_steps("resnet_ci", 16, device, False, parse_configs("sam:all"), steps=1, warmup=0,
+                      dataset="digits")
+    assert [r["label"] for r in recs] == ["sgd", "sam:all"]
+    if device == "cpu":
+        assert all(r["peak_mem_mib"] is None for r in recs)
+    else:
+        assert 0 < recs[0]["peak_mem_mib"] <= recs[1]["peak_mem_mib"]
+
+
+def test_time_epoch_against_its_steps():
+    from bench.perf import time_epoch
+
+    rec = time_epoch("resnet_ci", "digits", 512, "cpu", False)
+    assert rec["steps"] == 3 and rec["epoch_s"] > 0 and rec["sum_step_s"] > 0
+    assert rec["ratio"] == round(rec["epoch_s"] / rec["sum_step_s"], 3)
+    assert 0 < rec["loader_s"] < rec["epoch_s"]

@@ -161,15 +161,110 @@ class ConvZoo(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class TokenMixer(nn.Module):
+    """A LayerNorm transformer with every parameter in a Linear, Conv2d or LayerNorm (no class
+    token, no position embedding): patch embedding of 2x2 patches (16 positions), two pre-norm
+    blocks (linear layers at 16 positions), final norm, mean over tokens, linear head."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, dim: int = 8, depth: int = 2, heads: int = 2):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(in_chans, dim, 2, 2)
+        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x).mean(1))
+
+
+class ConvVariety(nn.Module):
+    """Convolutions the batched Fisher path must unfold right (even kernel with "same" padding,
+    reflect and circular padding, stride with dilation and groups), GroupNorm, and a one-position
+    Linear followed by BatchNorm1d and, where torch has it, RMSNorm."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 4, padding="same")                                    # asymmetric padding
+        self.c2 = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, padding_mode="reflect")
+        self.gn = nn.GroupNorm(3, 6)
+        self.c3 = nn.Conv2d(6, 6, (2, 3), padding=(1, 1), padding_mode="circular", bias=False)
+        self.fc = nn.Linear(6, 12)
+        self.bn1d = nn.BatchNorm1d(12)
+        self.rms = nn.RMSNorm(12) if hasattr(nn, "RMSNorm") else nn.LayerNorm(12)
+        self.out = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = F.relu(self.gn(self.c2(x)))
+        x = self.c3(x).mean((2, 3))
+        return self.out(self.rms(F.relu(self.bn1d(self.fc(x)))))
+
+
+class SharedWeights(nn.Module):
+    """A Linear whose weight is also used outside its own forward, and two tied Linear layers:
+    their per-sample gradients are not a function of one module's (input, output gradient)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(64, 16)
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x))).flatten(1)
+        h = torch.tanh(self.fc(h)) + 0.5 * torch.tanh(F.linear(h, self.fc.weight))
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(h)))))
+
+
+class SeqFirst(nn.Module):
+    """Tokens laid out (positions, batch, features): a Linear and a LayerNorm see the batch in
+    dimension 1 (the batched Fisher path must not take dimension 0 for the sample)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.proj = nn.Linear(8, 6)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        tokens = x.flatten(1, 2).transpose(0, 1)   # (8 rows, batch, 8 columns)
+        h = self.norm(torch.tanh(self.proj(tokens)))
+        return self.head(h.mean(0))
+
+
+class BatchMixing(nn.Module):
+    """Samples interact even in eval mode (features centred over the batch)."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 16)
+        self.fc2 = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x.flatten(1)))
+        return self.fc2(h - 0.5 * h.mean(0, keepdim=True))
+
+
+RMS = (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()
+
+
 def make(cls, seed: int = 0, **kw) -> nn.Module:
     """Build a model with non-trivial norm affine parameters and running statistics."""
     torch.manual_seed(seed)
     model = cls(**kw)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+            if isinstance(m, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, *RMS)):
                 if getattr(m, "weight", None) is not None:
                     m.weight.uniform_(0.5, 1.5)
+                if getattr(m, "bias", None) is not None:
                     m.bias.uniform_(-0.3, 0.3)
                 if getattr(m, "running_mean", None) is not None:
                     m.running_mean.uniform_(-0.2, 0.2)
@@ -183,3 +278,16 @@ def batches(n: int = 32, batch_size: int = 8, seed: int = 1, shape=(1, 8, 8), nu
     x = torch.randn(n, *shape, generator=g).to(dtype)
     y = torch.randint(0, num_classes, (n,), generator=g)
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
+
+
+class NoTaps(nn.Module):
+    """Only parameters used directly (no Linear, Conv2d or norm layer): all per-sample gradients
+    come from vmap."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(64, num_classes) * 0.1)
+        self.b = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, x):
+        return torch.tanh(x.flatten(1)) @ self.w + self.b
