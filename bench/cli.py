@@ -248,7 +248,7 @@ def cmd_run(args) -> int:
     if args.max_parallel is not None and args.max_parallel < 1:
         raise InvalidInput(f"--max-parallel: must be >= 1, got {args.max_parallel}")
     out = creatable_dir(args.out, "--out")
-    suite = load_suite(args.suite, parse_set(args.set))
+    suite = load_suite(args.suite, parse_set(args.set), cache=True)
     with signals_interrupt():
         return runner.run_suite(suite, out, executor=args.executor, max_parallel=args.max_parallel,
                                 dry_run=args.dry_run, wait=not args.no_wait, keep_running=args.keep_running)
@@ -257,7 +257,7 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from bench import runner
 
-    return runner.print_status(Path(args.target), Path(args.out))
+    return runner.print_status(Path(args.target), Path(args.out), cache=True)
 
 
 # --- perf -----------------------------------------------------------------------------------------
