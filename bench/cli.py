@@ -186,11 +186,12 @@ def cmd_list(args) -> int:
             if opts:
                 print(f"{'':<{width}}    options: {opts}")
     elif args.what == "variants":
-        from bench.registries import VARIANTS, variant_options
+        from bench.variants import describe_variants
 
-        for name, cls in VARIANTS.items():
-            opts = ", ".join(f"{k}={v!r}" for k, v in variant_options(name).items())
-            print(f"{name:<6}  {(cls.__doc__ or '').strip()}" + (f"\n        options: {opts}" if opts else ""))
+        rows = describe_variants()
+        width = max(len(r[0]) for r in rows)
+        for name, desc, opts in rows:
+            print(f"{name:<{width}}  {desc}" + (f"\n{'':<{width}}    options: {opts}" if opts else ""))
     elif args.what == "models":
         from bench.models import describe_models
 

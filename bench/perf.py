@@ -47,6 +47,18 @@ PRESETS = {
                    rho=0.5),
     ],
 }
+
+def _variants_preset() -> list[PerfConfig]:
+    """SGD, then every SAM variant with mask all and norm_only (its own rho scale)."""
+    rhos = {"asam": (2.0, 5.0), "msam": (3.0, 3.0)}  # (all, norm_only); others: SAM's 0.05 / 0.5
+    out = [PerfConfig("sgd", "none", "none")]
+    for variant in ("sam", "asam", "esam", "looksam", "gsam", "fsam", "msam"):
+        for mask, rho in zip(("all", "norm_only"), rhos.get(variant, (0.05, 0.5))):
+            out.append(PerfConfig(f"{variant} {mask}", variant, mask, rho=rho))
+    return out
+
+
+PRESETS["variants"] = _variants_preset()
 PRESETS["paper"] = PRESETS["default"] + [
     PerfConfig("sam no_norm", "sam", "no_norm"),
     PerfConfig("sam random@match:norm_only", "sam", "random", mask_opts={"sparsity": "match:norm_only"}),
@@ -133,7 +145,13 @@ def _make_step(cfg: PerfConfig, model, forward, criterion, amp_ctx, x, y):
     opt = SAM(model, base, rho=cfg.rho, variant=cfg.variant, mask=mask, **cfg.variant_opts)
     if opt.is_sam and not opt.selection:
         opt.build_mask([(x, y)])
-    return (lambda: train_step(forward, opt, x, y, criterion, amp_ctx)), opt.perturbed_fraction
+    cycle = getattr(opt.variant, "k", 1)  # LookSAM: time a whole cycle (one SAM step, k - 1 others)
+
+    def steps():
+        for _ in range(cycle):
+            train_step(forward, opt, x, y, criterion, amp_ctx)
+    steps.cycle = cycle
+    return steps, opt.perturbed_fraction
 
 
 def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
@@ -176,7 +194,7 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
                 fn()
                 ms = (time.perf_counter() - t0) * 1e3
             if rep >= warmup:
-                times[i].append(ms)
+                times[i].append(ms / getattr(fn, "cycle", 1))  # per step
     medians = [statistics.median(t) for t in times]
     sgd = next((m for c, m in zip(configs, medians) if c.variant == "none"), None)
     return [

@@ -1,7 +1,7 @@
 """The registries of bench (datasets, models, variants), the model-name rule and variant options.
 
 Masks keep their own registry in masks/. The modules that register entries (bench.data,
-bench.models, bench.sam) import this module; this module imports none of them: each
+bench.models, bench.variants) import this module; this module imports none of them: each
 registry names its provider modules and imports them by name on first lookup, the way
 masks.load_all discovers mask modules. So there is no import cycle, and a lookup from
 anywhere sees every registered entry.
@@ -26,8 +26,11 @@ class LazyRegistry(Registry):
 
     def load(self) -> None:
         if not self._loaded:
-            for module in self.providers:
-                importlib.import_module(module)
+            for provider in self.providers:  # "module" or "module:function to call after import"
+                module, _, loader = provider.partition(":")
+                imported = importlib.import_module(module)
+                if loader:
+                    getattr(imported, loader)()
             self._loaded = True
 
     def get(self, name: str) -> Any:
@@ -49,7 +52,7 @@ class LazyRegistry(Registry):
 
 DATASETS = LazyRegistry("dataset", ["bench.data"])
 MODELS = LazyRegistry("model", ["bench.models"])
-VARIANTS = LazyRegistry("variant", ["bench.sam"])
+VARIANTS = LazyRegistry("variant", ["bench.variants:load_all"])
 _BY_KIND = {"dataset": DATASETS, "model": MODELS, "variant": VARIANTS}
 
 

@@ -13,6 +13,7 @@ old result are the run-folder rule of :mod:`bench.rundir`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 import time
@@ -90,21 +91,96 @@ def norm_gammas(model) -> list[float]:
 
 
 def train_step(model, opt, x, y, criterion, amp_ctx):
-    """One optimizer step (SAM's two passes, or one for the baselines); returns (logits, loss)."""
+    """One optimizer step on the batch (x, y); returns (logits, loss) of the clean forward.
+
+    A step that perturbs (``opt.sam_now``) runs, for each group of ``m`` samples (m-sharpness;
+    one group, the whole batch, by default):
+      1. ``_ascent``:  the clean forward, then ``opt.first_step(loss=...)``: the ascent gradient of
+                       the perturbed tensors only and w <- w + e (MSAM: e from the momentum, no
+                       forward here);
+      2. ``_descent``: forward/backward at w + e, accumulated into .grad with the group's share of
+                       the batch (ESAM: on the samples whose loss rose most);
+      3. ``opt.unperturb()``;
+    then ``opt.second_step``: the variant's correction of the descent gradient and the base step.
+    Any other step (variant none, before ``sam_start_epoch``, LookSAM between its SAM steps) is
+    ``_plain_step``: one forward/backward at w and the base step. ``criterion`` is a torch loss
+    module (ESAM's selection reads per-sample losses from a copy with ``reduction="none"``).
+    MSAM has no clean forward: it returns the forward at w + e.
+    """
+    import torch
+
+    if not opt.sam_now:
+        return _plain_step(model, opt, x, y, criterion, amp_ctx)
+    n = y.shape[0]
+    outs, losses = [], []
+    for part in opt.groups(n):
+        share = (part.stop - part.start) / n
+        xg, yg = (x, y) if share == 1.0 else (x[part], y[part])
+        out, loss, per_sample = _ascent(model, opt, xg, yg, criterion, amp_ctx, share)
+        out2, loss2 = _descent(model, opt, xg, yg, criterion, amp_ctx, share, per_sample)
+        opt.unperturb()
+        outs.append(out2 if out is None else out)
+        losses.append(loss2 if loss is None else loss)
+    opt.second_step(zero_grad=True)
+    if len(outs) == 1:
+        return outs[0], losses[0]
+    shares = [(p.stop - p.start) / n for p in opt.groups(n)]
+    return torch.cat(outs), sum(loss.detach() * w for loss, w in zip(losses, shares))
+
+
+def _plain_step(model, opt, x, y, criterion, amp_ctx):
+    """One forward/backward at w and the base optimizer's step (with LookSAM's correction)."""
     with amp_ctx():
         out = model(x)
         loss = criterion(out, y)
-    if opt.is_sam:
-        opt.first_step(loss=loss)  # ascent gradients for the perturbed tensors only
-        with amp_ctx():
-            loss2 = criterion(model(x), y)
-        loss2.backward()
+    loss.backward()
+    if opt.in_sam_phase:
         opt.second_step(zero_grad=True)
-    else:
-        loss.backward()
+    else:  # the base optimizer alone, exactly as the baseline runs it
         opt.base_optimizer.step()
         opt.base_optimizer.zero_grad(set_to_none=True)
     return out, loss
+
+
+def _ascent(model, opt, x, y, criterion, amp_ctx, share):
+    """The clean forward, the ascent gradient and the perturbation; (logits, loss, per-sample losses)."""
+    if not opt.variant.ascent:
+        opt.first_step()
+        return None, None, None
+    per_sample = None
+    with amp_ctx():
+        out = model(x)
+        if opt.variant.selects_data:
+            per_sample = per_sample_loss(criterion)(out, y)
+            loss = per_sample.mean()
+        else:
+            loss = criterion(out, y)
+    opt.first_step(loss=loss, weight=share)  # ascent gradients for the perturbed tensors only
+    return out, loss, per_sample
+
+
+def _descent(model, opt, x, y, criterion, amp_ctx, share, loss_before):
+    """The descent gradient at w + e, added to .grad with the group's share; (logits, loss)."""
+    import torch
+
+    with amp_ctx():
+        if loss_before is not None:
+            with torch.no_grad():
+                loss_after = per_sample_loss(criterion)(model(x), y)
+            keep = opt.variant.select(loss_before.detach(), loss_after)
+            if keep is not None:
+                x, y = x[keep], y[keep]
+        out = model(x)
+        loss = criterion(out, y)
+    (loss if share == 1.0 else loss * share).backward()
+    return out, loss
+
+
+def per_sample_loss(criterion):
+    """A copy of a torch loss module that returns one loss per sample."""
+    per_sample = copy.copy(criterion)
+    per_sample.reduction = "none"
+    return per_sample
 
 
 def amp_context(enabled: bool):

@@ -26,8 +26,9 @@ BASE_CFG = {
 }
 
 # what bench.registries.variant_options() gives (tests/test_layout.py checks that they agree)
-VARIANT_DEFAULTS = {"none": {}, "sam": {"p": 2},
-                    "asam": {"adaptive": "elementwise", "p": 2, "eta": 0.01, "normalize_bias": False}}
+_SHARED = {"m": None, "sam_start_epoch": 0}   # m-sharpness and late-phase SAM, on every perturbing variant
+VARIANT_DEFAULTS = {"none": {}, "sam": {"p": 2, **_SHARED},
+                    "asam": {"adaptive": "elementwise", "p": 2, "eta": 0.01, "normalize_bias": False, **_SHARED}}
 
 ENV = {"torch": "2.5.0", "python": "3.11.9", "device": "cuda", "device_name": "NVIDIA H100",
        "git_commit": "abc123", "hostname": "node1"}
@@ -54,7 +55,7 @@ def write_run(root: Path, suite: str | None, cfg: dict, *, status: str | None = 
     As bench does: the config holds the variant options that differ from the defaults, and
     config.json/result.json hold every option as ``variant_options``.
     """
-    defaults = VARIANT_DEFAULTS[cfg["variant"]]
+    defaults = VARIANT_DEFAULTS.get(cfg["variant"], {})
     cfg = {**cfg, "variant_opts": {k: v for k, v in cfg["variant_opts"].items()
                                    if not (k in defaults and defaults[k] == v)}}
     options = {**defaults, **cfg["variant_opts"]}

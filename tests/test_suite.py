@@ -223,7 +223,7 @@ MALFORMED = {
              "grid[2].mask: unknown mask 'randm' (allowed: all, "),
     "model": (BASE + "grid: {model: [resnet_ci, resnet99]}\n", "grid.model: unknown model 'resnet99' (allowed: "),
     "dataset": ("name: t\ndefaults: {dataset: mnist}\n", "defaults.dataset: unknown dataset 'mnist' (allowed: cifar10"),
-    "variant": (BASE + "include: [{variant: asm}]\n", "include[0].variant: unknown variant 'asm' (allowed: asam, none, sam)"),
+    "variant": (BASE + "include: [{variant: asm}]\n", "include[0].variant: unknown variant 'asm' (allowed: asam, esam, fsam, gsam, looksam, msam, none, sam)"),
     "sparsity_one": (BASE + "grid: {mask: random, sparsity: 1.0}\n", "grid.sparsity: sparsity 1.0 must be a number in [0, 1)"),
     "sparsity_negative": ("name: t\ndefaults: {dataset: digits, model: resnet_ci, mask: random, sparsity: -0.1}\n",
                           "defaults.sparsity: sparsity -0.1 must be a number in [0, 1)"),
@@ -240,7 +240,8 @@ MALFORMED = {
     "match_no_norms": (BASE + "grid: {model: test_nonorm, mask: random, sparsity: 'match:norm_only'}\n",
                        "grid.sparsity: 'match:norm_only' on 'test_nonorm'"),
     "variant_option": (BASE + "grid: {variant: asam, variant_opts: {pp: 3}}\n",
-                       "grid.variant_opts: variant 'asam' has no option 'pp' (allowed: adaptive, p, eta, normalize_bias)"),
+                       "grid.variant_opts: variant 'asam' has no option 'pp' (allowed: adaptive, p, eta, normalize_bias, m, "
+                       "sam_start_epoch)"),
     "name": ("name: ../up\n", "name: must be a folder name"),
     "slurm": (BASE + "slurm: {partitoin: gpu}\n", "slurm.partitoin: unknown key (allowed: account, "),
 }
