@@ -4,7 +4,11 @@ Writes a suite of N runs (a multiple of 100: 2 models x 2 variants x 5 mask sett
 values x N/100 seeds, data-free and data-driven masks, ``match:`` sparsities) into a temporary
 folder and times each command in its own process (start-up and imports included):
 
-- ``dry_run``: ``sambench run SUITE --dry-run`` (expand, validate, plan, print every run);
+- ``dry_run_cold``: ``sambench run SUITE --dry-run`` (expand, validate, plan, print every run)
+  with an empty cache of validated suites (bench.suite_cache): torch and timm are imported to
+  build each model and mask once;
+- ``dry_run``: the same again, the expansion now taken from the cache (what every later
+  ``run``/``status`` of the suite meets);
 - ``submit``: ``sambench run SUITE --executor slurm --no-wait`` to a SLURM cluster that answers
   (jobs submitted held, ``--hold``, and cancelled after the status below, so nothing trains);
   without one the run folders are written in process instead and the step is not timed;
@@ -32,7 +36,7 @@ import yaml
 from bench import executors, io
 
 RUNS_PER_SEED = 100
-TARGETS_S = {"dry_run": 5.0, "submit": 15.0, "status_submitted": 5.0, "status": 5.0, "collect": 10.0}
+TARGETS_S = {"dry_run_cold": 5.0, "dry_run": 5.0, "submit": 15.0, "status_submitted": 5.0, "status": 5.0, "collect": 10.0}
 MASK_SETTINGS = [
     {"mask": "all"},
     {"mask": "norm_only"},
@@ -43,10 +47,14 @@ MASK_SETTINGS = [
 RHOS = [0.05, 0.1, 0.2, 0.5, 1.0]
 
 
+def check_size(n_runs: int) -> None:
+    if n_runs < RUNS_PER_SEED or n_runs % RUNS_PER_SEED:
+        raise ValueError(f"the number of runs must be a positive multiple of {RUNS_PER_SEED}, got {n_runs}")
+
+
 def suite_doc(n_runs: int, name: str = "scale") -> dict:
     """A suite of exactly ``n_runs`` runs (a multiple of RUNS_PER_SEED)."""
-    if n_runs < RUNS_PER_SEED or n_runs % RUNS_PER_SEED:
-        raise ValueError(f"--orchestration: the number of runs must be a multiple of {RUNS_PER_SEED}, got {n_runs}")
+    check_size(n_runs)
     axes = {"model": ["resnet_ci", "vit_ci"], "variant": ["sam", "asam"], "rho": RHOS}
     return {"name": name,
             "defaults": {"dataset": "digits", "epochs": 1, "batch_size": 128},
@@ -128,7 +136,7 @@ def benchmark(n_runs: int, slurm: bool | None = None, keep: Path | None = None,
     slurm = executors.slurm_up() if slurm is None else slurm
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="sambench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, "SAMBENCH_CACHE_DIR": str(work / "cache")}  # cold: an empty cache
     records: list[dict] = []
 
     def record(step: str, seconds: float) -> None:
@@ -142,8 +150,9 @@ def benchmark(n_runs: int, slurm: bool | None = None, keep: Path | None = None,
         out = work / "results"
         root = out / "scale"
         result, metrics = _template(work)
-        record("dry_run", _command(["run", str(suite_file), "--out", str(out), "--dry-run"],
-                                   work / "dry_run.log", env))
+        dry = ["run", str(suite_file), "--out", str(out), "--dry-run"]
+        record("dry_run_cold", _command(dry, work / "dry_run_cold.log", env))
+        record("dry_run", _command(dry, work / "dry_run.log", env))
         if slurm:
             try:
                 record("submit", _command(["run", str(suite_file), "--out", str(out), "--executor", "slurm",

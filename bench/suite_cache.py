@@ -7,8 +7,8 @@ that needs torch (and timm, for ViTs), whose import is most of the time of ``sam
 
 - what the suite file and the ``--set`` overrides say about runs (defaults, grid points, seeds,
   run fields; not the name, the slurm settings, comments or layout),
-- the code of sambench (every ``.py`` file under bench/ and masks/) and of the mask folders in
-  ``SAMBENCH_MASK_PATH``,
+- the code of sambench (every ``.py`` file under bench/ and masks/) and of the plugin folders in
+  ``SAMBENCH_MASK_PATH`` and ``SAMBENCH_VARIANT_PATH``,
 - the versions of Python, torch, torchvision and timm;
 
 their hash names the entry, so an edit to any of them is a miss and the suite is checked again.
@@ -38,6 +38,7 @@ FORMAT = 1
 MAX_ENTRIES = 16
 _REGISTRY_MODULES = ("masks.base", "bench.registries")
 _VERSIONED = ("torch", "torchvision", "timm")
+_PLUGIN_PATHS = ("SAMBENCH_MASK_PATH", "SAMBENCH_VARIANT_PATH")   # folders of mask and variant modules
 
 
 def folder() -> Path | None:
@@ -59,7 +60,8 @@ def _source_roots() -> list[Path]:
     spec = importlib.util.find_spec("masks")  # finds the package without importing it
     if spec is not None and spec.submodule_search_locations:
         roots += [Path(p) for p in spec.submodule_search_locations]
-    roots += [Path(p) for p in os.environ.get("SAMBENCH_MASK_PATH", "").split(os.pathsep) if p]
+    for plugins in _PLUGIN_PATHS:
+        roots += [Path(p) for p in os.environ.get(plugins, "").split(os.pathsep) if p]
     return roots
 
 
