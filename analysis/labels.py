@@ -86,6 +86,9 @@ def is_missing(v: Any) -> bool:
     """None, NaN or pd.NA."""
     if v is None:
         return True
+    kind = type(v)
+    if kind is str or kind is int or kind is bool:
+        return False
     if isinstance(v, float):
         return math.isnan(v)
     return type(v).__name__ in ("NAType", "NaTType") or (hasattr(v, "dtype") and bool(np_isnan(v)))
@@ -111,12 +114,35 @@ def plain(v: Any) -> Any:
     return v
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Canon:
+    """``canon(v) == json.dumps(plain(v), default=str)``, the identity of a cell value; computed
+    once per distinct scalar (a column of 10,000 runs holds a handful of values)."""
+
+    def __init__(self) -> None:
+        self.memo: dict[tuple, str] = {}
+
+    def __call__(self, v: Any) -> str:
+        kind = type(v)
+        if kind not in _SCALARS:  # containers, numpy scalars: True == 1 inside a tuple
+            return json.dumps(plain(v), default=str)
+        key = (kind, v)
+        found = self.memo.get(key)
+        if found is None:
+            found = self.memo[key] = json.dumps(plain(v), default=str)
+        return found
+
+
 def row_keys(df, cols: list[str]) -> list[str]:
-    """One canonical string per row for the given columns (hashable group key, NaN-safe)."""
+    """One canonical string per row for the given columns (hashable group key, NaN-safe):
+    ``json.dumps([plain(v) for v in row], default=str)``."""
     if not cols:
         return ["[]"] * len(df)
-    columns = [df[c].tolist() for c in cols]
-    return [json.dumps([plain(v) for v in vals], default=str) for vals in zip(*columns)]
+    canon = _Canon()
+    columns = [[canon(v) for v in df[c].tolist()] for c in cols]
+    return ["[" + ", ".join(vals) + "]" for vals in zip(*columns)]
 
 
 def fmt_value(v: Any) -> str:
@@ -180,8 +206,13 @@ def _method_extras(row: dict, varying_mask_opts: Iterable[str]) -> list[str]:
 def _varying(records: list[dict], cols: list[str], ignore_missing: bool = False) -> list[str]:
     """Columns with more than one distinct value (missing counts as a value unless ignored)."""
     out = []
+    canon = _Canon()
     for c in cols:
-        seen = {json.dumps(plain(r.get(c)), default=str) for r in records}
+        values = [r.get(c) for r in records]
+        # distinct scalars first (by type and value; NaN by its canonical form), then their identities
+        scalars = {(type(v), v) if v == v else ("nan",) for v in values if type(v) in _SCALARS}
+        seen = {canon(float("nan")) if key == ("nan",) else canon(key[1]) for key in scalars}
+        seen.update(canon(v) for v in values if type(v) not in _SCALARS)
         if ignore_missing:
             seen.discard("null")
         if len(seen) > 1:
@@ -232,7 +263,9 @@ def add_labels(df, force: bool = False):
         for c in LABEL_COLUMNS:
             df[c] = []
         return df
-    records = df.to_dict("records")
+    # the label rules read config fields (and variant_shown) only: leave results and env.* out
+    records = df[[c for c in df.columns if c not in RESULT_COLUMNS and c not in META_COLUMNS
+                  and not c.startswith(("env.", "result."))]].to_dict("records")
     mask_opt_cols = [c for c in df.columns if c.startswith("mask_opts.")]
     by_mask: dict[str, list[dict]] = {}
     for r in records:

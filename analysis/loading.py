@@ -29,8 +29,11 @@ def _flatten(d: dict, prefix: str = "", out: dict | None = None) -> dict:
     """{"base": {"lr": 0.1}} -> {"base.lr": 0.1}; lists become tuples (hashable)."""
     out = {} if out is None else out
     for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        key = f"{prefix}{k}" if prefix else k
+        kind = type(v)
+        if kind is str or kind is int or kind is float or kind is bool or v is None:
+            out[key] = v
+        elif isinstance(v, dict):
             if v:
                 _flatten(v, key + ".", out)
             # an empty option map contributes no column

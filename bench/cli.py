@@ -249,7 +249,7 @@ def cmd_run(args) -> int:
     if args.max_parallel is not None and args.max_parallel < 1:
         raise InvalidInput(f"--max-parallel: must be >= 1, got {args.max_parallel}")
     out = creatable_dir(args.out, "--out")
-    suite = load_suite(args.suite, parse_set(args.set))
+    suite = load_suite(args.suite, parse_set(args.set), cache=True)
     with signals_interrupt():
         return runner.run_suite(suite, out, executor=args.executor, max_parallel=args.max_parallel,
                                 dry_run=args.dry_run, wait=not args.no_wait, keep_running=args.keep_running)
@@ -258,12 +258,14 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from bench import runner
 
-    return runner.print_status(Path(args.target), Path(args.out))
+    return runner.print_status(Path(args.target), Path(args.out), cache=True)
 
 
 # --- perf -----------------------------------------------------------------------------------------
 
 def cmd_perf(args) -> int:
+    if args.orchestration is not None:
+        return _perf_orchestration(args)
     from bench import config, perf
 
     for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
@@ -308,6 +310,25 @@ def _perf_steps(args, perf) -> list[dict]:
               f"sum of step times {ep['sum_step_s']:.3f} s, ratio {ep['ratio']:.3f}")
         recs.append({"benchmark": "epoch", **ep})
     return recs
+
+
+def _perf_orchestration(args) -> int:
+    """``--orchestration N[,N...]``: dry run, SLURM submission, status and collect of generated suites."""
+    from bench import perf_scale
+
+    try:
+        sizes = [int(n) for n in args.orchestration.split(",")]
+        for n in sizes:
+            perf_scale.check_size(n)
+    except ValueError as exc:
+        raise InvalidInput(f"--orchestration: {exc}" if "multiple" in str(exc) else
+                           f"--orchestration: expected run counts like 1000,10000, got {args.orchestration!r}") from None
+    json_path = creatable_file(args.json, "--json") if args.json else None
+    records = [rec for n in sizes for rec in perf_scale.benchmark(n)]
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(records, indent=2))
+    return EXIT_OK
 
 
 class RunFailed(Exception):
@@ -397,6 +418,9 @@ def build_parser(with_variant_flags: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--fisher", action="store_true", help="time the batched vs per-sample Fisher mask")
     p.add_argument("--fisher-samples", type=int, default=1024)
     p.add_argument("--epoch", action="store_true", help="also time a full epoch against its steps")
+    p.add_argument("--orchestration", metavar="N[,N...]",
+                   help="instead: time the dry run, SLURM submission (when a controller answers), status and "
+                        "collect of a generated suite of N runs (a multiple of 100), e.g. 1000,10000")
     p.add_argument("--json", help="write the records to this file")
     p.set_defaults(func=cmd_perf)
 

@@ -154,10 +154,36 @@ def experiment_part(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: cfg[k] for k in EXPERIMENT}
 
 
+def _canonical(experiment: dict[str, Any]) -> str:
+    return json.dumps(experiment, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def run_id(cfg: dict[str, Any]) -> str:
     """Short hash of the canonical experiment config (runtime fields excluded)."""
-    canon = json.dumps(experiment_part(cfg), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(canon.encode()).hexdigest()[:12]
+    return _short_hash(_canonical(experiment_part(cfg)))
+
+
+_SEED_MARK = "\x00seed\x00"
+
+
+def run_ids_by_seed(cfg: dict[str, Any]) -> Callable[[int], str]:
+    """``ids(seed) == run_id(cfg with that seed)`` for integer seeds; the canonical JSON is
+    built once and the seed written into it (``json.dumps`` of an int is its ``str``)."""
+    canon = _canonical({**experiment_part(cfg), "seed": _SEED_MARK})
+    parts = canon.split(json.dumps(_SEED_MARK))
+    if len(parts) != 2:  # the mark also occurs in a value: no shortcut
+        return lambda seed: run_id({**cfg, "seed": seed})
+    head, tail = parts
+
+    def ids(seed: int) -> str:
+        if type(seed) is not int:  # bool, numpy integers...: the general rule
+            return run_id({**cfg, "seed": seed})
+        return _short_hash(f"{head}{seed}{tail}")
+    return ids
 
 
 # --- variant options -------------------------------------------------------------------------

@@ -23,11 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench import datafiles
+from bench.datafiles import (  # noqa: F401 -- DataError: part of this module's API
+    CIFAR10,
+    CIFAR100,
+    FASHION_FILES,
+    FASHION_SYSTEM_DIR,
+    CifarFormat,
+    DataError,
+    cifar_dir,
+    cifar_missing,
+    default_roots,
+    fashion_candidates,
+    fashion_files,
+    fashion_missing,
+)
 from bench.registries import DATASETS
-
-
-class DataError(ValueError):
-    """A dataset that cannot be loaded (missing files, failed download, bad format)."""
 
 
 @dataclass
@@ -58,28 +69,22 @@ class DataSpec:
                 f"classes={self.num_classes}, shape=({self.in_chans}, {self.img_size}, {self.img_size}))")
 
 
-def shaped(num_classes: int, in_chans: int, img_size: int, locate=None):
-    """Declare a dataset's (num_classes, in_chans, img_size), known without loading it, and
-    optionally ``locate(root, download)``: raise DataError if its files cannot be found
-    (without reading them; :func:`check_available`)."""
+def shaped(num_classes: int, in_chans: int, img_size: int):
+    """Declare a dataset's (num_classes, in_chans, img_size), known without loading it (how
+    its files are found without reading them is :data:`bench.datafiles.LOCATORS`)."""
     def deco(fn):
         fn.shape = (num_classes, in_chans, img_size)
-        if locate is not None:
-            fn.locate = locate
         return fn
     return deco
 
 
 def check_available(name: str, root: str | None = None, download: bool = False) -> None:
-    """Raise DataError if a registered data set cannot be found (or downloaded, when asked).
-
-    Cheap for data sets that declare how to locate their files; others are loaded once."""
-    fn = DATASETS.get(name)
-    locate = getattr(fn, "locate", None)
-    if locate is not None:
-        locate(root, download)
+    """Raise DataError if a registered data set cannot be found (or downloaded, when asked):
+    cheap for one with a locator (:mod:`bench.datafiles`), others are loaded once per process."""
+    if name in datafiles.LOCATORS:
+        datafiles.check_available(name, root, download)
     elif (name, root) not in _AVAILABLE:
-        fn(root, download)
+        load_dataset(name, root, download)
         _AVAILABLE.add((name, root))
 
 
@@ -110,23 +115,10 @@ def _labels(y) -> Tensor:
     return torch.as_tensor(np.array(y, dtype=np.int64))
 
 
-def _default_roots(root: str | None) -> list[Path]:
-    """Where to look, in order: the argument, $SAMBENCH_DATA_ROOT, ./data."""
-    out = []
-    for r in (root, os.environ.get("SAMBENCH_DATA_ROOT"), "data"):
-        if r and Path(r) not in out:
-            out.append(Path(r))
-    return out
-
-
 # --- digits (scikit-learn, ships with the package) --------------------------------------
 
-def _always(root: str | None = None, download: bool = False) -> None:
-    """Data that ships with the code (or is generated): always there."""
-
-
 @DATASETS.register("digits")
-@shaped(10, 1, 8, locate=_always)
+@shaped(10, 1, 8)
 def digits(root: str | None = None, download: bool = False) -> DataSpec:
     """scikit-learn digits: 1,797 real 8x8 grey images, 10 classes; stratified 1,437/360 split."""
     from sklearn.datasets import load_digits
@@ -144,7 +136,7 @@ def digits(root: str | None = None, download: bool = False) -> DataSpec:
 # --- synthetic (seeded, learnable; for tests) -------------------------------------------
 
 @DATASETS.register("synthetic")
-@shaped(4, 3, 8, locate=_always)
+@shaped(4, 3, 8)
 def synthetic(root: str | None = None, download: bool = False, *, n_train: int = 512,
               n_test: int = 256, num_classes: int = 4, in_chans: int = 3, img_size: int = 8,
               seed: int = 0) -> DataSpec:
@@ -170,17 +162,8 @@ def synthetic(root: str | None = None, download: bool = False, *, n_train: int =
 
 # --- Fashion-MNIST (the original idx .gz files) -------------------------------------------
 
-FASHION_FILES = {
-    "train_x": "train-images-idx3-ubyte",
-    "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte",
-    "test_y": "t10k-labels-idx1-ubyte",
-}
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
-# Installed by the Debian package ``dataset-fashion-mnist``.
-FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
-
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -205,56 +188,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return arr.astype(dtype.newbyteorder("="))  # a writable, native-endian copy
 
 
-def _fashion_candidates(root: str | None) -> list[Path]:
-    bases: list[Path] = []
-    for r in (root, os.environ.get("SAMBENCH_DATA_ROOT"), FASHION_SYSTEM_DIR, "data/fashion-mnist"):
-        if r and Path(r) not in bases:
-            bases.append(Path(r))
-    out: list[Path] = []
-    for b in bases:
-        for d in (b, b / "FashionMNIST" / "raw", b / "fashion-mnist"):
-            if d not in out:
-                out.append(d)
-    return out
-
-
-def _fashion_files(d: Path) -> dict[str, Path] | None:
-    """The four files in directory d (preferring .gz, accepting uncompressed ones), or None."""
-    found = {}
-    for key, stem in FASHION_FILES.items():
-        for cand in (d / f"{stem}.gz", d / stem):
-            if cand.is_file():
-                found[key] = cand
-                break
-        else:
-            return None
-    return found
-
-
-def _locate_fashion(root: str | None = None, download: bool = False) -> None:
-    tried = _fashion_candidates(root)
-    if not download and all(_fashion_files(d) is None for d in tried):
-        raise _fashion_missing(tried)
-
-
-def _fashion_missing(tried: list[Path]) -> DataError:
-    names = ", ".join(f"{s}.gz" for s in FASHION_FILES.values())
-    return DataError(
-        "Fashion-MNIST not found; looked for " + names + " in:\n  "
-        + "\n  ".join(str(p) for p in tried)
-        + "\nGet it with `apt-get install dataset-fashion-mnist` (installs " + FASHION_SYSTEM_DIR
-        + "), point --data-root (or $SAMBENCH_DATA_ROOT) at a folder holding the files, "
-        "or set `download: true` to fetch it with torchvision.")
-
-
 @DATASETS.register("fashion_mnist")
-@shaped(10, 1, 28, locate=_locate_fashion)
+@shaped(10, 1, 28)
 def fashion_mnist(root: str | None = None, download: bool = False) -> DataSpec:
     """Fashion-MNIST: 60,000/10,000 28x28 grey images, 10 classes, from the original idx files."""
-    tried = _fashion_candidates(root)
-    files = next((f for f in (_fashion_files(d) for d in tried) if f is not None), None)
+    tried = fashion_candidates(root)
+    files = next((f for f in (fashion_files(d) for d in tried) if f is not None), None)
     if files is None and download:
-        target = _default_roots(root)[0]
+        target = default_roots(root)[0]
         try:
             import torchvision
             torchvision.datasets.FashionMNIST(str(target), train=True, download=True)
@@ -263,9 +204,9 @@ def fashion_mnist(root: str | None = None, download: bool = False) -> DataSpec:
             raise DataError(f"could not download Fashion-MNIST into {target / 'FashionMNIST' / 'raw'}: "
                             f"{e}. Without network, install it with `apt-get install "
                             f"dataset-fashion-mnist` or copy the four idx .gz files there.") from e
-        files = _fashion_files(target / "FashionMNIST" / "raw")
+        files = fashion_files(target / "FashionMNIST" / "raw")
     if files is None:
-        raise _fashion_missing(tried)
+        raise fashion_missing(tried)
     arrays = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
@@ -282,36 +223,6 @@ def fashion_mnist(root: str | None = None, download: bool = False) -> DataSpec:
 
 # --- CIFAR-10 / CIFAR-100 (torchvision's on-disk format) ---------------------------------
 
-@dataclass(frozen=True)
-class _CifarFormat:
-    title: str
-    folder: str
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    meta: str
-    meta_key: str
-    label_key: str
-    num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    tv_class: str
-
-
-CIFAR10 = _CifarFormat("CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                       ("test_batch",), "batches.meta", "label_names", "labels", 10,
-                       (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10")
-CIFAR100 = _CifarFormat("CIFAR-100", "cifar-100-python", ("train",), ("test",), "meta",
-                        "fine_label_names", "fine_labels", 100,
-                        (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100")
-
-
-def _cifar_dir(fmt: _CifarFormat, base: Path) -> Path | None:
-    for d in (base / fmt.folder, base):
-        if all((d / f).is_file() for f in fmt.train + fmt.test):
-            return d
-    return None
-
-
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
@@ -320,7 +231,7 @@ def _unpickle(path: Path) -> dict:
         raise DataError(f"{path}: not a CIFAR pickle ({e})") from e
 
 
-def read_cifar(fmt: _CifarFormat, d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
+def read_cifar(fmt: CifarFormat, d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Read the pickled batches the way torchvision does, without its md5 check."""
     def read(files):
         xs, ys = [], []
@@ -340,25 +251,9 @@ def read_cifar(fmt: _CifarFormat, d: Path) -> tuple[np.ndarray, np.ndarray, np.n
     return xtr, ytr, xte, yte, classes
 
 
-def _cifar_missing(fmt: _CifarFormat, bases: list[Path]) -> DataError:
-    return DataError(
-        f"{fmt.title} not found; expected the extracted python-version folder "
-        + " or ".join(str(b / fmt.folder) for b in bases)
-        + f" (holding {', '.join(fmt.train + fmt.test)}). Point --data-root (or "
-        "$SAMBENCH_DATA_ROOT) at its parent folder, or set `download: true`.")
-
-
-def _cifar_locator(fmt: _CifarFormat):
-    def locate(root: str | None = None, download: bool = False) -> None:
-        bases = _default_roots(root)
-        if not download and all(_cifar_dir(fmt, b) is None for b in bases):
-            raise _cifar_missing(fmt, bases)
-    return locate
-
-
-def _load_cifar(fmt: _CifarFormat, name: str, root: str | None, download: bool) -> DataSpec:
-    bases = _default_roots(root)
-    d = next((x for x in (_cifar_dir(fmt, b) for b in bases) if x is not None), None)
+def _load_cifar(fmt: CifarFormat, name: str, root: str | None, download: bool) -> DataSpec:
+    bases = default_roots(root)
+    d = next((x for x in (cifar_dir(fmt, b) for b in bases) if x is not None), None)
     if d is None and download:
         target = bases[0]
         try:
@@ -368,9 +263,9 @@ def _load_cifar(fmt: _CifarFormat, name: str, root: str | None, download: bool) 
             raise DataError(f"could not download {fmt.title} into {target / fmt.folder}: {e}. "
                             f"Without network, copy the extracted {fmt.folder}/ folder there "
                             f"(or point --data-root at its parent).") from e
-        d = _cifar_dir(fmt, target)
+        d = cifar_dir(fmt, target)
     if d is None:
-        raise _cifar_missing(fmt, bases)
+        raise cifar_missing(fmt, bases)
     xtr, ytr, xte, yte, classes = read_cifar(fmt, d)
     if ytr.size and (ytr.min() < 0 or max(ytr.max(), yte.max()) >= fmt.num_classes):
         raise DataError(f"{d}: labels outside 0..{fmt.num_classes - 1}")
@@ -381,14 +276,14 @@ def _load_cifar(fmt: _CifarFormat, name: str, root: str | None, download: bool) 
 
 
 @DATASETS.register("cifar10")
-@shaped(10, 3, 32, locate=_cifar_locator(CIFAR10))
+@shaped(10, 3, 32)
 def cifar10(root: str | None = None, download: bool = False) -> DataSpec:
     """CIFAR-10: 50,000/10,000 32x32 colour images, 10 classes (torchvision layout)."""
     return _load_cifar(CIFAR10, "cifar10", root, download)
 
 
 @DATASETS.register("cifar100")
-@shaped(100, 3, 32, locate=_cifar_locator(CIFAR100))
+@shaped(100, 3, 32)
 def cifar100(root: str | None = None, download: bool = False) -> DataSpec:
     """CIFAR-100: 50,000/10,000 32x32 colour images, 100 fine classes (torchvision layout)."""
     return _load_cifar(CIFAR100, "cifar100", root, download)

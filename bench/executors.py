@@ -80,7 +80,7 @@ def submit_debug(request: Request, sub: Submission) -> None:
     ex = submitit.AutoExecutor(folder=request.folder, cluster="debug")
     ex.update_parameters(name=f"sambench-{request.suite}")
     for st in request.runs:
-        sub.jobs.append(ex.submit(RunJob(), [str(st.dir.resolve())], request.suite, None, request.submission, None))
+        sub.jobs.append(ex.submit(RunJob(), resolved_dirs([st.dir]), request.suite, None, request.submission, None))
         sub.runs_of_job.append([st.rid])
 
 
@@ -89,7 +89,7 @@ def submit_local(request: Request, sub: Submission) -> None:
 
     from bench.job import RunJob
 
-    dirs = [str(st.dir.resolve()) for st in request.runs]
+    dirs = resolved_dirs([st.dir for st in request.runs])
     rids = [st.rid for st in request.runs]
     n_gpus = gpu_count()
     workers = request.max_parallel or (n_gpus if n_gpus else min(cpu_count(), MAX_CPU_WORKERS))
@@ -135,13 +135,14 @@ def submit_slurm(request: Request, sub: Submission) -> None:
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     per_job = s.get("runs_per_job", 1)
     runs = request.runs
-    chunks = [runs[i:i + per_job] for i in range(0, len(runs), per_job)]
+    dirs = resolved_dirs([st.dir for st in runs])
+    chunks = [range(i, min(i + per_job, len(runs))) for i in range(0, len(runs), per_job)]
     for start in range(0, len(chunks), MAX_ARRAY):
         with ex.batch():
             for chunk in chunks[start:start + MAX_ARRAY]:
-                sub.jobs.append(ex.submit(RunJob(), [str(st.dir.resolve()) for st in chunk], request.suite,
+                sub.jobs.append(ex.submit(RunJob(), [dirs[i] for i in chunk], request.suite,
                                           s.get("cpus_per_task"), request.submission, None))
-                sub.runs_of_job.append([st.rid for st in chunk])
+                sub.runs_of_job.append([runs[i].rid for i in chunk])
 
 
 EXECUTORS: dict[str, Callable[[Request, Submission], None]] = {
@@ -159,10 +160,26 @@ def write_job_records(sub: Submission, request: Request) -> None:
         for rid in run_ids:
             by_run.setdefault(rid, []).append(entry)
     host, now = socket.gethostname(), time.time()
-    for st in request.runs:
-        io.write_json(st.dir / "job.json", {"executor": sub.kind, "host": host, "submitted_at": now,
-                                            "suite": request.suite, "submission": sub.submission,
-                                            "jobs": by_run.get(st.rid, [])})
+    io.write_json_many(((st.dir / "job.json", {"executor": sub.kind, "host": host, "submitted_at": now,
+                                               "suite": request.suite, "submission": sub.submission,
+                                               "jobs": by_run.get(st.rid, [])})
+                        for st in request.runs), indent=None)
+
+
+def resolved_dirs(run_dirs: list[Path]) -> list[str]:
+    """``str(d.resolve())`` for each run folder, resolving each parent folder once instead of
+    every path component of every run (10,000 runs share one parent)."""
+    parents: dict[str, str] = {}
+    out = []
+    for d in run_dirs:
+        if os.path.islink(d):
+            out.append(os.path.realpath(d))
+            continue
+        parent = os.path.abspath(d.parent)
+        if parent not in parents:
+            parents[parent] = os.path.realpath(parent)
+        out.append(os.path.join(parents[parent], d.name))
+    return out
 
 
 # --- local workers: detached controllers, stopping them ------------------------------------------

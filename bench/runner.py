@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench import config, executors, io, report, rundir
+from bench import executors, io, report, rundir
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput
 from bench.executors import Queue, Request, Submission
 from bench.rundir import RunState
@@ -54,7 +54,7 @@ def pick_executor(name: str) -> str:
 
 def check_data(runs: list[RunState]) -> None:
     """Find each data set the runs need, before anything is written (InvalidInput if missing)."""
-    from bench.data import DataError, check_available
+    from bench import datafiles
 
     seen = set()
     for st in runs:
@@ -63,8 +63,13 @@ def check_data(runs: list[RunState]) -> None:
             continue
         seen.add(key)
         try:
-            check_available(*key)
-        except DataError as exc:
+            if key[0] in datafiles.LOCATORS:
+                datafiles.check_available(*key)   # no torch
+            else:
+                from bench.data import check_available
+
+                check_available(*key)
+        except datafiles.DataError as exc:
             raise InvalidInput(f"dataset {key[0]!r} (run {st.rid}): {exc}") from None
 
 
@@ -74,8 +79,9 @@ def prepare_folders(suite, runs: list[RunState]) -> None:
         rundir.check_owner(st.dir, st.rid)
     for st in runs:
         st.dir.mkdir(parents=True, exist_ok=True)
-        io.write_json(st.dir / "config.json", {"run_id": st.rid, "suite": suite.name, "config": st.cfg,
-                                               "variant_options": config.variant_options(st.cfg)})
+    io.write_json_many((st.dir / "config.json", {"run_id": st.rid, "suite": suite.name, "config": st.cfg,
+                                                 "variant_options": suite.variant_options(st.cfg)})
+                       for st in runs)
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -270,8 +276,9 @@ def suite_folders(target: Path) -> list[Path]:
     return out
 
 
-def status_groups(target: Path, out: Path) -> list[tuple[str, Path, list[RunState]]]:
-    """``(suite name, its folder, run states)`` for a suite file or a results folder."""
+def status_groups(target: Path, out: Path, cache: bool = False) -> list[tuple[str, Path, list[RunState]]]:
+    """``(suite name, its folder, run states)`` for a suite file or a results folder (``cache``:
+    the suite's expansion may come from bench.suite_cache)."""
     queue = Queue()
 
     def alive(info: dict | None) -> bool:
@@ -280,7 +287,7 @@ def status_groups(target: Path, out: Path) -> list[tuple[str, Path, list[RunStat
     if target.is_file():
         from bench.suite import load_suite
 
-        suite = load_suite(target)
+        suite = load_suite(target, cache=cache)
         return [(suite.name, Path(out) / suite.name, plan(suite, Path(out) / suite.name, queue))]
     if not target.is_dir():
         raise InvalidInput(f"{target}: no such suite file or results folder")
@@ -291,9 +298,9 @@ def status_groups(target: Path, out: Path) -> list[tuple[str, Path, list[RunStat
     return groups
 
 
-def print_status(target: Path, out: Path) -> int:
+def print_status(target: Path, out: Path, cache: bool = False) -> int:
     """``sambench status``: one summary line per suite, then what failed and why."""
-    for name, root, states in status_groups(Path(target), Path(out)):
+    for name, root, states in status_groups(Path(target), Path(out), cache):
         print(f"{name}: {report.summarize(states).line()}  ({root})")
         for line in report.problems([s for s in states if s.state in ("failed", "corrupt")], details=True):
             print(line)

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import config
+from bench import config, suite_cache
 from bench.config import EXPERIMENT, OPTION_MAPS, RUNTIME, ConfigError
 from bench.errors import InvalidInput, load_yaml, show
 
@@ -85,6 +85,8 @@ class Suite:
     run_ids: list[str] = field(default_factory=list)
     # run id -> the sparsity actually used when the config says "match:<mask>"
     resolved_sparsity: dict[str, float] = field(default_factory=dict)
+    # variant name -> its options with their defaults (config.variant_options, read once)
+    variant_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -92,18 +94,26 @@ class Suite:
     def items(self):
         return zip(self.run_ids, self.runs)
 
+    def variant_options(self, cfg: dict) -> dict[str, Any]:
+        """Every option of a run's variant, defaults filled in (= config.variant_options)."""
+        if cfg["variant"] not in self.variant_defaults:
+            return config.variant_options(cfg)
+        return {**self.variant_defaults[cfg["variant"]], **cfg["variant_opts"]}
+
 
 # --- the public entry ----------------------------------------------------------------------------
 
 def load_suite(path: str | Path, overrides: dict | None = None,
-               warn: Callable[[str], None] | None = None) -> Suite:
+               warn: Callable[[str], None] | None = None, cache: bool = False) -> Suite:
     """Read, expand and validate a suite file; raise SuiteError on the first problem.
 
     ``warn`` receives a note when the suite expands to more than LARGE_SUITE runs (default:
-    printed to stderr), before the long part of the work.
+    printed to stderr), before the long part of the work. ``cache``: take the expansion from
+    (and keep it in) the cache of validated suites, :mod:`bench.suite_cache` (the command line
+    does; the result is the same either way).
     """
     source, path = str(path), Path(path)
-    doc = _read_doc(path, source)
+    doc = _parse_doc(_read_text(path, source), source)
     run_over, slurm_over, top_over = _split_overrides(overrides)
     name = _suite_name(doc, top_over, source)
     seeds = _seeds(doc, top_over, source)
@@ -115,21 +125,30 @@ def load_suite(path: str | Path, overrides: dict | None = None,
             raise _err(source, "defaults.seed", f"must be an integer >= 0, got {show(seed)}")
     points = _points(doc, source)
     _warn_if_large(len(points) * len(seeds), source, warn)
-    base_layer = _Layer.of(defaults, "defaults.")
-    over_layer = _Layer.of(run_over, "--set ")
-    runs, ids, resolved = _expand(points, seeds, base_layer, over_layer, source)
-    return Suite(name=name, runs=runs, slurm=slurm, source=path, run_ids=ids, resolved_sparsity=resolved)
+    inputs = {"defaults": defaults, "points": [list(pt) for pt in points], "seeds": seeds, "set": run_over}
+    entry = suite_cache.key(inputs) if cache else None
+    expansion = suite_cache.load(entry)
+    if expansion is None:
+        base_layer = _Layer.of(defaults, "defaults.")
+        over_layer = _Layer.of(run_over, "--set ")
+        expansion = _expand(points, seeds, base_layer, over_layer, source)
+        suite_cache.store(entry, expansion)
+    return Suite(name=name, runs=expansion["runs"], slurm=slurm, source=path, run_ids=expansion["run_ids"],
+                 resolved_sparsity=expansion["resolved_sparsity"], variant_defaults=expansion["variant_defaults"])
 
 
 # --- reading ---------------------------------------------------------------------------------------
 
-def _read_doc(path: Path, source: str) -> dict:
+def _read_text(path: Path, source: str) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise SuiteError("no such suite file", source=source) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SuiteError(f"cannot read the suite file ({exc})", source=source) from None
+
+
+def _parse_doc(text: str, source: str) -> dict:
     try:
         doc = load_yaml(text, source)
     except InvalidInput as exc:
@@ -391,32 +410,58 @@ def _located(exc: ConfigError, origin: dict[str, str], fallback: str, source: st
 # --- expansion ------------------------------------------------------------------------------------
 
 def _expand(points: list[tuple[str, dict]], seeds: list[int | None], base_layer: _Layer,
-            over_layer: _Layer, source: str) -> tuple[list[dict], list[str], dict[str, float]]:
-    """Every (point, seed) resolved and checked on its model; duplicates (same run id) dropped."""
+            over_layer: _Layer, source: str) -> dict[str, Any]:
+    """Every (point, seed) resolved and checked on its model; duplicates (same run id) dropped.
+
+    Returns ``{"runs", "run_ids", "resolved_sparsity", "variant_defaults"}``. The seeds of a
+    point differ in the seed field only (each an integer >= 0, checked with the seeds list), so
+    a point is resolved and checked once and its seeds written into copies of that config.
+    """
     checks = _ModelChecks()
     runs: list[dict] = []
     ids: list[str] = []
     seen: set[str] = set()
     resolved_sparsity: dict[str, float] = {}
+
+    def resolve(layers: list[_Layer], prefix: str) -> tuple[dict, float | None]:
+        over, origin = _compose(layers)
+        try:
+            cfg = config.resolve(over)
+            return cfg, checks.check(cfg)
+        except ConfigError as exc:
+            raise _located(exc, origin, prefix, source) from None
+
+    def add(rid: str, cfg: dict, resolved: float | None) -> None:
+        seen.add(rid)
+        runs.append(cfg)
+        ids.append(rid)
+        if resolved is not None:
+            resolved_sparsity[rid] = resolved
+
     for prefix, point in points:
         layer = _Layer.of(point, prefix)
-        for seed in ([None] if "seed" in point else seeds):
-            seed_layer = _Layer.of({} if seed is None else {"seed": seed}, "")
-            over, origin = _compose([base_layer, layer, seed_layer, over_layer])
-            try:
-                cfg = config.resolve(over)
-                resolved = checks.check(cfg)
-            except ConfigError as exc:
-                raise _located(exc, origin, prefix, source) from None
-            rid = config.run_id(cfg)
-            if rid in seen:
-                continue
-            seen.add(rid)
-            runs.append(cfg)
-            ids.append(rid)
-            if resolved is not None:
-                resolved_sparsity[rid] = resolved
-    return runs, ids, resolved_sparsity
+        if "seed" in point or "seed" in over_layer.flat or seeds == [None]:  # one seed: as given
+            for seed in ([None] if "seed" in point else seeds):
+                seed_layer = _Layer.of({} if seed is None else {"seed": seed}, "")
+                cfg, resolved = resolve([base_layer, layer, seed_layer, over_layer], prefix)
+                rid = config.run_id(cfg)
+                if rid not in seen:
+                    add(rid, cfg, resolved)
+            continue
+        first, resolved = resolve([base_layer, layer, _Layer.of({"seed": seeds[0]}, ""), over_layer], prefix)
+        ids_of = config.run_ids_by_seed(first)
+        for seed in seeds:
+            rid = ids_of(seed)
+            if rid not in seen:
+                add(rid, first if seed == seeds[0] else {**config.plain_copy(first), "seed": seed}, resolved)
+    return {"runs": runs, "run_ids": ids, "resolved_sparsity": resolved_sparsity,
+            "variant_defaults": {v: _variant_defaults(v) for v in sorted({r["variant"] for r in runs})}}
+
+
+def _variant_defaults(variant: str) -> dict[str, Any]:
+    from bench.registries import variant_options
+
+    return variant_options(variant)
 
 
 class _ModelChecks:

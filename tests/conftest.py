@@ -1,7 +1,13 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+if "SAMBENCH_CACHE_DIR" not in os.environ:  # validated suites (bench.suite_cache): not in ~/.cache
+    os.environ["SAMBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="sambench-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SAMBENCH_CACHE_DIR"], True)
 
 import re  # noqa: E402
 import subprocess  # noqa: E402

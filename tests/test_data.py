@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from bench import data
+from bench import data, datafiles
 from bench.data import DataError, DataSpec, DeviceLoader, augment_batch, load_dataset, make_loaders
 from bench.registries import DATASETS, UnknownNameError
 
@@ -25,7 +25,7 @@ def isolated(tmp_path, monkeypatch):
     """No data anywhere: cwd is empty, no env root, the system Fashion-MNIST dir does not exist."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SAMBENCH_DATA_ROOT", raising=False)
-    monkeypatch.setattr(data, "FASHION_SYSTEM_DIR", str(tmp_path / "no-system-dir"))
+    monkeypatch.setattr(datafiles, "FASHION_SYSTEM_DIR", str(tmp_path / "no-system-dir"))  # where files are looked for
     return tmp_path
 
 
