@@ -1,0 +1,205 @@
+"""The ``sambench train`` flags, generated from the run config so they cannot drift from it.
+
+Every field of :func:`bench.config.default_config` is a flag:
+
+- a top-level field ``name`` -> ``--name`` (``_`` -> ``-``); a boolean -> ``--name`` / ``--no-name``;
+- the base optimizer (``base.*``) -> ``--optimizer`` (``base.name``) and ``--lr``, ``--momentum``,
+  ``--weight-decay``, ... (every option of every base optimizer);
+- variant options (``variant_opts.*``, from the variant registry) -> ``--p``, ``--adaptive``, ...;
+- ``mask_opts`` -> ``--mask-opt KEY=VALUE`` (options depend on the mask: ``sambench list masks``);
+- ``logging`` -> ``--log tensorboard,wandb,mlflow`` (or ``none``).
+
+Help lines come from ``bench.config.FIELD_HELP``; each shows the field's default. Any field, nested
+ones included, can also be given as ``--set path=value``.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import yaml
+
+# nested config mappings whose options become flags of their own name (``base.lr`` -> ``--lr``)
+FLAT_GROUPS = ("base", "variant_opts")
+SPECIAL = {"base.name": "optimizer"}
+# the base optimizers' own defaults when the config leaves an option out
+OPTIMIZER_DEFAULT_TEXT = "the optimizer's own"
+
+
+@dataclass
+class Flag:
+    path: str                  # config path, e.g. "base.lr"
+    dest: str                  # argparse dest
+    kind: Callable | None      # argparse type (None: a boolean flag)
+    default: Any               # the config's default (shown in the help; argparse's default is None)
+    help: str
+    choices: list | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+def yaml_scalar(text: str) -> Any:
+    """A flag value as a YAML scalar (``0.5`` -> 0.5, ``inf`` -> "inf", ``null`` -> None)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None and text.strip().lower() not in ("null", "none", "~") else value
+
+
+def number_list(text: str) -> list:
+    """``0.9,0.999`` or ``[0.9, 0.999]`` -> [0.9, 0.999]."""
+    value = yaml_scalar(text if text.strip().startswith("[") else f"[{text}]")
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expected a list like 0.9,0.999, got {text!r}")
+    return value
+
+
+def _kind(default: Any) -> Callable | None:
+    if isinstance(default, bool):
+        return None
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    if isinstance(default, (list, tuple)):
+        return number_list
+    if isinstance(default, str):
+        return str
+    return yaml_scalar
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _help(path: str, field_help: dict[str, str], default_text: str) -> str:
+    text = field_help.get(path) or f"run config field {path}"
+    return f"{text} (default: {default_text})"
+
+
+def _base_flags(config, field_help) -> list[Flag]:
+    defaults = config.default_config()["base"]
+    options = sorted({opt for opts in config.BASE_OPTIMIZERS.values() for opt in opts})
+    flags = [Flag("base.name", "optimizer", str, defaults["name"],
+                  _help("base.name", field_help, defaults["name"]), sorted(config.BASE_OPTIMIZERS))]
+    for opt in options:
+        users = [name for name, opts in sorted(config.BASE_OPTIMIZERS.items()) if opt in opts]
+        default = defaults.get(opt)
+        shown = (f"{_show(default)} for {defaults['name']}" if opt in defaults else OPTIMIZER_DEFAULT_TEXT)
+        text = field_help.get(f"base.{opt}") or f"base optimizer option {opt}"
+        kind = _kind(default) if default is not None else (number_list if opt == "betas" else float)
+        flags.append(Flag(f"base.{opt}", opt, kind, default,
+                          f"{text}; for {', '.join(users)} (default: {shown})"))
+    return flags
+
+
+def _variant_flags(field_help) -> list[Flag]:
+    from bench import registries
+
+    registries.load()
+    seen: dict[str, list[tuple[str, Any]]] = {}
+    for name in registries.VARIANTS.names():
+        cls = registries.VARIANTS.get(name)
+        for p in inspect.signature(cls.__init__).parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            seen.setdefault(p.name, []).append((name, None if p.default is p.empty else p.default))
+    flags = []
+    for opt, users in sorted(seen.items()):
+        default = users[0][1]
+        shown = ", ".join(f"{_show(d)} for {v}" for v, d in users)
+        text = field_help.get(f"variant_opts.{opt}") or f"variant option {opt}"
+        kind = yaml_scalar if not isinstance(default, bool) else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and opt != "p":
+            kind = float
+        flags.append(Flag(f"variant_opts.{opt}", opt, kind, default, f"{text} (default: {shown})"))
+    return flags
+
+
+def train_flags() -> list[Flag]:
+    """Every run-config field as a flag (``mask_opts`` and ``logging`` are handled apart)."""
+    from bench import config
+
+    field_help = getattr(config, "FIELD_HELP", {})
+    choices = getattr(config, "CHOICES", {})
+    flags: list[Flag] = []
+    for key, default in config.default_config().items():
+        if key in ("mask_opts", "logging"):
+            continue
+        if key == "base":
+            flags += _base_flags(config, field_help)
+        elif key == "variant_opts":
+            flags += _variant_flags(field_help)
+        elif isinstance(default, dict):  # a mapping added later: settable with --set
+            continue
+        else:
+            flags.append(Flag(key, key, _kind(default), default, _help(key, field_help, _show(default)),
+                              choices.get(key)))
+    dests = [f.dest for f in flags]
+    clash = sorted({d for d in dests if dests.count(d) > 1})
+    if clash:
+        raise RuntimeError(f"two config fields give the same train flag: {clash}")
+    return flags
+
+
+METAVARS = {int: "N", float: "X", str: "NAME", number_list: "A,B"}
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    from bench import loggers
+
+    group = parser.add_argument_group("run config (every field of the run config; see also --set)")
+    for f in train_flags():
+        if f.kind is None:
+            group.add_argument(f.option, dest=f.dest, action=argparse.BooleanOptionalAction, default=None,
+                               help=f.help)
+        else:
+            metavar = None if f.choices else METAVARS.get(f.kind, "VALUE")
+            group.add_argument(f.option, dest=f.dest, type=f.kind, default=None, help=f.help,
+                               choices=f.choices, metavar=metavar)
+    group.add_argument("--mask-opt", action="append", metavar="KEY=VALUE", default=None,
+                       help="a mask strategy option, repeatable, e.g. num_samples=128 "
+                            "(`sambench list masks` shows each mask's options; default: none)")
+    on = [b for b, v in loggers.DEFAULTS.items() if v]
+    group.add_argument("--log", metavar="LOGGERS", default=None,
+                       help=f"loggers to use, comma-separated from {', '.join(loggers.BACKENDS)}, or none; "
+                            f"options with --set logging.wandb.project=NAME etc. (default: {','.join(on)})")
+
+
+def train_overrides(args: argparse.Namespace, parse_set: Callable[[list[str] | None], dict]) -> dict:
+    """The config overrides a ``train`` command line asks for (dotted paths -> values)."""
+    from bench import loggers
+
+    over: dict[str, Any] = {}
+    for f in train_flags():
+        value = getattr(args, f.dest, None)
+        if value is not None:
+            over[f.path] = value
+    name = over.pop("base.name", None)
+    if name is not None:
+        base = {"name": name}
+        if name == "adamw":  # AdamW's usual starting point for these models
+            base.update(lr=1e-3, weight_decay=0.05)
+        for key in [k for k in over if k.startswith("base.")]:
+            base[key[len("base."):]] = over.pop(key)
+        over["base"] = base
+    for key, value in parse_set(args.mask_opt).items():
+        over[f"mask_opts.{key}"] = value
+    if args.log is not None:
+        try:
+            over["logging"] = loggers.from_flag(args.log)
+        except loggers.LoggingError as exc:
+            raise ValueError(str(exc)) from None
+    over.update(parse_set(args.set))
+    return over
