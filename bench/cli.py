@@ -32,56 +32,21 @@ def parse_set(items: list[str] | None) -> dict:
 
 
 # --- train ---------------------------------------------------------------------------------
-
-TRAIN_FLAGS = {  # flag -> config path
-    "dataset": "dataset", "model": "model", "variant": "variant", "mask": "mask", "rho": "rho",
-    "sparsity": "sparsity", "rho_norm": "rho_norm", "epochs": "epochs", "batch_size": "batch_size",
-    "optimizer": "base.name", "lr": "base.lr", "momentum": "base.momentum",
-    "weight_decay": "base.weight_decay", "seed": "seed", "label_smoothing": "label_smoothing",
-    "schedule": "schedule", "warmup_epochs": "warmup_epochs", "amp": "amp", "device": "device",
-    "data_root": "data_root", "p": "variant_opts.p", "adaptive": "variant_opts.adaptive",
-    "eta": "variant_opts.eta", "eval_batch_size": "eval_batch_size", "log_every": "log_every",
-}
-BOOL_FLAGS = {"freeze_bn_second": "freeze_bn_second", "channels_last": "channels_last",
-              "download": "download", "normalize_bias": "variant_opts.normalize_bias", "compile": "compile"}
-
-
-def _scalar(text: str):
-    value = yaml.safe_load(text)
-    return text if value is None else value
-
-
-def train_overrides(args) -> dict:
-    over: dict = {}
-    for flag, path in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            over[path] = value
-    for flag, path in BOOL_FLAGS.items():
-        if getattr(args, flag):
-            over[path] = True
-    if args.no_augment:
-        over["augment"] = False
-    if over.get("base.name") == "adamw":
-        over["base"] = {"name": "adamw", "lr": over.pop("base.lr", 1e-3), "weight_decay": 0.05}
-        over.pop("base.name")
-        over.pop("base.momentum", None)
-    for key, value in parse_set(args.mask_opt).items():
-        over[f"mask_opts.{key}"] = value
-    over.update(parse_set(args.set))
-    return over
+# the flags are generated from the run config (bench.flags), so a new config field is a new flag
 
 
 def cmd_train(args) -> int:
     from bench import config as C
-    from bench import train
+    from bench import flags, loggers, train
 
-    over = train_overrides(args)
+    try:
+        over = flags.train_overrides(args, parse_set)
+    except loggers.LoggingError as exc:
+        raise InvalidInput(str(exc)) from None
     try:
         cfg = C.resolve(over)
     except C.ConfigError as exc:
-        flag = "--" + exc.field.split(".")[-1].replace("_", "-")
-        raise InvalidInput(f"{flag} ({exc.render()})") from None
+        raise InvalidInput(f"{flags.option_for(exc.field)} ({exc.render()})") from None
     if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
         raise InvalidInput(f"--data-root: no such directory: {cfg['data_root']}")
     check_data(cfg)
@@ -168,11 +133,26 @@ def cmd_plot(args) -> int:
 def cmd_table(args) -> int:
     import analysis
 
-    print(analysis.table(args.dir, fmt="markdown"))
-    if args.latex:
-        print()
-        print(analysis.table(args.dir, fmt="latex"))
+    print(analysis.table(args.dir, fmt="latex" if args.latex else "markdown"), end="")
     return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    import analysis
+    from bench.console import warn
+
+    out = args.output or str(Path(args.dir) / "report.html")
+    info = analysis.write_report(args.dir, out)
+    for text in info.warnings:  # collected while the page was made
+        warn(text)
+    print(f"{len(info.figures)} figures, {len(info.tables)} tables -> {info.path}")
+    return EXIT_OK
+
+
+def _existing_dir(text: str) -> str:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"no such results folder: {text}")
+    return text
 
 
 # --- run / status / perf -------------------------------------------------------------------
@@ -195,91 +175,129 @@ def cmd_perf(args) -> int:
     return perf.cmd_perf(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sambench", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already says it)."""
 
-    p = sub.add_parser("run", help="run a suite (local by default, or SLURM)")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text.lower() or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sambench")
+    except PackageNotFoundError:
+        return "unknown (not installed; run make install)"
+
+
+def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``train_flags=False`` leaves out train's run-config flags (they
+    import the registries, torch included), for the other commands' start-up time."""
+    from bench import flags
+
+    ap = argparse.ArgumentParser(prog="sambench", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"sambench {_version()}",
+                    help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    p = command("run", "run a suite (local by default, or SLURM)")
     p.add_argument("suite", help="a suite file (suites/*.yaml)")
     p.add_argument("--out", default="results", help="results folder; runs go to OUT/<suite name>/<run id>/")
     p.add_argument("--executor", choices=["local", "slurm", "debug", "auto"], default="local",
-                   help="local processes (default), SLURM job arrays, in process (debug), or auto: "
+                   help="local processes, SLURM job arrays, in process (debug), or auto: "
                         "slurm when `scontrol ping` answers UP, else local")
-    p.add_argument("--max-parallel", type=int, default=None,
-                   help="local: worker processes (default one per GPU, else one per core, <= 8); "
-                        "slurm: array tasks running at once")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="local: worker processes; slurm: array tasks running at once "
+                        "(default: local one per GPU, else one per core, at most 8; slurm: the suite's "
+                        "array_parallelism)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state; write nothing")
     p.add_argument("--no-wait", action="store_true", help="submit and return; follow with `sambench status`")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a run field for every run (epochs=1, base.lr=0.05), or slurm.KEY, name, seeds")
+                   help="override a run field for every run (epochs=1, base.lr=0.05, logging.wandb=true), "
+                        "or slurm.KEY, name, seeds; repeatable")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="counts of done/running/pending/failed/diverged runs")
+    p = command("status", "counts of done/running/pending/failed/diverged runs")
     p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
     p.add_argument("--out", default="results", help="results folder (for a suite file)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("collect", help="one CSV row per run")
-    p.add_argument("dir")
-    p.add_argument("-o", "--output")
+    p = command("collect", "one CSV row per run")
+    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
+    p.add_argument("-o", "--output", metavar="CSV", help="the CSV file (default: DIR/results.csv)")
     p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser("plot", help="accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
-    p.add_argument("dir")
-    p.add_argument("-o", "--output")
+    p = command("plot", "accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
+    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
+    p.add_argument("-o", "--output", metavar="FIGDIR", help="folder for the PNG and PDF files (default: DIR/figures)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("table", help="markdown (and LaTeX) tables, mean ± std over seeds")
-    p.add_argument("dir")
-    p.add_argument("--latex", action="store_true", default=True)
+    p = command("table", "a markdown (or LaTeX) table, mean ± std over seeds")
+    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
+    p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("train", help="one run, in process")
-    for flag in TRAIN_FLAGS:
-        kind = {"rho": float, "sparsity": _scalar, "epochs": int, "batch_size": int, "lr": float,
-                "momentum": float, "weight_decay": float, "seed": int, "label_smoothing": float,
-                "warmup_epochs": int, "p": _scalar, "eta": float, "eval_batch_size": int,
-                "log_every": int}.get(flag, str)
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
-    for flag in BOOL_FLAGS:
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--mask-opt", action="append", metavar="KEY=VALUE", help="a mask option")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field")
-    p.add_argument("--out", help="the run folder (default results/train/<run_id>)")
+    p = command("report", "one self-contained HTML page: status, tables, figures, failed runs, environment")
+    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
+    p.add_argument("-o", "--output", metavar="HTML", help="the page (default: DIR/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    p = command("train", "one run, in process")
+    if train_flags:
+        flags.add_train_flags(p)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any run config field by its path, e.g. base.betas=[0.9,0.99] or "
+                        "logging.wandb.mode=offline; repeatable (default: none)")
+    p.add_argument("--out", help="the run folder (default: results/train/<run id>)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("perf", help="step-time ratios to SGD, in one process")
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--dataset", default=None, help="image shape from this dataset (default: cifar-like)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="cpu")
+    p = command("perf", "step-time ratios to SGD, in one process")
+    p.add_argument("--model", default="resnet20", help="architecture (`sambench list models`)")
+    p.add_argument("--dataset", default=None, help="take the image shape from this dataset (default: cifar-like 3x32x32)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first")
     p.add_argument("--configs", default="default",
                    help="comma list of variant:mask[:opts] or a preset (default, paper)")
     p.add_argument("--fisher", action="store_true", help="time the batched vs per-sample Fisher mask")
-    p.add_argument("--fisher-samples", type=int, default=1024)
+    p.add_argument("--fisher-samples", type=int, default=1024, metavar="N", help="samples for --fisher")
     p.add_argument("--epoch", action="store_true", help="also time a full epoch against its steps")
-    p.add_argument("--json", help="write the records to this file")
+    p.add_argument("--json", metavar="FILE", help="write the records to this file")
     p.set_defaults(func=cmd_perf)
 
-    p = sub.add_parser("list", help="the registries")
-    p.add_argument("what", choices=["masks", "variants", "models", "datasets"])
+    p = command("list", "the registries")
+    p.add_argument("what", choices=["masks", "variants", "models", "datasets"], help="which registry")
     p.set_defaults(func=cmd_list)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     from bench.config import ConfigError
+    from bench.console import plain_warnings
     from masks.registry import UnknownNameError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(train_flags=command == "train").parse_args(argv)
     try:
-        return args.func(args)
+        with plain_warnings():
+            return args.func(args)
     except (InvalidInput, ConfigError, UnknownNameError) as exc:
         print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID

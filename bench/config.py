@@ -42,11 +42,53 @@ RUNTIME: dict[str, Any] = {
     "log_every": 50,           # steps between progress updates (no per-step host sync)
     "compile": False,
     "save_gamma": True,        # store final norm-layer weights in result.json
+    "logging": {"tensorboard": True, "wandb": False, "mlflow": False},  # bench.loggers
+}
+
+# one help line per field (the `sambench train` flags and their --help come from these)
+FIELD_HELP: dict[str, str] = {
+    "dataset": "data set (`sambench list datasets`)",
+    "model": "architecture (`sambench list models`, or timm:<name>)",
+    "variant": "SAM variant, or none for the plain base optimizer (`sambench list variants`)",
+    "mask": "mask strategy: which parameters the ascent step perturbs (`sambench list masks`)",
+    "sparsity": "fraction of parameter elements NOT perturbed, in [0, 1), or match:<mask>, for masks that take one",
+    "rho": "perturbation radius",
+    "rho_norm": "gradient norm over the perturbed entries (subset, SAM-ON) or over all (full, SSAM)",
+    "freeze_bn_second": "do not update BatchNorm running statistics in SAM's second pass",
+    "epochs": "training epochs",
+    "batch_size": "global batch size",
+    "base.name": "base optimizer",
+    "base.lr": "learning rate (peak, before the schedule)",
+    "base.momentum": "SGD momentum",
+    "base.weight_decay": "weight decay (decoupled for adamw and lion)",
+    "base.nesterov": "Nesterov momentum",
+    "base.betas": "moment coefficients beta1,beta2",
+    "base.eps": "AdamW epsilon",
+    "schedule": "learning-rate schedule after the warm-up",
+    "warmup_epochs": "epochs of linear learning-rate warm-up",
+    "label_smoothing": "label smoothing of the training loss, in [0, 1)",
+    "augment": "random crop and flip of the training images",
+    "amp": "mixed precision: bf16 autocast on CUDA",
+    "channels_last": "channels-last memory format",
+    "seed": "random seed (data order, augmentation, initialization, random masks)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "data_root": "folder holding the data sets",
+    "download": "download the data set if it is missing",
+    "eval_batch_size": "batch size for evaluation",
+    "log_every": "steps between progress updates",
+    "compile": "torch.compile the model",
+    "save_gamma": "store the final norm-layer weights in result.json",
+    "logging": "loggers: tensorboard, wandb, mlflow (bench.loggers)",
+    "variant_opts.p": "norm of the perturbation: 2 or inf",
+    "variant_opts.adaptive": "ASAM scaling: elementwise or layerwise",
+    "variant_opts.eta": "ASAM's eta",
+    "variant_opts.normalize_bias": "ASAM: scale biases too",
 }
 
 BASE_OPTIMIZERS = {
     "sgd": {"lr", "momentum", "weight_decay", "nesterov"},
     "adamw": {"lr", "weight_decay", "betas", "eps"},
+    "lion": {"lr", "weight_decay", "betas"},     # lion-pytorch's Lion (Chen et al. 2023)
 }
 CHOICES = {
     "rho_norm": ["subset", "full"],
@@ -94,7 +136,7 @@ def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
     """Defaults + overrides (dotted keys or nested dicts) -> a full run config (validated)."""
     cfg = default_config()
     for key, value in overrides.items():
-        if isinstance(value, dict) and key in ("base", "variant_opts", "mask_opts"):
+        if isinstance(value, dict) and key in ("base", "variant_opts", "mask_opts", "logging"):
             if key == "base" and value.get("name", cfg["base"]["name"]) != cfg["base"]["name"]:
                 cfg["base"] = {"name": value["name"]}  # another optimizer: drop SGD's fields
             for k, v in value.items():
@@ -191,10 +233,14 @@ def validate(cfg: dict[str, Any]) -> None:
                               sorted(BASE_OPTIMIZERS[base["name"]]))
         if k == "nesterov" and not isinstance(v, bool):
             raise ConfigError("base.nesterov", f"must be true or false, got {v!r}")
-        if k == "betas" and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v))):
-            raise ConfigError("base.betas", f"must be two numbers, got {v!r}")
-        if k in ("lr", "momentum", "weight_decay", "eps") and (not _is_num(v) or v < 0):
+        if k == "betas" and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v))
+                                 and all(0 <= b <= 1 for b in v)):
+            raise ConfigError("base.betas", f"must be two numbers in [0, 1], got {v!r}")
+        if k in ("lr", "momentum", "weight_decay", "eps") and (not _is_num(v) or not v >= 0):
             raise ConfigError(f"base.{k}", f"must be a number >= 0, got {v!r}")
+        if k == "lr" and base["name"] == "lion" and not v > 0:
+            raise ConfigError("base.lr", f"must be a number > 0 for lion, got {v!r}")
+    _check_logging(cfg["logging"])
 
     # variant and mask options: checked by constructing them (their signatures are the schema)
     from bench.sam import check_variant_opts
@@ -209,6 +255,15 @@ def validate(cfg: dict[str, Any]) -> None:
     except (TypeError, ValueError) as exc:
         field = "sparsity" if "sparsity" in str(exc) else "mask_opts"
         raise ConfigError(field, str(exc)) from None
+
+
+def _check_logging(block: Any) -> None:
+    from bench import loggers
+
+    try:
+        loggers.normalize(block)
+    except loggers.LoggingError as exc:
+        raise ConfigError(exc.field, exc.message, exc.allowed) from None
 
 
 def make_mask(cfg: dict[str, Any], seed: int | None = None):

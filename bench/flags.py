@@ -24,8 +24,6 @@ import yaml
 # nested config mappings whose options become flags of their own name (``base.lr`` -> ``--lr``)
 FLAT_GROUPS = ("base", "variant_opts")
 SPECIAL = {"base.name": "optimizer"}
-# the base optimizers' own defaults when the config leaves an option out
-OPTIMIZER_DEFAULT_TEXT = "the optimizer's own"
 
 
 @dataclass
@@ -88,19 +86,39 @@ def _help(path: str, field_help: dict[str, str], default_text: str) -> str:
     return f"{text} (default: {default_text})"
 
 
+# what ``--optimizer NAME`` starts from besides the optimizer's own defaults
+OPTIMIZER_FLAG_DEFAULTS = {"adamw": {"lr": 1e-3, "weight_decay": 0.05}}
+
+
+def optimizer_defaults(config) -> dict[str, dict[str, Any]]:
+    """{optimizer: {option: default}} as a run gets them: the config's for its default optimizer,
+    else the optimizer class's own (plus OPTIMIZER_FLAG_DEFAULTS from the command line)."""
+    from bench.train import base_optimizer_class
+
+    out = {}
+    base = config.default_config()["base"]
+    for name, options in sorted(config.BASE_OPTIMIZERS.items()):
+        params = inspect.signature(base_optimizer_class(name).__init__).parameters
+        own = {k: params[k].default for k in options if k in params and params[k].default is not params[k].empty}
+        own.update(OPTIMIZER_FLAG_DEFAULTS.get(name, {}))
+        out[name] = {**own, **{k: v for k, v in base.items() if k != "name"}} if name == base["name"] else own
+    return out
+
+
 def _base_flags(config, field_help) -> list[Flag]:
-    defaults = config.default_config()["base"]
+    base_name = config.default_config()["base"]["name"]
+    defaults = optimizer_defaults(config)
     options = sorted({opt for opts in config.BASE_OPTIMIZERS.values() for opt in opts})
-    flags = [Flag("base.name", "optimizer", str, defaults["name"],
-                  _help("base.name", field_help, defaults["name"]), sorted(config.BASE_OPTIMIZERS))]
+    flags = [Flag("base.name", "optimizer", str, base_name,
+                  _help("base.name", field_help, base_name), sorted(config.BASE_OPTIMIZERS))]
     for opt in options:
         users = [name for name, opts in sorted(config.BASE_OPTIMIZERS.items()) if opt in opts]
-        default = defaults.get(opt)
-        shown = (f"{_show(default)} for {defaults['name']}" if opt in defaults else OPTIMIZER_DEFAULT_TEXT)
+        shown = ", ".join(f"{_show(defaults[u][opt])} for {u}" if opt in defaults[u] else f"none for {u}"
+                          for u in users)
         text = field_help.get(f"base.{opt}") or f"base optimizer option {opt}"
-        kind = _kind(default) if default is not None else (number_list if opt == "betas" else float)
-        flags.append(Flag(f"base.{opt}", opt, kind, default,
-                          f"{text}; for {', '.join(users)} (default: {shown})"))
+        example = next((defaults[u][opt] for u in users if defaults[u].get(opt) is not None), None)
+        kind = _kind(example) if example is not None else float
+        flags.append(Flag(f"base.{opt}", opt, kind, example, f"{text} (default: {shown})"))
     return flags
 
 
@@ -188,18 +206,27 @@ def train_overrides(args: argparse.Namespace, parse_set: Callable[[list[str] | N
             over[f.path] = value
     name = over.pop("base.name", None)
     if name is not None:
-        base = {"name": name}
-        if name == "adamw":  # AdamW's usual starting point for these models
-            base.update(lr=1e-3, weight_decay=0.05)
+        base = {"name": name, **OPTIMIZER_FLAG_DEFAULTS.get(name, {})}
         for key in [k for k in over if k.startswith("base.")]:
             base[key[len("base."):]] = over.pop(key)
         over["base"] = base
     for key, value in parse_set(args.mask_opt).items():
         over[f"mask_opts.{key}"] = value
     if args.log is not None:
-        try:
-            over["logging"] = loggers.from_flag(args.log)
-        except loggers.LoggingError as exc:
-            raise ValueError(str(exc)) from None
+        over["logging"] = loggers.from_flag(args.log)  # LoggingError names the flag
     over.update(parse_set(args.set))
     return over
+
+
+def option_for(field: str) -> str:
+    """The train flag that sets a config field path (for error messages): ``base.lr`` -> ``--lr``."""
+    if field.startswith("logging"):
+        return "--log"
+    if field.startswith("mask_opts"):
+        return "--mask-opt"
+    by_path = {f.path: f.option for f in train_flags()}
+    while field:
+        if field in by_path:
+            return by_path[field]
+        field = field.rpartition(".")[0]
+    return "--set"

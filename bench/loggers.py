@@ -63,7 +63,8 @@ class LoggingError(ValueError):
 
     def __init__(self, field: str, message: str, allowed: Any = None):
         self.field, self.message, self.allowed = field, message, allowed
-        super().__init__(f"{field}: {message}")
+        shown = f" (allowed: {', '.join(map(str, allowed))})" if allowed else ""
+        super().__init__(f"{field}: {message}{shown}")
 
 
 # --- the logging block ------------------------------------------------------------------------
@@ -188,7 +189,9 @@ def process_rank(rank: int | None = None) -> int:
 
 
 def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    from bench.console import warn
+
+    warn(msg)
 
 
 # --- the backends -----------------------------------------------------------------------------

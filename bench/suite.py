@@ -41,8 +41,8 @@ from bench import config as C
 from bench.cli import InvalidInput
 from masks.registry import UnknownNameError
 
-TOP_KEYS = ["defaults", "grid", "include", "name", "seeds", "slurm"]
-OPTION_MAPS = ("base", "variant_opts", "mask_opts")
+TOP_KEYS = ["defaults", "grid", "include", "logging", "name", "seeds", "slurm"]
+OPTION_MAPS = ("base", "variant_opts", "mask_opts", "logging")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 # slurm: key -> (type check, description)
@@ -421,6 +421,9 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> Suite:
     base_layer = _Layer()
     for k, v in defaults.items():
         base_layer.set(k, v, "defaults.")
+    # a top-level `logging:` block applies to every run (a runtime field: run ids do not change)
+    if doc.get("logging") is not None:
+        base_layer.set("logging", doc["logging"], "")
     over_layer = _Layer()
     for k, v in run_over.items():
         over_layer.set(k, v, "--set ")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import config as C
-from bench import io
+from bench import io, loggers
 
 
 class RunLocked(RuntimeError):
@@ -55,15 +55,22 @@ def pick_device(name: str):
     return torch.device(name)
 
 
-def make_base_optimizer(cfg: dict, params):
+def base_optimizer_class(name: str):
+    """The class behind ``base.name`` (config.BASE_OPTIMIZERS lists each one's options)."""
     import torch
 
+    if name == "lion":
+        from lion_pytorch import Lion  # Chen et al. 2023, the lion-pytorch package
+
+        return Lion
+    return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+
+
+def make_base_optimizer(cfg: dict, params):
     opts = {k: v for k, v in cfg["base"].items() if k != "name"}
-    if cfg["base"]["name"] == "sgd":
-        return torch.optim.SGD(params, **opts)
     if "betas" in opts:
         opts["betas"] = tuple(opts["betas"])
-    return torch.optim.AdamW(params, **opts)
+    return base_optimizer_class(cfg["base"]["name"])(params, **opts)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -178,7 +185,8 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
         else:
             io.write_json(cfg_path, {"run_id": rid, "suite": suite, "config": cfg})
         try:
-            return _train(cfg, rid, run_dir, progress, log)
+            with contextlib.ExitStack() as cleanup:  # loggers finish as "failed" if training raises
+                return _train(cfg, rid, run_dir, progress, log, suite, cleanup)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
             result = {"status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc()[-4000:], "config": cfg}
@@ -186,7 +194,8 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
             raise
 
 
-def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
+def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log, suite: str | None,
+           cleanup: contextlib.ExitStack) -> dict:
     import torch
 
     import masks
@@ -248,6 +257,8 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
     else:
         metrics = []
     io.write_jsonl(run_dir / "metrics.jsonl", metrics)
+    # TensorBoard / W&B / MLflow (rank 0 only); a resumed run continues the same logger runs
+    logged = cleanup.enter_context(loggers.open_loggers(cfg["logging"], run_dir, rid, suite, cfg, history=metrics))
 
     status, last = "done", (metrics[-1] if metrics else {})
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -295,6 +306,7 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
         io.save_checkpoint(ckpt_path, {
             "run_id": rid, "epoch": epoch + 1, "elapsed": now_elapsed, "epoch_times": epoch_times,
             "metrics": metrics, "model": model.state_dict(), "optimizer": opt.state_dict()})
+        logged.log_epoch(last)
         log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {train_loss:.4f} acc {train_acc:.2f}  "
             f"test loss {test_loss:.4f} acc {test_acc:.2f}  {epoch_time:.1f}s")
 
@@ -319,5 +331,6 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
         gammas = norm_gammas(model)
         if gammas:
             result["norm_gamma"] = gammas
+    logged.log_final(result, cfg)
     io.write_json(run_dir / "result.json", result)
     return result
