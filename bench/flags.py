@@ -183,9 +183,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f.option, dest=f.dest, action=argparse.BooleanOptionalAction, default=None,
                                help=f.help)
         else:
-            metavar = None if f.choices else METAVARS.get(f.kind, "VALUE")
-            group.add_argument(f.option, dest=f.dest, type=f.kind, default=None, help=f.help,
-                               choices=f.choices, metavar=metavar)
+            # choices are listed, not enforced here: validation names the field and the allowed values
+            text = f"{f.help[:f.help.rindex(' (default')]}: one of {', '.join(map(str, f.choices))}" \
+                   f"{f.help[f.help.rindex(' (default'):]}" if f.choices else f.help
+            group.add_argument(f.option, dest=f.dest, type=f.kind, default=None, help=text,
+                               metavar=METAVARS.get(f.kind, "VALUE"))
     group.add_argument("--mask-opt", action="append", metavar="KEY=VALUE", default=None,
                        help="a mask strategy option, repeatable, e.g. num_samples=128 "
                             "(`sambench list masks` shows each mask's options; default: none)")

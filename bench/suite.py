@@ -174,6 +174,9 @@ def _where(field_path: str, origin: dict[str, tuple[str, str]], fallback: str) -
     for k, (prefix, _) in origin.items():  # a sub-field of an option map, e.g. variant_opts.p
         if k.startswith(field_path + "."):
             return prefix
+    for k, (prefix, _) in origin.items():  # inside a value given whole, e.g. logging.wandb: {mode: x}
+        if field_path.startswith(k + "."):
+            return prefix
     top = field_path.split(".", 1)[0]
     if top in origin:
         return origin[top][0]
