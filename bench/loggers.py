@@ -224,7 +224,9 @@ class TensorBoardLogger(Logger):
 
         last = int(state.get("logged_epoch", 0))
         # a resumed run: anything a kill left past the last logged epoch is dropped by the reader
-        self.writer = SummaryWriter(log_dir=str(ctx["run_dir"]), purge_step=last + 1 if last else None)
+        # (with no state file, every earlier event: the history is logged again)
+        resumed = last or ctx["resumed"]
+        self.writer = SummaryWriter(log_dir=str(ctx["run_dir"]), purge_step=last + 1 if resumed else None)
 
     def log_epoch(self, epoch, scalars):
         for tag, value in scalars.items():
@@ -455,7 +457,7 @@ def open_loggers(block: Any, run_dir: str | Path, run_id: str, suite: str | None
     state = io.read_json(state_path) if state_path.exists() else {}
     if not isinstance(state, dict):
         state = {}
-    ctx = {"run_dir": run_dir, "run_id": run_id, "suite": suite, "config": config}
+    ctx = {"run_dir": run_dir, "run_id": run_id, "suite": suite, "config": config, "resumed": bool(history)}
     group = Loggers([], run_dir, state, warn)
     try:
         for backend, opts in enabled.items():

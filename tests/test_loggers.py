@@ -110,6 +110,10 @@ def test_tensorboard_resume_after_a_kill_has_no_duplicate_steps(tmp_path):
     log_all(None, tmp_path, HISTORY[2:], history=HISTORY[:2])
     got = tensorboard_scalars(tmp_path)
     assert got["train/loss"] == expected("train_loss")  # 1, 2, 3 once each; the stale 99 purged
+    # a lost state file: the history is logged again over everything before
+    (tmp_path / loggers.STATE_FILE).unlink()
+    log_all(None, tmp_path, [], result=None, history=HISTORY)
+    assert tensorboard_scalars(tmp_path)["train/loss"] == expected("train_loss")
 
 
 def test_only_rank_zero_logs(tmp_path):
