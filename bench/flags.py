@@ -7,7 +7,8 @@ Every field of :func:`bench.config.default_config` is a flag:
   ``--weight-decay``, ... (every option of every base optimizer);
 - variant options (``variant_opts.*``, from the variant registry) -> ``--p``, ``--adaptive``, ...;
 - ``mask_opts`` -> ``--mask-opt KEY=VALUE`` (options depend on the mask: ``sambench list masks``);
-- ``logging`` -> ``--log tensorboard,wandb,mlflow`` (or ``none``).
+- ``logging`` -> ``--log tensorboard,wandb,mlflow`` (or ``none``);
+- any other block of options (a mapping) -> ``--name KEY=VALUE``, repeatable.
 
 Help lines come from ``bench.config.FIELD_HELP``; each shows the field's default. Any field, nested
 ones included, can also be given as ``--set path=value``.
@@ -159,8 +160,8 @@ def train_flags() -> list[Flag]:
             flags += _base_flags(config, field_help)
         elif key == "variant_opts":
             flags += _variant_flags(field_help)
-        elif isinstance(default, dict):  # a mapping added later: settable with --set
-            continue
+        elif isinstance(default, dict):  # a block of options: --name KEY=VALUE, repeatable
+            flags.append(Flag(key, key, dict, default, _help(key, field_help, _show(default or None))))
         else:
             flags.append(Flag(key, key, _kind(default), default, _help(key, field_help, _show(default)),
                               choices.get(key)))
@@ -182,6 +183,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
         if f.kind is None:
             group.add_argument(f.option, dest=f.dest, action=argparse.BooleanOptionalAction, default=None,
                                help=f.help)
+        elif f.kind is dict:
+            group.add_argument(f.option, dest=f.dest, action="append", default=None, metavar="KEY=VALUE",
+                               help=f"{f.help[:f.help.rindex(' (default')]}: one option, repeatable"
+                                    f"{f.help[f.help.rindex(' (default'):]}")
         else:
             # choices are listed, not enforced here: validation names the field and the allowed values
             text = f"{f.help[:f.help.rindex(' (default')]}: one of {', '.join(map(str, f.choices))}" \
@@ -204,7 +209,9 @@ def train_overrides(args: argparse.Namespace, parse_set: Callable[[list[str] | N
     over: dict[str, Any] = {}
     for f in train_flags():
         value = getattr(args, f.dest, None)
-        if value is not None:
+        if value is not None and f.kind is dict:
+            over.update({f"{f.path}.{k}": v for k, v in parse_set(value).items()})
+        elif value is not None:
             over[f.path] = value
     name = over.pop("base.name", None)
     if name is not None:

@@ -71,12 +71,16 @@ def test_train_flags_are_the_run_config_fields():
 def test_a_field_added_to_the_config_later_gets_a_flag(monkeypatch):
     monkeypatch.setitem(config.RUNTIME, "brand_new_field", 7)
     monkeypatch.setitem(config.RUNTIME, "brand_new_switch", False)
+    monkeypatch.setitem(config.RUNTIME, "brand_new_block", {})
     train = subcommands(cli.build_parser())["train"]
     by_dest = {a.dest: a for a in train._actions}
     assert "(default: 7)" in by_dest["brand_new_field"].help and by_dest["brand_new_field"].type is int
-    args = train.parse_args(["--brand-new-field", "9", "--brand-new-switch"])
+    assert "(default: none)" in by_dest["brand_new_block"].help
+    args = train.parse_args(["--brand-new-field", "9", "--brand-new-switch", "--brand-new-block", "every=2",
+                             "--brand-new-block", "on=true"])
     over = flags.train_overrides(args, cli.parse_set)
     assert over["brand_new_field"] == 9 and over["brand_new_switch"] is True
+    assert over["brand_new_block.every"] == 2 and over["brand_new_block.on"] is True
 
 
 def test_train_flags_become_config_overrides():
