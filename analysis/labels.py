@@ -28,6 +28,7 @@ RESULT_COLUMNS = (
     "epochs_logged", "last_test_acc",
 )
 LABEL_COLUMNS = ("baseline", "variant_label", "method", "mask_label", "setting")
+LABEL_INPUTS = ("variant_shown",)   # read from the files for labels; not a config field
 NUMERIC_RESULT_COLUMNS = (
     "test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc", "epochs_done", "wall_time_s",
     "seconds_per_epoch", "n_params", "n_perturbed", "perturbed_fraction", "epochs_logged", "last_test_acc",
@@ -37,18 +38,13 @@ METHOD_FIELDS = ("mask", "sparsity", "rho_norm", "freeze_bn_second")
 METHOD_PREFIXES = ("mask_opts.",)
 VARIANT_PREFIXES = ("variant_opts.",)
 
-# defaults of the variants in bench/sam.py; options equal to them are not shown in labels
-VARIANT_DEFAULTS = {
-    "sam": {"p": 2},
-    "asam": {"adaptive": "elementwise", "p": 2, "eta": 0.01, "normalize_bias": False},
-}
 METHOD_DEFAULTS = {"rho_norm": "subset", "freeze_bn_second": False}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW", "lion": "Lion"}
 
 
 def _is_config_column(col: str) -> bool:
     return not (
-        col in META_COLUMNS or col in RESULT_COLUMNS or col in LABEL_COLUMNS
+        col in META_COLUMNS or col in RESULT_COLUMNS or col in LABEL_COLUMNS or col in LABEL_INPUTS
         or col.startswith(("env.", "result.", "_"))
     )
 
@@ -158,25 +154,21 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def variant_label(row: dict) -> str:
-    """"SGD" for baselines; "SAM", "SAM p=inf", "ASAM elementwise p=2", "ASAM layerwise p=2 eta=0.1"."""
+    """"SGD" for baselines; else the variant and its options that differ from the defaults:
+    "SAM", "SAM p=inf", "ASAM adaptive=layerwise eta=0.1".
+
+    Which options differ is read from the files (``variant_shown``, see loading.collect), never
+    from a list of variants here; without it every ``variant_opts.*`` value is shown.
+    """
     if is_baseline(row):
         name = str(_get(row, "base.name", "sgd"))
         return BASE_NAMES.get(name, name.upper())
     variant = str(_get(row, "variant", "sam"))
     opts = {k[len("variant_opts."):]: v for k, v in row.items()
             if k.startswith("variant_opts.") and not is_missing(v)}
-    defaults = VARIANT_DEFAULTS.get(variant, {})
-    parts = [variant.upper()]
-    if variant == "asam":
-        parts.append(fmt_value(opts.pop("adaptive", defaults["adaptive"])))
-        parts.append(f"p={fmt_value(opts.pop('p', defaults['p']))}")
-    elif "p" in opts and _same(opts["p"], defaults.get("p", 2)):
-        opts.pop("p")
-    for k in sorted(opts):
-        if k in defaults and _same(opts[k], defaults[k]):
-            continue
-        parts.append(f"{k}={fmt_value(opts[k])}")
-    return " ".join(parts)
+    shown = _get(row, "variant_shown")
+    keys = [k for k in str(shown).split(",") if k] if shown is not None else sorted(opts)
+    return " ".join([variant.upper()] + [f"{k}={fmt_value(opts[k])}" for k in keys if k in opts])
 
 
 def _method_extras(row: dict, varying_mask_opts: Iterable[str]) -> list[str]:

@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 
 from analysis.labels import (
+    LABEL_INPUTS,
     META_COLUMNS,
     NUMERIC_RESULT_COLUMNS,
     RESULT_COLUMNS,
-    VARIANT_DEFAULTS,
     add_labels,
     is_runtime,
 )
@@ -22,7 +22,7 @@ from analysis.labels import (
 log = logging.getLogger("analysis")
 
 # result.json keys that are not copied as plain columns
-_RESULT_SPECIAL = {"config", "env", "run_id", "status", "epochs"}
+_RESULT_SPECIAL = {"config", "env", "run_id", "status", "epochs", "variant_options", "submission"}
 
 
 def _flatten(d: dict, prefix: str = "", out: dict | None = None) -> dict:
@@ -80,16 +80,38 @@ def _read_metrics(path: Path, skipped: list) -> tuple[int, dict | None]:
 
 
 def _find_run_dirs(root: Path) -> list[Path]:
+    """Folders holding a config.json or a result.json. Symbolic links to folders are followed
+    (as ``sambench status`` does), each real folder once, so a link loop ends."""
     if (root / "config.json").is_file():
         return [root]
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        if "config.json" in filenames:
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if "config.json" in filenames or "result.json" in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []  # run folders do not nest
         else:
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     return sorted(found)
+
+
+def _variant_columns(config: dict, stored: Any) -> dict[str, Any]:
+    """``variant_opts.<k>`` for every option of the run's variant, and ``variant_shown``: the
+    options that differ from the variant's defaults (comma-separated), for its label.
+
+    bench writes the canonical options (defaults dropped) in the config and every option in
+    ``variant_options``; older files have only what the config said (all of it is shown).
+    """
+    given = config.get("variant_opts") if isinstance(config.get("variant_opts"), dict) else {}
+    if not isinstance(stored, dict):
+        return {"variant_shown": ",".join(sorted(given))}
+    out = {f"variant_opts.{k}": (tuple(v) if isinstance(v, list) else v) for k, v in stored.items()}
+    out["variant_shown"] = ",".join(sorted(given))
+    return out
 
 
 def _load_run(run_dir: Path, skipped: list) -> dict | None:
@@ -125,10 +147,8 @@ def _load_run(run_dir: Path, skipped: list) -> dict | None:
     else:
         row["status"] = "running" if n_lines > 0 else "pending"
     row.update(_flatten(config))
-    # a variant's options left at their defaults are the same experiment as options spelled out:
-    # fill the known defaults so {} and {"p": 2} group together
-    for k, v in VARIANT_DEFAULTS.get(str(config.get("variant")), {}).items():
-        row.setdefault(f"variant_opts.{k}", v)
+    stored = (cfg_json or {}).get("variant_options", (result or {}).get("variant_options"))
+    row.update(_variant_columns(config, stored))
     row["epochs_logged"] = n_lines
     row["last_test_acc"] = last.get("test_acc") if last else None
     if result is not None:
@@ -155,15 +175,17 @@ def _load_run(run_dir: Path, skipped: list) -> dict | None:
 def collect(folder: str | os.PathLike) -> pd.DataFrame:
     """One row per run found anywhere under ``folder`` (a results root, one suite, or one run).
 
-    Runs are found by their ``config.json``. Columns:
+    Runs are found by their ``config.json`` (or ``result.json``); symbolic links to folders are
+    followed, each real folder once. Columns:
 
     * ``run_id``, ``suite``, ``status`` (``done``/``diverged``/``failed`` from result.json;
       ``running`` = metrics logged but no result.json; ``pending`` = config.json only;
       ``corrupt`` = result.json unreadable), ``path``;
     * every config field, flattened with dotted names (``base.lr``, ``variant_opts.p``,
-      ``mask_opts.num_samples``), runtime fields included; options of the built-in variants
-      (sam: p; asam: adaptive, p, eta, normalize_bias) left out of the config are filled with
-      their defaults, so ``{}`` and ``{"p": 2}`` are the same configuration;
+      ``mask_opts.num_samples``), runtime fields included; ``variant_opts.*`` holds every option
+      of the run's variant, defaults included, from the ``variant_options`` bench stores beside
+      the config (older files: the options their config spelled out), and ``variant_shown`` the
+      ones that differ from the defaults;
     * result fields (``test_acc``, ``test_loss``, ``train_acc``, ``train_loss``, ``best_test_acc``,
       ``epochs_done`` (= result's ``epochs``), ``wall_time_s``, ``seconds_per_epoch``, ``n_params``,
       ``n_perturbed``, ``perturbed_fraction``, ``error``), ``env.*``, ``norm_gamma`` (list or None),
@@ -191,7 +213,7 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
         df["norm_gamma"] = None
 
     config_cols = [c for c in df.columns if c not in META_COLUMNS and c not in RESULT_COLUMNS
-                   and not c.startswith(("env.", "result."))]
+                   and c not in LABEL_INPUTS and not c.startswith(("env.", "result."))]
     env_cols = sorted(c for c in df.columns if c.startswith("env."))
     other = [c for c in df.columns if c not in config_cols and c not in env_cols and c not in META_COLUMNS]
     # config columns: experiment fields first (in file order), runtime fields last

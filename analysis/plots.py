@@ -291,7 +291,7 @@ def _rho_sweep(d: _Data, outdir, formats) -> PlotPaths:
     return PlotPaths(_save(fig, outdir, name, formats))
 
 
-# --- 3. runtime vs accuracy -----------------------------------------------------------------
+# --- 3. runtime vs accuracy: accuracy against the relative step cost ------------------------
 
 def _runtime(d: _Data, outdir, formats) -> PlotPaths:
     from matplotlib.lines import Line2D
@@ -329,7 +329,7 @@ def _runtime(d: _Data, outdir, formats) -> PlotPaths:
                         mec="black" if base else color, mew=0.6, ls="none", alpha=0.9,
                         zorder=3)
         ax.axvline(1.0, color=BASELINE_COLOR, ls=":", lw=0.8, zorder=0)
-        ax.set_xlabel(f"seconds per epoch relative to {ref['variant_label']}")
+        ax.set_xlabel(f"step cost relative to {ref['variant_label']} (seconds per epoch)")
         ax.set_ylabel(ACC_LABEL)
         _title(ax, f"{s} ({ref['variant_label']}: {base_spe:.3g} s/epoch)")
     extra = [(Line2D([], [], color=c, marker="o", ls="none", ms=5), lab) for lab, c in masks_seen.items()]
@@ -424,9 +424,12 @@ def plot_rho_sweeps(data, outdir, formats=FORMATS) -> PlotPaths:
 
 
 def plot_runtime_vs_accuracy(data, outdir, formats=FORMATS) -> PlotPaths:
-    """Seconds per epoch relative to the baseline (same setting) vs test accuracy.
+    """Test accuracy against the relative step cost: seconds per training epoch over the
+    baseline's (same setting, so the same number of steps per epoch), error bars std over seeds.
 
-    One point per configuration (every rho), coloured by mask, marker by variant.
+    One point per configuration (every rho), coloured by mask, marker by SAM variant: the
+    figure of a variants x masks suite (suites/variants_fmnist.yaml). Costs compare only between
+    runs that did not share a device.
     """
     return _run(_runtime, data, outdir, formats)
 

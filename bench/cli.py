@@ -1,79 +1,106 @@
 """The ``sambench`` command line (also ``python -m bench``).
 
-Exit status: 0 success, 2 invalid input, 1 a failure at run time.
+Exit status: 0 success, 2 invalid input, 1 a failure at run time; 130 after Ctrl-C and
+128 + N after signal N (SIGTERM: 143).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
-import yaml
+from bench.errors import EXIT_FAIL, EXIT_INVALID, EXIT_OK, Interrupted, InvalidInput, parse_set
 
-EXIT_OK, EXIT_FAIL, EXIT_INVALID = 0, 1, 2
+# --- paths given on the command line --------------------------------------------------------------
 
-
-class InvalidInput(Exception):
-    """Bad input from the user: printed without a traceback, exit status 2."""
-
-
-def parse_set(items: list[str] | None) -> dict:
-    """``--set key=value``: the value is a YAML scalar (or flow list/map), never eval-ed."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise InvalidInput(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as exc:
-            raise InvalidInput(f"--set {key}: cannot parse {value!r} ({exc})") from None
-    return out
+def existing_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InvalidInput(f"{path}: no such {what}")
+    if not p.is_dir():
+        raise InvalidInput(f"{path}: not a folder (expected a {what})")
+    return p
 
 
-# --- train ---------------------------------------------------------------------------------
-# the flags are generated from the run config (bench.flags), so a new config field is a new flag
+def creatable_dir(path: str, flag: str) -> Path:
+    """A folder that exists or can be made (no file in its way)."""
+    p = Path(path)
+    for q in [p, *p.parents]:
+        if q.exists():
+            if not q.is_dir():
+                raise InvalidInput(f"{flag} {path}: {q} is a file, not a folder")
+            break
+    return p
+
+
+def creatable_file(path: str, flag: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidInput(f"{flag} {path}: is a folder, expected a file name")
+    creatable_dir(str(p.parent), flag)
+    return p
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM and SIGHUP stop the command like Ctrl-C does (raise Interrupted), so what it
+    started is stopped or handed over before it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+# the flags are generated from the run config and the variant registry (bench.flags)
 
 
 def cmd_train(args) -> int:
-    from bench import config as C
-    from bench import flags, loggers, train
+    from bench import config, flags, train
+    from bench.data import DataError, check_available
 
     try:
-        over = flags.train_overrides(args, parse_set)
-    except loggers.LoggingError as exc:
-        raise InvalidInput(str(exc)) from None
-    try:
-        cfg = C.resolve(over)
-    except C.ConfigError as exc:
+        cfg = config.resolve(flags.train_overrides(args))
+    except config.ConfigError as exc:
         raise InvalidInput(f"{flags.option_for(exc.field)} ({exc.render()})") from None
     if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
         raise InvalidInput(f"--data-root: no such directory: {cfg['data_root']}")
-    check_data(cfg)
-    out = Path(args.out) if args.out else Path("results") / "train" / C.run_id(cfg)
-    result = train.run(cfg, out, progress=True)
+    try:
+        check_available(cfg["dataset"], cfg["data_root"], cfg["download"])
+    except DataError as exc:
+        raise InvalidInput(f"--data-root / dataset {cfg['dataset']!r}: {exc}") from None
+    out = creatable_dir(args.out, "--out") if args.out else Path("results") / "train" / config.run_id(cfg)
+    with signals_interrupt():
+        result = train.run(cfg, out, progress=True)
     print(f"{result['status']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} epochs, "
           f"{result['wall_time_s']:.1f} s, perturbed fraction {result['perturbed_fraction']:.6f} -> {out}"
           if result["test_acc"] is not None else f"{result['status']} -> {out}")
     return EXIT_OK if result["status"] == "done" else EXIT_FAIL
 
 
-def check_data(cfg: dict) -> None:
-    """Find the data before any work starts, so a missing data set is invalid input (exit 2)."""
-    from bench import data as D
+# --- list -----------------------------------------------------------------------------------------
 
-    try:
-        D.load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
-    except D.DataError as exc:
-        raise InvalidInput(f"--data-root / dataset {cfg['dataset']!r}: {exc}") from None
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(r[0]) for r in rows)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
 
-
-# --- list ----------------------------------------------------------------------------------
 
 def cmd_list(args) -> int:
-    from bench import registries
-
-    registries.load()
     if args.what == "masks":
         import masks
 
@@ -83,36 +110,32 @@ def cmd_list(args) -> int:
             print(f"{name:<{width}}  {desc}")
             if opts:
                 print(f"{'':<{width}}    options: {opts}")
-        return EXIT_OK
-    if args.what == "variants":
-        import inspect
+    elif args.what == "variants":
+        from bench.variants import describe_variants
 
-        for name, cls in registries.VARIANTS.items():
-            params = [p for p in inspect.signature(cls.__init__).parameters.values() if p.name != "self"]
-            opts = ", ".join(f"{p.name}={p.default!r}" for p in params)
-            print(f"{name:<6}  {(cls.__doc__ or '').strip()}" + (f"\n        options: {opts}" if opts else ""))
-        return EXIT_OK
-    if args.what == "models":
+        rows = describe_variants()
+        width = max(len(r[0]) for r in rows)
+        for name, desc, opts in rows:
+            print(f"{name:<{width}}  {desc}" + (f"\n{'':<{width}}    options: {opts}" if opts else ""))
+    elif args.what == "models":
         from bench.models import describe_models
 
-        rows = describe_models()
+        _print_rows(describe_models())
     else:
         from bench.data import describe_datasets
 
-        rows = describe_datasets()
-    width = max(len(r[0]) for r in rows)
-    for name, desc in rows:
-        print(f"{name:<{width}}  {desc}")
+        _print_rows(describe_datasets())
     return EXIT_OK
 
 
-# --- analysis ------------------------------------------------------------------------------
+# --- analysis -------------------------------------------------------------------------------------
 
 def cmd_collect(args) -> int:
     import analysis
 
-    df = analysis.collect(args.dir)
-    out = args.output or str(Path(args.dir) / "results.csv")
+    folder = existing_dir(args.dir, "results folder")
+    out = creatable_file(args.output, "-o") if args.output else folder / "results.csv"
+    df = analysis.collect(folder)
     analysis.write_csv(df, out)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     print(f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}) -> {out}")
@@ -122,8 +145,9 @@ def cmd_collect(args) -> int:
 def cmd_plot(args) -> int:
     import analysis
 
-    outdir = args.output or str(Path(args.dir) / "figures")
-    paths = analysis.plot_all(args.dir, outdir)
+    folder = existing_dir(args.dir, "results folder")
+    outdir = creatable_dir(args.output, "-o") if args.output else folder / "figures"
+    paths = analysis.plot_all(folder, outdir)
     for p in paths:
         print(p)
     print(f"{len(paths)} figure files in {outdir}")
@@ -133,7 +157,8 @@ def cmd_plot(args) -> int:
 def cmd_table(args) -> int:
     import analysis
 
-    print(analysis.table(args.dir, fmt="latex" if args.latex else "markdown"), end="")
+    folder = existing_dir(args.dir, "results folder")
+    print(analysis.table(folder, fmt="latex" if args.latex else "markdown"), end="")
     return EXIT_OK
 
 
@@ -141,39 +166,90 @@ def cmd_report(args) -> int:
     import analysis
     from bench.console import warn
 
-    out = args.output or str(Path(args.dir) / "report.html")
-    info = analysis.write_report(args.dir, out)
+    folder = existing_dir(args.dir, "results folder")
+    out = creatable_file(args.output, "-o") if args.output else folder / "report.html"
+    info = analysis.write_report(folder, out)
     for text in info.warnings:  # collected while the page was made
         warn(text)
     print(f"{len(info.figures)} figures, {len(info.tables)} tables -> {info.path}")
     return EXIT_OK
 
 
-def _existing_dir(text: str) -> str:
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"no such results folder: {text}")
-    return text
-
-
-# --- run / status / perf -------------------------------------------------------------------
+# --- run / status ---------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
     from bench import runner
+    from bench.suite import load_suite
 
-    return runner.cmd_run(args)
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise InvalidInput(f"--max-parallel: must be >= 1, got {args.max_parallel}")
+    out = creatable_dir(args.out, "--out")
+    suite = load_suite(args.suite, parse_set(args.set))
+    with signals_interrupt():
+        return runner.run_suite(suite, out, executor=args.executor, max_parallel=args.max_parallel,
+                                dry_run=args.dry_run, wait=not args.no_wait, keep_running=args.keep_running)
 
 
 def cmd_status(args) -> int:
     from bench import runner
 
-    return runner.cmd_status(args)
+    return runner.print_status(Path(args.target), Path(args.out))
 
+
+# --- perf -----------------------------------------------------------------------------------------
 
 def cmd_perf(args) -> int:
-    from bench import perf
+    from bench import config, perf
 
-    return perf.cmd_perf(args)
+    for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0),
+                             ("--batch-size", args.batch_size, 1), ("--fisher-samples", args.fisher_samples, 1)):
+        if value < low:
+            raise InvalidInput(f"{flag}: must be >= {low}, got {value}")
+    config.check_device(args.device, "--device")
+    json_path = creatable_file(args.json, "--json") if args.json else None
+    if args.fisher:
+        rec = perf.time_fisher(args.model, args.dataset or "fashion_mnist", args.device, args.fisher_samples)
+        print(f"fisher mask, {rec['num_samples']} samples, {args.model} on {args.device}: batched "
+              f"{rec['batched_s']:.2f} s, sample-by-sample loop {rec['loop_s']:.2f} s, "
+              f"{rec['ratio']:.1f}x faster batched")
+        records = [rec]
+    else:
+        records = _perf_steps(args, perf)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(records, indent=2))
+    return EXIT_OK
 
+
+def _perf_steps(args, perf) -> list[dict]:
+    configs = perf.parse_configs(args.configs)
+    dataset = args.dataset or "digits"
+    if args.epoch:
+        from bench.data import DataError, check_available
+
+        try:
+            check_available(dataset)
+        except DataError as exc:
+            raise InvalidInput(f"--epoch needs the data set: {exc}") from None
+    recs = perf.time_steps(args.model, args.batch_size, args.device, args.amp, configs, steps=args.steps,
+                           warmup=args.warmup, dataset=args.dataset, channels_last=args.channels_last,
+                           compile=args.compile)
+    if len(recs) < min(2, len(configs)):
+        raise RunFailed("perf: no configuration could be timed on this model (see the messages above)")
+    perf.print_table(recs)
+    if args.epoch:
+        ep = perf.time_epoch(args.model, dataset, args.batch_size, args.device, args.amp)
+        print(f"epoch of {ep['dataset']} ({ep['steps']} SAM-ON steps): {ep['epoch_s']:.3f} s, "
+              f"sum of step times {ep['sum_step_s']:.3f} s, ratio {ep['ratio']:.3f}")
+        recs.append({"benchmark": "epoch", **ep})
+    return recs
+
+
+class RunFailed(Exception):
+    """A command that could not do its work (exit 1, one line)."""
+
+
+# --- the parser -----------------------------------------------------------------------------------
 
 class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default (unless the help already says it)."""
@@ -198,11 +274,12 @@ def _version() -> str:
         return "unknown (not installed; run make install)"
 
 
+RESULTS_DIR = "a results folder (of suites, one suite, or one run)"
+
+
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     """The whole command line; ``train_flags=False`` leaves out train's run-config flags (they
-    import the registries, torch included), for the other commands' start-up time."""
-    from bench import flags
-
+    read the variant registry, which imports torch), for the other commands' start-up time."""
     ap = argparse.ArgumentParser(prog="sambench", description=__doc__.splitlines()[0],
                                  formatter_class=HelpFormatter)
     ap.add_argument("--version", action="version", version=f"sambench {_version()}",
@@ -212,7 +289,43 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
-    p = command("run", "run a suite (local by default, or SLURM)")
+    _run_parser(command("run", "run a suite (local by default, or SLURM)"))
+
+    p = command("status", "counts of done/failed/running/... runs, and why runs failed")
+    p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
+    p.add_argument("--out", default="results", help="results folder (for a suite file)")
+    p.set_defaults(func=cmd_status)
+
+    p = command("collect", "one CSV row per run")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="CSV", help="the CSV file (default: DIR/results.csv)")
+    p.set_defaults(func=cmd_collect)
+
+    p = command("plot", "accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="FIGDIR", help="folder for the PNG and PDF files (default: DIR/figures)")
+    p.set_defaults(func=cmd_plot)
+
+    p = command("table", "a markdown (or LaTeX) table, mean ± std over seeds")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
+    p.set_defaults(func=cmd_table)
+
+    p = command("report", "one self-contained HTML page: status, tables, figures, failed runs, environment")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="HTML", help="the page (default: DIR/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    _train_parser(command("train", "one run, in process"), train_flags)
+    _perf_parser(command("perf", "step-time ratios to SGD, in one process"))
+
+    p = command("list", "the registries")
+    p.add_argument("what", choices=["masks", "variants", "models", "datasets"], help="which registry")
+    p.set_defaults(func=cmd_list)
+    return ap
+
+
+def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", help="a suite file (suites/*.yaml)")
     p.add_argument("--out", default="results", help="results folder; runs go to OUT/<suite name>/<run id>/")
     p.add_argument("--executor", choices=["local", "slurm", "debug", "auto"], default="local",
@@ -224,38 +337,19 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
                         "array_parallelism)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state; write nothing")
     p.add_argument("--no-wait", action="store_true", help="submit and return; follow with `sambench status`")
+    p.add_argument("--keep-running", action="store_true",
+                   help="on Ctrl-C or SIGTERM, leave the local workers running (default: stop them; "
+                        "their runs resume from the last finished epoch on the next run)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a run field for every run (epochs=1, base.lr=0.05, logging.wandb=true), "
                         "or slurm.KEY, name, seeds; repeatable")
     p.set_defaults(func=cmd_run)
 
-    p = command("status", "counts of done/running/pending/failed/diverged runs")
-    p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
-    p.add_argument("--out", default="results", help="results folder (for a suite file)")
-    p.set_defaults(func=cmd_status)
 
-    p = command("collect", "one CSV row per run")
-    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
-    p.add_argument("-o", "--output", metavar="CSV", help="the CSV file (default: DIR/results.csv)")
-    p.set_defaults(func=cmd_collect)
-
-    p = command("plot", "accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
-    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
-    p.add_argument("-o", "--output", metavar="FIGDIR", help="folder for the PNG and PDF files (default: DIR/figures)")
-    p.set_defaults(func=cmd_plot)
-
-    p = command("table", "a markdown (or LaTeX) table, mean ± std over seeds")
-    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
-    p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
-    p.set_defaults(func=cmd_table)
-
-    p = command("report", "one self-contained HTML page: status, tables, figures, failed runs, environment")
-    p.add_argument("dir", type=_existing_dir, help="a results folder (of suites, one suite, or one run)")
-    p.add_argument("-o", "--output", metavar="HTML", help="the page (default: DIR/report.html)")
-    p.set_defaults(func=cmd_report)
-
-    p = command("train", "one run, in process")
+def _train_parser(p: argparse.ArgumentParser, train_flags: bool) -> None:
     if train_flags:
+        from bench import flags
+
         flags.add_train_flags(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any run config field by its path, e.g. base.betas=[0.9,0.99] or "
@@ -263,9 +357,12 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", help="the run folder (default: results/train/<run id>)")
     p.set_defaults(func=cmd_train)
 
-    p = command("perf", "step-time ratios to SGD, in one process")
+
+def _perf_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet20", help="architecture (`sambench list models`)")
-    p.add_argument("--dataset", default=None, help="take the image shape from this dataset (default: cifar-like 3x32x32)")
+    p.add_argument("--dataset", default=None,
+                   help="take the image shape from this dataset (default: cifar100 for steps, digits for --epoch, "
+                        "fashion_mnist for --fisher)")
     p.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
@@ -274,35 +371,46 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first")
     p.add_argument("--configs", default="default",
-                   help="comma list of variant:mask[:opts] or a preset (default, paper)")
+                   help="comma list of variant:mask[:opts] or a preset (default, paper, variants)")
     p.add_argument("--fisher", action="store_true", help="time the batched vs per-sample Fisher mask")
     p.add_argument("--fisher-samples", type=int, default=1024, metavar="N", help="samples for --fisher")
     p.add_argument("--epoch", action="store_true", help="also time a full epoch against its steps")
     p.add_argument("--json", metavar="FILE", help="write the records to this file")
     p.set_defaults(func=cmd_perf)
 
-    p = command("list", "the registries")
-    p.add_argument("what", choices=["masks", "variants", "models", "datasets"], help="which registry")
-    p.set_defaults(func=cmd_list)
-    return ap
+
+def _unknown_name(exc: BaseException) -> bool:
+    """A masks.registry.UnknownNameError (looked up only if that module was loaded: commands that
+    read files only, like status and collect, never import torch through masks)."""
+    registry = sys.modules.get("masks.registry")
+    return registry is not None and isinstance(exc, registry.UnknownNameError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.config import ConfigError
     from bench.console import plain_warnings
-    from masks.registry import UnknownNameError
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    # train's run-config flags only for `train` (the variant registry imports torch)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(train_flags=command == "train").parse_args(argv)
     try:
         with plain_warnings():
             return args.func(args)
-    except (InvalidInput, ConfigError, UnknownNameError) as exc:
+    except InvalidInput as exc:
         print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except RunFailed as exc:
+        print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except Interrupted as exc:
+        return 128 + exc.signum
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _unknown_name(exc):
+            raise
+        print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 if __name__ == "__main__":

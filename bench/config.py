@@ -3,18 +3,31 @@
 ``EXPERIMENT`` fields define the experiment and go into the run id; ``RUNTIME`` fields
 (where data lives, which device, logging) do not, so moving a run between machines does
 not change its identity.
+
+:func:`resolve` = defaults + overrides, then :func:`validate` (the list ``STEPS`` of small
+named checks, run in order; the first problem raises :class:`ConfigError` with the field
+path as data), then the canonical form: variant options equal to the variant's defaults
+are dropped, so ``{}`` and ``{p: 2}`` are one experiment with one run id.
+
+A new field is two lines in one place: its default in ``EXPERIMENT`` or ``RUNTIME``, and
+a ``@step`` function below that checks it (plus a help line in ``FIELD_HELP``: its
+``sambench train`` flag is generated from the config, bench.flags).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import math
+from collections.abc import Callable
 from typing import Any
+
+from bench.errors import InvalidInput, show
 
 EXPERIMENT: dict[str, Any] = {
     "dataset": "digits",
     "model": "resnet20",
-    "variant": "sam",          # none | sam | asam  (bench.sam.VARIANTS)
+    "variant": "sam",          # a registered SAM variant (sambench list variants), or none
     "variant_opts": {},        # e.g. {p: inf} or {adaptive: layerwise, eta: 0.01, normalize_bias: true}
     "mask": "all",             # masks.list_masks()
     "sparsity": None,          # float in [0, 1) or "match:<mask>", for masks that take one
@@ -79,12 +92,9 @@ FIELD_HELP: dict[str, str] = {
     "compile": "torch.compile the model",
     "save_gamma": "store the final norm-layer weights in result.json",
     "logging": "loggers: tensorboard, wandb, mlflow (bench.loggers)",
-    "variant_opts.p": "norm of the perturbation: 2 or inf",
-    "variant_opts.adaptive": "ASAM scaling: elementwise or layerwise",
-    "variant_opts.eta": "ASAM's eta",
-    "variant_opts.normalize_bias": "ASAM: scale biases too",
 }
 
+OPTION_MAPS = ("base", "variant_opts", "mask_opts", "logging")  # merged field by field
 BASE_OPTIMIZERS = {
     "sgd": {"lr", "momentum", "weight_decay", "nesterov"},
     "adamw": {"lr", "weight_decay", "betas", "eps"},
@@ -95,30 +105,55 @@ CHOICES = {
     "schedule": ["cosine", "constant"],
     "amp": ["none", "bf16"],
 }
+FLAGS = ("freeze_bn_second", "augment", "channels_last", "download", "compile", "save_gamma")
+MAX_EPOCHS = 100_000
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInput):
     """A bad config value. ``field`` is the dotted path, ``allowed`` what would be accepted."""
 
     def __init__(self, field: str, message: str, allowed: Any = None, source: str | None = None):
-        self.field, self.message, self.allowed, self.source = field, message, allowed, source
-        super().__init__(self.render())
+        super().__init__(message, field=field, allowed=allowed, source=source)
 
-    def render(self) -> str:
-        where = f"{self.source}: " if self.source else ""
-        text = f"{where}{self.field}: {self.message}"
-        if self.allowed is not None:
-            allowed = ", ".join(map(str, self.allowed)) if isinstance(self.allowed, (list, tuple)) else self.allowed
-            text += f" (allowed: {allowed})"
-        return text
+    def with_source(self, source: str, prefix: str = "") -> ConfigError:
+        """The same error, addressed as ``<source>: <prefix><field>``."""
+        return ConfigError(f"{prefix}{self.field}", self.message, self.allowed, source)
 
-    def with_source(self, source: str, prefix: str = "") -> "ConfigError":
-        field = f"{prefix}{self.field}" if prefix else self.field
-        return ConfigError(field, self.message, self.allowed, source)
+
+# --- the config ------------------------------------------------------------------------------
+
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
+def plain_copy(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars); much faster than copy.deepcopy."""
+    if type(value) in _IMMUTABLE:
+        return value
+    if isinstance(value, dict):
+        return {k: v if type(v) in _IMMUTABLE else plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [v if type(v) in _IMMUTABLE else plain_copy(v) for v in value]
+    return copy.deepcopy(value)
 
 
 def default_config() -> dict[str, Any]:
-    return {**copy.deepcopy(EXPERIMENT), **copy.deepcopy(RUNTIME)}
+    return plain_copy({**EXPERIMENT, **RUNTIME})
+
+
+def is_baseline(cfg: dict[str, Any]) -> bool:
+    """A plain base-optimizer run (no SAM): variant none, or mask none."""
+    return cfg["variant"] == "none" or cfg["mask"] == "none"
+
+
+def describe(cfg: dict[str, Any]) -> str:
+    """One line naming a run's experiment (for logs and reports)."""
+    if is_baseline(cfg):
+        what = f"{cfg['base']['name']} (no SAM)"
+    else:
+        opts = ",".join(f"{k}={v}" for k, v in sorted(cfg["variant_opts"].items()))
+        sparsity = "" if cfg["sparsity"] is None else f" sparsity={cfg['sparsity']}"
+        what = f"{cfg['variant']}{f'({opts})' if opts else ''} mask={cfg['mask']}{sparsity} rho={cfg['rho']}"
+    return f"{cfg['dataset']}/{cfg['model']} {what} seed={cfg['seed']}"
 
 
 def set_path(cfg: dict, dotted: str, value: Any) -> None:
@@ -132,18 +167,25 @@ def set_path(cfg: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Defaults + overrides (dotted keys or nested dicts) -> a full run config (validated)."""
+def merge(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults + overrides (dotted keys or nested dicts), not yet validated."""
     cfg = default_config()
     for key, value in overrides.items():
-        if isinstance(value, dict) and key in ("base", "variant_opts", "mask_opts", "logging"):
+        if isinstance(value, dict) and key in OPTION_MAPS:
             if key == "base" and value.get("name", cfg["base"]["name"]) != cfg["base"]["name"]:
                 cfg["base"] = {"name": value["name"]}  # another optimizer: drop SGD's fields
             for k, v in value.items():
                 set_path(cfg, f"{key}.{k}", v)
         else:
             set_path(cfg, key, value)
+    return cfg
+
+
+def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults + overrides -> a full, validated, canonical run config."""
+    cfg = merge(overrides)
     validate(cfg)
+    cfg["variant_opts"] = canonical_variant_opts(cfg["variant"], cfg["variant_opts"])
     return cfg
 
 
@@ -157,7 +199,57 @@ def run_id(cfg: dict[str, Any]) -> str:
     return hashlib.sha1(canon.encode()).hexdigest()[:12]
 
 
-# --- validation ----------------------------------------------------------------------------
+# --- variant options -------------------------------------------------------------------------
+
+def _same_value(value: Any, default: Any) -> bool:
+    if _is_num(value) and _is_num(default):
+        return value == default
+    return type(value) is type(default) and value == default
+
+
+def canonical_variant_opts(variant: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The options that differ from the variant's defaults (the form that goes into the run id)."""
+    from bench.registries import variant_options
+
+    defaults = variant_options(variant)
+    return {k: v for k, v in opts.items() if not (k in defaults and _same_value(v, defaults[k]))}
+
+
+def variant_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every option of the run's variant, defaults filled in (stored beside the config)."""
+    from bench.registries import variant_options as defaults_of
+
+    return {**defaults_of(cfg["variant"]), **cfg["variant_opts"]}
+
+
+def make_mask(cfg: dict[str, Any], seed: int | None = None):
+    """The run's mask strategy (a ``masks.Mask``), or ``"none"`` for the plain-optimizer baselines."""
+    import masks
+
+    if is_baseline(cfg):
+        return "none"
+    kwargs = dict(cfg["mask_opts"])
+    if cfg["sparsity"] is not None:
+        kwargs["sparsity"] = cfg["sparsity"]
+    return masks.create_mask(cfg["mask"], seed=cfg["seed"] if seed is None else seed, **kwargs)
+
+
+# --- validation: small named steps, in order ----------------------------------------------------
+
+STEPS: list[Callable[[dict[str, Any]], None]] = []
+
+
+def step(fn: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """Add a check to ``STEPS`` (run by :func:`validate` in definition order)."""
+    STEPS.append(fn)
+    return fn
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Raise ConfigError on the first bad field."""
+    for check in STEPS:
+        check(cfg)
+
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -167,112 +259,248 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def validate(cfg: dict[str, Any]) -> None:
-    """Raise ConfigError on the first bad field. Registries are imported lazily."""
-    from bench import registries
+def _require_int(cfg: dict, key: str, low: int, high: int | None = None) -> None:
+    v = cfg[key]
+    if not _is_int(v) or v < low or (high is not None and v > high):
+        bound = f"an integer >= {low}" + (f" and <= {high:,}" if high is not None else "")
+        raise ConfigError(key, f"must be {bound}, got {show(v)}")
 
-    registries.load()
-    allowed_keys = list(EXPERIMENT) + list(RUNTIME)
+
+@step
+def _keys(cfg: dict) -> None:
+    allowed = list(EXPERIMENT) + list(RUNTIME)
     for key in cfg:
-        if key not in allowed_keys:
-            raise ConfigError(key, "unknown key", sorted(allowed_keys))
+        if key not in allowed:
+            raise ConfigError(str(key), "unknown key", sorted(allowed))
 
-    for key, reg in (("dataset", registries.DATASETS), ("model", None), ("variant", registries.VARIANTS)):
-        value = cfg[key]
-        if not isinstance(value, str):
-            raise ConfigError(key, f"must be a name, got {value!r}",
-                              registries.names(key))
-        if key == "model":
-            if not registries.model_exists(value):
-                raise ConfigError(key, f"unknown model {value!r}", registries.names("model") + ["timm:<name>"])
-        elif value not in reg:
-            raise ConfigError(key, f"unknown {key} {value!r}", reg.names())
 
+def _non_finite(value: Any) -> tuple[str, float] | None:
+    """(path as ``.key`` / ``[i]`` parts, value) of a NaN or infinity inside value, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", value)
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, (list, tuple)) else ())
+    for k, v in items:
+        if isinstance(v, (float, dict, list, tuple)):
+            found = _non_finite(v)
+            if found is not None:
+                return (f"[{k}]" if isinstance(k, int) else f".{k}") + found[0], found[1]
+    return None
+
+
+@step
+def _finite(cfg: dict) -> None:
+    """No NaN or infinity anywhere: JSON cannot store them, so the run would change on disk."""
+    found = _non_finite(cfg)
+    if found is not None:
+        path = found[0][1:]
+        hint = "; an option that takes infinity spells it 'inf'" if "." in path else ""
+        raise ConfigError(path, f"must be a finite number, got {found[1]}{hint}")
+
+
+@step
+def _dataset(cfg: dict) -> None:
+    from bench.registries import DATASETS
+
+    if not isinstance(cfg["dataset"], str) or cfg["dataset"] not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {show(cfg['dataset'])}", DATASETS.names())
+
+
+@step
+def _model(cfg: dict) -> None:
+    from bench.registries import UnknownNameError, parse_model_name
+
+    try:
+        parse_model_name(cfg["model"])
+    except UnknownNameError as exc:
+        raise ConfigError("model", f"unknown {exc.kind} {show(exc.name)}", exc.allowed) from None
+
+
+@step
+def _variant(cfg: dict) -> None:
+    from bench.registries import VARIANTS
+
+    if not isinstance(cfg["variant"], str) or cfg["variant"] not in VARIANTS:
+        raise ConfigError("variant", f"unknown variant {show(cfg['variant'])}", VARIANTS.names())
+
+
+@step
+def _mask(cfg: dict) -> None:
     import masks
+    from masks.base import MASKS
 
-    if not isinstance(cfg["mask"], str) or cfg["mask"] not in masks.list_masks() + ["none"]:
-        raise ConfigError("mask", f"unknown mask {cfg['mask']!r}", masks.list_masks() + ["none"])
+    masks.load_all()
+    if not isinstance(cfg["mask"], str) or (cfg["mask"] != "none" and cfg["mask"] not in MASKS):
+        raise ConfigError("mask", f"unknown mask {show(cfg['mask'])}", masks.list_masks() + ["none"])
 
+
+@step
+def _option_maps(cfg: dict) -> None:
     for key in ("variant_opts", "mask_opts"):
         if not isinstance(cfg[key], dict):
-            raise ConfigError(key, f"must be a mapping, got {cfg[key]!r}")
+            raise ConfigError(key, f"must be a mapping, got {show(cfg[key])}")
 
-    rho = cfg["rho"]
-    if not _is_num(rho) or rho < 0:
-        raise ConfigError("rho", f"must be a number >= 0, got {rho!r}")
-    for key in ("epochs", "batch_size", "eval_batch_size", "log_every"):
-        if not _is_int(cfg[key]) or cfg[key] < 1:
-            raise ConfigError(key, f"must be an integer >= 1, got {cfg[key]!r}")
-    for key in ("seed", "warmup_epochs"):
-        if not _is_int(cfg[key]) or cfg[key] < 0:
-            raise ConfigError(key, f"must be an integer >= 0, got {cfg[key]!r}")
-    if not _is_num(cfg["label_smoothing"]) or not 0 <= cfg["label_smoothing"] < 1:
-        raise ConfigError("label_smoothing", f"must be in [0, 1), got {cfg['label_smoothing']!r}")
+
+@step
+def _rho(cfg: dict) -> None:
+    if not _is_num(cfg["rho"]) or cfg["rho"] < 0:
+        raise ConfigError("rho", f"must be a number >= 0, got {show(cfg['rho'])}")
+
+
+@step
+def _epochs(cfg: dict) -> None:
+    _require_int(cfg, "epochs", 1, MAX_EPOCHS)
+
+
+@step
+def _batch_sizes(cfg: dict) -> None:
+    for key in ("batch_size", "eval_batch_size", "log_every"):
+        _require_int(cfg, key, 1)
+
+
+@step
+def _seed(cfg: dict) -> None:
+    _require_int(cfg, "seed", 0)
+
+
+@step
+def _warmup(cfg: dict) -> None:
+    _require_int(cfg, "warmup_epochs", 0)
+
+
+@step
+def _label_smoothing(cfg: dict) -> None:
+    v = cfg["label_smoothing"]
+    if not _is_num(v) or not 0 <= v < 1:
+        raise ConfigError("label_smoothing", f"must be in [0, 1), got {show(v)}")
+
+
+@step
+def _choices(cfg: dict) -> None:
     for key, choices in CHOICES.items():
         if cfg[key] not in choices:
-            raise ConfigError(key, f"got {cfg[key]!r}", choices)
-    for key in ("freeze_bn_second", "augment", "channels_last", "download", "compile", "save_gamma"):
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(key, f"must be true or false, got {cfg[key]!r}", [True, False])
-    if cfg["data_root"] is not None and not isinstance(cfg["data_root"], str):
-        raise ConfigError("data_root", f"must be a path, got {cfg['data_root']!r}")
-    if not isinstance(cfg["device"], str) or not (
-        cfg["device"] in ("auto", "cpu", "cuda") or cfg["device"].startswith("cuda:")
-    ):
-        raise ConfigError("device", f"got {cfg['device']!r}", ["auto", "cpu", "cuda", "cuda:N"])
+            raise ConfigError(key, f"got {show(cfg[key])}", choices)
 
+
+@step
+def _flags(cfg: dict) -> None:
+    for key in FLAGS:
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(key, f"must be true or false, got {show(cfg[key])}", [True, False])
+
+
+@step
+def _data_root(cfg: dict) -> None:
+    if cfg["data_root"] is not None and not isinstance(cfg["data_root"], str):
+        raise ConfigError("data_root", f"must be a path, got {show(cfg['data_root'])}")
+
+
+def check_device(value: Any, field: str = "device") -> None:
+    """auto, cpu, cuda or cuda:N."""
+    ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda")
+                                     or (value.startswith("cuda:") and value[5:].isdigit()))
+    if not ok:
+        raise ConfigError(field, f"got {show(value)}", ["auto", "cpu", "cuda", "cuda:N"])
+
+
+@step
+def _device(cfg: dict) -> None:
+    check_device(cfg["device"])
+
+
+@step
+def _base(cfg: dict) -> None:
     base = cfg["base"]
     if not isinstance(base, dict) or base.get("name") not in BASE_OPTIMIZERS:
         got = base.get("name") if isinstance(base, dict) else base
-        raise ConfigError("base.name", f"unknown base optimizer {got!r}", sorted(BASE_OPTIMIZERS))
+        raise ConfigError("base.name", f"unknown base optimizer {show(got)}", sorted(BASE_OPTIMIZERS))
+    options = BASE_OPTIMIZERS[base["name"]]
     for k, v in base.items():
         if k == "name":
             continue
-        if k not in BASE_OPTIMIZERS[base["name"]]:
-            raise ConfigError(f"base.{k}", f"not an option of {base['name']}",
-                              sorted(BASE_OPTIMIZERS[base["name"]]))
+        if k not in options:
+            raise ConfigError(f"base.{k}", f"not an option of {base['name']}", sorted(options))
         if k == "nesterov" and not isinstance(v, bool):
-            raise ConfigError("base.nesterov", f"must be true or false, got {v!r}")
+            raise ConfigError("base.nesterov", f"must be true or false, got {show(v)}")
         if k == "betas" and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v))
                                  and all(0 <= b <= 1 for b in v)):
-            raise ConfigError("base.betas", f"must be two numbers in [0, 1], got {v!r}")
-        if k in ("lr", "momentum", "weight_decay", "eps") and (not _is_num(v) or not v >= 0):
-            raise ConfigError(f"base.{k}", f"must be a number >= 0, got {v!r}")
+            raise ConfigError("base.betas", f"must be two numbers in [0, 1], got {show(v)}")
+        if k in ("lr", "momentum", "weight_decay", "eps") and (not _is_num(v) or v < 0):
+            raise ConfigError(f"base.{k}", f"must be a number >= 0, got {show(v)}")
         if k == "lr" and base["name"] == "lion" and not v > 0:
-            raise ConfigError("base.lr", f"must be a number > 0 for lion, got {v!r}")
-    _check_logging(cfg["logging"])
-
-    # variant and mask options: checked by constructing them (their signatures are the schema)
-    from bench.sam import check_variant_opts
-
-    try:
-        check_variant_opts(cfg["variant"], cfg["variant_opts"])
-    except (TypeError, ValueError) as exc:
-        bad = next((k for k in cfg["variant_opts"] if str(exc).startswith(f"{k}=")), None)
-        raise ConfigError(f"variant_opts.{bad}" if bad else "variant_opts", str(exc)) from None
-    try:
-        make_mask(cfg)
-    except (TypeError, ValueError) as exc:
-        field = "sparsity" if "sparsity" in str(exc) else "mask_opts"
-        raise ConfigError(field, str(exc)) from None
+            raise ConfigError("base.lr", f"must be a number > 0 for lion, got {show(v)}")
 
 
-def _check_logging(block: Any) -> None:
+@step
+def _logging(cfg: dict) -> None:
+    """The loggers block (bench.loggers checks it, and that each logger's package is installed)."""
     from bench import loggers
 
     try:
-        loggers.normalize(block)
+        loggers.normalize(cfg["logging"])
     except loggers.LoggingError as exc:
         raise ConfigError(exc.field, exc.message, exc.allowed) from None
 
 
-def make_mask(cfg: dict[str, Any], seed: int | None = None):
-    """The run's mask strategy (a ``masks.Mask``), or ``"none"`` for the plain-optimizer baselines."""
+def _blame(build: Callable[[dict[str, Any]], Any], given: dict[str, Any]) -> str | None:
+    """The one given argument without which ``build(given)`` succeeds, or None: a constructor's
+    error is put on the field at fault without reading its message."""
+    for key in given:
+        try:
+            build({k: v for k, v in given.items() if k != key})
+        except (TypeError, ValueError):
+            continue
+        return key
+    return None
+
+
+@step
+def _variant_opts(cfg: dict) -> None:
+    """Checked by constructing the variant: its ``__init__`` signature is the schema."""
+    from bench.registries import VARIANTS, variant_options
+
+    name, opts = cfg["variant"], cfg["variant_opts"]
+    allowed = list(variant_options(name))
+    for key in opts:
+        if key not in allowed:
+            raise ConfigError("variant_opts", f"variant {name!r} has no option {show(key)}", allowed or "none")
+    cls = VARIANTS.get(name)
+    try:
+        cls(**opts)
+    except (TypeError, ValueError) as exc:
+        key = _blame(lambda kw: cls(**kw), opts)
+        raise ConfigError("variant_opts" if key is None else f"variant_opts.{key}", str(exc)) from None
+
+
+@step
+def _sparsity(cfg: dict) -> None:
+    """A number in [0, 1) or ``match:<mask>`` (the mask then says whether it takes one)."""
+    from masks.base import check_sparsity
+
+    try:
+        check_sparsity(cfg["sparsity"])
+    except ValueError as exc:
+        raise ConfigError("sparsity", str(exc)) from None
+
+
+@step
+def _mask_opts(cfg: dict) -> None:
+    """Checked by constructing the mask (its signature is the schema); the error goes to the
+    sparsity or the option without which the mask can be built."""
     import masks
 
-    if cfg["variant"] == "none" or cfg["mask"] == "none":
-        return "none"
-    kwargs = dict(cfg["mask_opts"])
+    if is_baseline(cfg):
+        return
+    given = {f"mask_opts.{k}": v for k, v in cfg["mask_opts"].items()}
     if cfg["sparsity"] is not None:
-        kwargs["sparsity"] = cfg["sparsity"]
-    return masks.create_mask(cfg["mask"], seed=cfg["seed"] if seed is None else seed, **kwargs)
+        given["sparsity"] = cfg["sparsity"]
+
+    def build(fields: dict[str, Any]) -> None:
+        kwargs = {k.removeprefix("mask_opts."): v for k, v in fields.items()}
+        masks.create_mask(cfg["mask"], seed=cfg["seed"], **kwargs)
+
+    try:
+        build(given)
+    except (TypeError, ValueError) as exc:
+        fallback = "mask_opts" if cfg["mask_opts"] else ("sparsity" if cfg["sparsity"] is not None else "mask")
+        raise ConfigError(_blame(build, given) or fallback, str(exc)) from None

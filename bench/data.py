@@ -58,12 +58,32 @@ class DataSpec:
                 f"classes={self.num_classes}, shape=({self.in_chans}, {self.img_size}, {self.img_size}))")
 
 
-def shaped(num_classes: int, in_chans: int, img_size: int):
-    """Declare a dataset's (num_classes, in_chans, img_size), known without loading it."""
+def shaped(num_classes: int, in_chans: int, img_size: int, locate=None):
+    """Declare a dataset's (num_classes, in_chans, img_size), known without loading it, and
+    optionally ``locate(root, download)``: raise DataError if its files cannot be found
+    (without reading them; :func:`check_available`)."""
     def deco(fn):
         fn.shape = (num_classes, in_chans, img_size)
+        if locate is not None:
+            fn.locate = locate
         return fn
     return deco
+
+
+def check_available(name: str, root: str | None = None, download: bool = False) -> None:
+    """Raise DataError if a registered data set cannot be found (or downloaded, when asked).
+
+    Cheap for data sets that declare how to locate their files; others are loaded once."""
+    fn = DATASETS.get(name)
+    locate = getattr(fn, "locate", None)
+    if locate is not None:
+        locate(root, download)
+    elif (name, root) not in _AVAILABLE:
+        fn(root, download)
+        _AVAILABLE.add((name, root))
+
+
+_AVAILABLE: set[tuple] = set()   # (data set, root) without a locator, found in this process
 
 
 def load_dataset(name: str, root: str | None = None, download: bool = False) -> DataSpec:
@@ -101,8 +121,12 @@ def _default_roots(root: str | None) -> list[Path]:
 
 # --- digits (scikit-learn, ships with the package) --------------------------------------
 
+def _always(root: str | None = None, download: bool = False) -> None:
+    """Data that ships with the code (or is generated): always there."""
+
+
 @DATASETS.register("digits")
-@shaped(10, 1, 8)
+@shaped(10, 1, 8, locate=_always)
 def digits(root: str | None = None, download: bool = False) -> DataSpec:
     """scikit-learn digits: 1,797 real 8x8 grey images, 10 classes; stratified 1,437/360 split."""
     from sklearn.datasets import load_digits
@@ -120,7 +144,7 @@ def digits(root: str | None = None, download: bool = False) -> DataSpec:
 # --- synthetic (seeded, learnable; for tests) -------------------------------------------
 
 @DATASETS.register("synthetic")
-@shaped(4, 3, 8)
+@shaped(4, 3, 8, locate=_always)
 def synthetic(root: str | None = None, download: bool = False, *, n_train: int = 512,
               n_test: int = 256, num_classes: int = 4, in_chans: int = 3, img_size: int = 8,
               seed: int = 0) -> DataSpec:
@@ -207,8 +231,24 @@ def _fashion_files(d: Path) -> dict[str, Path] | None:
     return found
 
 
+def _locate_fashion(root: str | None = None, download: bool = False) -> None:
+    tried = _fashion_candidates(root)
+    if not download and all(_fashion_files(d) is None for d in tried):
+        raise _fashion_missing(tried)
+
+
+def _fashion_missing(tried: list[Path]) -> DataError:
+    names = ", ".join(f"{s}.gz" for s in FASHION_FILES.values())
+    return DataError(
+        "Fashion-MNIST not found; looked for " + names + " in:\n  "
+        + "\n  ".join(str(p) for p in tried)
+        + "\nGet it with `apt-get install dataset-fashion-mnist` (installs " + FASHION_SYSTEM_DIR
+        + "), point --data-root (or $SAMBENCH_DATA_ROOT) at a folder holding the files, "
+        "or set `download: true` to fetch it with torchvision.")
+
+
 @DATASETS.register("fashion_mnist")
-@shaped(10, 1, 28)
+@shaped(10, 1, 28, locate=_locate_fashion)
 def fashion_mnist(root: str | None = None, download: bool = False) -> DataSpec:
     """Fashion-MNIST: 60,000/10,000 28x28 grey images, 10 classes, from the original idx files."""
     tried = _fashion_candidates(root)
@@ -225,13 +265,7 @@ def fashion_mnist(root: str | None = None, download: bool = False) -> DataSpec:
                             f"dataset-fashion-mnist` or copy the four idx .gz files there.") from e
         files = _fashion_files(target / "FashionMNIST" / "raw")
     if files is None:
-        names = ", ".join(f"{s}.gz" for s in FASHION_FILES.values())
-        raise DataError(
-            "Fashion-MNIST not found; looked for " + names + " in:\n  "
-            + "\n  ".join(str(p) for p in tried)
-            + "\nGet it with `apt-get install dataset-fashion-mnist` (installs " + FASHION_SYSTEM_DIR
-            + "), point --data-root (or $SAMBENCH_DATA_ROOT) at a folder holding the files, "
-            "or set `download: true` to fetch it with torchvision.")
+        raise _fashion_missing(tried)
     arrays = {k: read_idx(p) for k, p in files.items()}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
@@ -306,6 +340,22 @@ def read_cifar(fmt: _CifarFormat, d: Path) -> tuple[np.ndarray, np.ndarray, np.n
     return xtr, ytr, xte, yte, classes
 
 
+def _cifar_missing(fmt: _CifarFormat, bases: list[Path]) -> DataError:
+    return DataError(
+        f"{fmt.title} not found; expected the extracted python-version folder "
+        + " or ".join(str(b / fmt.folder) for b in bases)
+        + f" (holding {', '.join(fmt.train + fmt.test)}). Point --data-root (or "
+        "$SAMBENCH_DATA_ROOT) at its parent folder, or set `download: true`.")
+
+
+def _cifar_locator(fmt: _CifarFormat):
+    def locate(root: str | None = None, download: bool = False) -> None:
+        bases = _default_roots(root)
+        if not download and all(_cifar_dir(fmt, b) is None for b in bases):
+            raise _cifar_missing(fmt, bases)
+    return locate
+
+
 def _load_cifar(fmt: _CifarFormat, name: str, root: str | None, download: bool) -> DataSpec:
     bases = _default_roots(root)
     d = next((x for x in (_cifar_dir(fmt, b) for b in bases) if x is not None), None)
@@ -320,11 +370,7 @@ def _load_cifar(fmt: _CifarFormat, name: str, root: str | None, download: bool) 
                             f"(or point --data-root at its parent).") from e
         d = _cifar_dir(fmt, target)
     if d is None:
-        raise DataError(
-            f"{fmt.title} not found; expected the extracted python-version folder "
-            + " or ".join(str(b / fmt.folder) for b in bases)
-            + f" (holding {', '.join(fmt.train + fmt.test)}). Point --data-root (or "
-            "$SAMBENCH_DATA_ROOT) at its parent folder, or set `download: true`.")
+        raise _cifar_missing(fmt, bases)
     xtr, ytr, xte, yte, classes = read_cifar(fmt, d)
     if ytr.size and (ytr.min() < 0 or max(ytr.max(), yte.max()) >= fmt.num_classes):
         raise DataError(f"{d}: labels outside 0..{fmt.num_classes - 1}")
@@ -335,14 +381,14 @@ def _load_cifar(fmt: _CifarFormat, name: str, root: str | None, download: bool) 
 
 
 @DATASETS.register("cifar10")
-@shaped(10, 3, 32)
+@shaped(10, 3, 32, locate=_cifar_locator(CIFAR10))
 def cifar10(root: str | None = None, download: bool = False) -> DataSpec:
     """CIFAR-10: 50,000/10,000 32x32 colour images, 10 classes (torchvision layout)."""
     return _load_cifar(CIFAR10, "cifar10", root, download)
 
 
 @DATASETS.register("cifar100")
-@shaped(100, 3, 32)
+@shaped(100, 3, 32, locate=_cifar_locator(CIFAR100))
 def cifar100(root: str | None = None, download: bool = False) -> DataSpec:
     """CIFAR-100: 50,000/10,000 32x32 colour images, 100 fine classes (torchvision layout)."""
     return _load_cifar(CIFAR100, "cifar100", root, download)

@@ -5,7 +5,9 @@ Every field of :func:`bench.config.default_config` is a flag:
 - a top-level field ``name`` -> ``--name`` (``_`` -> ``-``); a boolean -> ``--name`` / ``--no-name``;
 - the base optimizer (``base.*``) -> ``--optimizer`` (``base.name``) and ``--lr``, ``--momentum``,
   ``--weight-decay``, ... (every option of every base optimizer);
-- variant options (``variant_opts.*``, from the variant registry) -> ``--p``, ``--adaptive``, ...;
+- the options of every registered variant (``variant_opts.*``, read from the variant registry's
+  signatures, plug-in variants included) -> ``--p``, ``--adaptive``, ``--k``, ...; an option
+  whose name a config field already has gets ``--variant-<option>`` (esam's ``--variant-seed``);
 - ``mask_opts`` -> ``--mask-opt KEY=VALUE`` (options depend on the mask: ``sambench list masks``);
 - ``logging`` -> ``--log tensorboard,wandb,mlflow`` (or ``none``);
 - any other block of options (a mapping) -> ``--name KEY=VALUE``, repeatable.
@@ -20,11 +22,9 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import yaml
+from bench.errors import InvalidInput, load_yaml, parse_set
 
-# nested config mappings whose options become flags of their own name (``base.lr`` -> ``--lr``)
-FLAT_GROUPS = ("base", "variant_opts")
-SPECIAL = {"base.name": "optimizer"}
+OTHER_DESTS = {"mask_opt", "log", "set", "out", "help"}  # train's flags that are not one config field
 
 
 @dataclass
@@ -42,10 +42,11 @@ class Flag:
 
 
 def yaml_scalar(text: str) -> Any:
-    """A flag value as a YAML scalar (``0.5`` -> 0.5, ``inf`` -> "inf", ``null`` -> None)."""
+    """A flag value as a YAML scalar (``0.5`` -> 0.5, ``inf`` -> "inf", ``null`` -> None); text
+    that is not YAML stays text (validation then names the flag)."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, "value")
+    except InvalidInput:
         return text
     return text if value is None and text.strip().lower() not in ("null", "none", "~") else value
 
@@ -123,26 +124,23 @@ def _base_flags(config, field_help) -> list[Flag]:
     return flags
 
 
-def _variant_flags(field_help) -> list[Flag]:
-    from bench import registries
+def _variant_flags(taken: set[str]) -> list[Flag]:
+    """One flag per option of any registered variant (``registries.variant_options``: the
+    signatures); an option whose name a config field already has is ``--variant-<option>``."""
+    from bench.registries import VARIANTS, variant_options
 
-    registries.load()
-    seen: dict[str, list[tuple[str, Any]]] = {}
-    for name in registries.VARIANTS.names():
-        cls = registries.VARIANTS.get(name)
-        for p in inspect.signature(cls.__init__).parameters.values():
-            if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                continue
-            seen.setdefault(p.name, []).append((name, None if p.default is p.empty else p.default))
+    users: dict[str, dict[str, Any]] = {}  # option -> {variant: default}
+    for name in VARIANTS.names():
+        for opt, default in variant_options(name).items():
+            users.setdefault(opt, {})[name] = default
     flags = []
-    for opt, users in sorted(seen.items()):
-        default = users[0][1]
-        shown = ", ".join(f"{_show(d)} for {v}" for v, d in users)
-        text = field_help.get(f"variant_opts.{opt}") or f"variant option {opt}"
-        kind = yaml_scalar if not isinstance(default, bool) else None
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and opt != "p":
-            kind = float
-        flags.append(Flag(f"variant_opts.{opt}", opt, kind, default, f"{text} (default: {shown})"))
+    for opt, defaults in sorted(users.items()):
+        first = next(iter(defaults.values()))
+        shown = {_show(d) for d in defaults.values()}
+        shown = shown.pop() if len(shown) == 1 else ", ".join(f"{_show(d)} for {v}" for v, d in defaults.items())
+        dest = f"variant_{opt}" if opt in taken else opt
+        flags.append(Flag(f"variant_opts.{opt}", dest, None if isinstance(first, bool) else yaml_scalar, first,
+                          f"variant option of {', '.join(defaults)} (default: {shown})"))
     return flags
 
 
@@ -150,21 +148,19 @@ def train_flags() -> list[Flag]:
     """Every run-config field as a flag (``mask_opts`` and ``logging`` are handled apart)."""
     from bench import config
 
-    field_help = getattr(config, "FIELD_HELP", {})
-    choices = getattr(config, "CHOICES", {})
+    field_help, choices = config.FIELD_HELP, config.CHOICES
     flags: list[Flag] = []
     for key, default in config.default_config().items():
-        if key in ("mask_opts", "logging"):
+        if key in ("mask_opts", "logging", "variant_opts"):
             continue
         if key == "base":
             flags += _base_flags(config, field_help)
-        elif key == "variant_opts":
-            flags += _variant_flags(field_help)
         elif isinstance(default, dict):  # a block of options: --name KEY=VALUE, repeatable
             flags.append(Flag(key, key, dict, default, _help(key, field_help, _show(default or None))))
         else:
             flags.append(Flag(key, key, _kind(default), default, _help(key, field_help, _show(default)),
                               choices.get(key)))
+    flags += _variant_flags({f.dest for f in flags} | OTHER_DESTS)
     dests = [f.dest for f in flags]
     clash = sorted({d for d in dests if dests.count(d) > 1})
     if clash:
@@ -202,7 +198,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                             f"options with --set logging.wandb.project=NAME etc. (default: {','.join(on)})")
 
 
-def train_overrides(args: argparse.Namespace, parse_set: Callable[[list[str] | None], dict]) -> dict:
+def train_overrides(args: argparse.Namespace) -> dict:
     """The config overrides a ``train`` command line asks for (dotted paths -> values)."""
     from bench import loggers
 
@@ -233,6 +229,8 @@ def option_for(field: str) -> str:
         return "--log"
     if field.startswith("mask_opts"):
         return "--mask-opt"
+    if field == "variant_opts":  # an option the variant does not have
+        return "--variant"
     by_path = {f.path: f.option for f in train_flags()}
     while field:
         if field in by_path:

@@ -10,7 +10,7 @@ py=${PYTHON:-python3}
 perf() { "$py" -m bench perf --device cuda "$@"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-# WRN-28-10, batch 128: bf16 + channels_last, then fp32 (the table), CIFAR-100 shapes
+# WRN-28-10, batch 128: bf16 + channels_last, then fp32 (the README's GPU table), CIFAR-100 shapes
 perf --model wrn28_10 --batch-size 128 --amp --channels-last --configs paper --steps 30 --json "$out/wrn28_bf16.json"
 perf --model wrn28_10 --batch-size 128 --channels-last --configs paper --steps 20 --json "$out/wrn28_fp32.json"
 # ViT-S/4 on 32x32

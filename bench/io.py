@@ -77,7 +77,23 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class CheckpointError(OSError):
+    """A checkpoint file that cannot be read (truncated, not a checkpoint); names the file."""
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` on CPU; an unreadable file raises CheckpointError naming it."""
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{path} is unreadable (truncated or not a checkpoint: "
+                              f"{type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a sambench checkpoint (a {type(state).__name__})")
+    return state

@@ -12,7 +12,7 @@ Use from the training loop (only rank 0 of a multi-process run logs; others get 
     with open_loggers(cfg["logging"], run_dir, run_id, suite, cfg, history=metrics, rank=0) as loggers:
         for ...:
             loggers.log_epoch(record)          # one metrics.jsonl line: scalars at step = epoch
-        loggers.log_final(result)              # the config as hyperparameters + the final metrics
+        loggers.log_final(result, cfg)         # the config as hyperparameters + the final metrics
     # leaving the block finishes every logger ("failed" when an exception left it)
 
 Resuming (after a requeue or a kill) continues the same logger run without duplicated steps.
@@ -20,6 +20,8 @@ Resuming (after a requeue or a kill) continues the same logger run without dupli
 TensorBoard reopens the folder with ``purge_step = last logged + 1`` (events a kill left past
 that point are discarded by TensorBoard's reader), W&B resumes the same id (``resume="allow"``)
 and MLflow reopens the same run id; epochs in ``history`` that no logger has yet are caught up.
+A run that trains again from an earlier epoch than its loggers hold (its checkpoint was
+unreadable) logs over them in TensorBoard and in new W&B / MLflow runs.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import io
+from bench import io, rundir
+from bench.errors import InvalidInput, show
 
 STATE_FILE = "loggers.json"
 DEFAULTS: dict[str, Any] = {"tensorboard": True, "wandb": False, "mlflow": False}
@@ -55,16 +58,14 @@ FINAL_KEYS = ("test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc
               "seconds_per_epoch", "wall_time_s")
 
 
-class LoggingError(ValueError):
-    """A bad ``logging`` block or a logger whose package is not installed.
+class LoggingError(InvalidInput):
+    """A bad ``logging`` block or a logger whose package is not installed (exit 2).
 
     ``field`` is the dotted path inside the run config, ``allowed`` what would be accepted.
     """
 
     def __init__(self, field: str, message: str, allowed: Any = None):
-        self.field, self.message, self.allowed = field, message, allowed
-        shown = f" (allowed: {', '.join(map(str, allowed))})" if allowed else ""
-        super().__init__(f"{field}: {message}{shown}")
+        super().__init__(message, field=field, allowed=allowed)
 
 
 # --- the logging block ------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def normalize(block: Any, field: str = "logging") -> dict[str, Any]:
     if block is None:
         block = {}
     if not isinstance(block, dict):
-        raise LoggingError(field, f"must be a mapping, got {block!r}", list(BACKENDS))
+        raise LoggingError(field, f"must be a mapping, got {show(block)}", list(BACKENDS))
     out: dict[str, Any] = {}
     for key in block:
         if key not in DEFAULTS:
@@ -108,7 +109,7 @@ def normalize(block: Any, field: str = "logging") -> dict[str, Any]:
         else:
             allowed = [True, False] + (["a mapping of options"] if OPTIONS[backend] else [])
             raise LoggingError(where, f"must be true or false{' or a mapping' if OPTIONS[backend] else ''}, "
-                                      f"got {value!r}", allowed)
+                                      f"got {show(value)}", allowed)
         if opts is not None:
             problem = missing_package(backend)
             if problem:
@@ -121,12 +122,12 @@ def _check_options(backend: str, opts: dict, where: str) -> None:
     for k, v in opts.items():
         if k == "mode":
             if v is not None and v not in WANDB_MODES:
-                raise LoggingError(f"{where}.mode", f"got {v!r}", WANDB_MODES)
+                raise LoggingError(f"{where}.mode", f"got {show(v)}", WANDB_MODES)
         elif k == "tags":
             if not (isinstance(v, list) and all(isinstance(t, str) for t in v)):
-                raise LoggingError(f"{where}.tags", f"must be a list of strings, got {v!r}")
+                raise LoggingError(f"{where}.tags", f"must be a list of strings, got {show(v)}")
         elif v is not None and not isinstance(v, str):
-            raise LoggingError(f"{where}.{k}", f"must be a string, got {v!r}")
+            raise LoggingError(f"{where}.{k}", f"must be a string, got {show(v)}")
         elif k == "project" and v is None:
             raise LoggingError(f"{where}.project", "must be a string, got None")
 
@@ -173,9 +174,11 @@ def final_scalars(result: dict) -> dict[str, float]:
             if isinstance(result.get(k), (int, float)) and math.isfinite(result[k])}
 
 
-def wandb_run_id(run_id: str, suite: str | None) -> str:
-    """The W&B run id: the run id, plus a short hash of the suite (one config may be in two suites)."""
-    return run_id if not suite else f"{run_id}-{hashlib.sha1(suite.encode()).hexdigest()[:6]}"
+def wandb_run_id(run_id: str, suite: str | None, restarts: int = 0) -> str:
+    """The W&B run id: the run id, plus a short hash of the suite (one config may be in two
+    suites), plus ``-r<n>`` after the n-th restart from an earlier epoch (W&B steps only grow)."""
+    wid = run_id if not suite else f"{run_id}-{hashlib.sha1(suite.encode()).hexdigest()[:6]}"
+    return f"{wid}-r{restarts}" if restarts else wid
 
 
 def process_rank(rank: int | None = None) -> int:
@@ -259,7 +262,7 @@ class WandbLogger(Logger):
     def start(self, ctx, state):
         import wandb
 
-        run_id = state.setdefault("wandb_id", wandb_run_id(ctx["run_id"], ctx["suite"]))
+        run_id = state.setdefault("wandb_id", wandb_run_id(ctx["run_id"], ctx["suite"], state.get("restarts", 0)))
         settings = wandb.Settings(silent=True, console="off")
         self.run = wandb.init(
             project=self.opts["project"], entity=self.opts["entity"], mode=self.opts["mode"],
@@ -441,6 +444,33 @@ class Loggers:
         self.close("failed" if exc_type is not None else None)
 
 
+def read_state(run_dir: Path, warn: Callable[[str], None] = _warn) -> dict:
+    """``loggers.json`` ({} if absent). An unreadable one is kept as ``loggers.json.corrupt`` and
+    the run's history is logged again."""
+    path = run_dir / STATE_FILE
+    try:
+        state = io.read_json(path)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict):
+        return state
+    kept = rundir.move_aside(path)
+    warn(f"{path} was unreadable: kept as {kept.name}; the loggers log this run's history again")
+    return {}
+
+
+def restart_state(state: dict, history: list[dict]) -> dict | None:
+    """The state to start from when training went back before epochs the loggers already hold
+    (an unreadable checkpoint.pt was set aside), else None: TensorBoard then drops the later
+    events, W&B and MLflow begin new runs."""
+    done = int(history[-1]["epoch"]) if history else 0
+    if int(state.get("logged_epoch", 0)) <= done:
+        return None
+    return {"logged_epoch": done, "restarts": int(state.get("restarts", 0)) + 1}
+
+
 def open_loggers(block: Any, run_dir: str | Path, run_id: str, suite: str | None, config: dict,
                  history: list[dict] = (), rank: int | None = None,
                  warn: Callable[[str], None] = _warn) -> Loggers:
@@ -453,11 +483,11 @@ def open_loggers(block: Any, run_dir: str | Path, run_id: str, suite: str | None
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     enabled = {b: opts for b, opts in normalize(block).items() if opts is not None}
-    state_path = run_dir / STATE_FILE
-    state = io.read_json(state_path) if state_path.exists() else {}
-    if not isinstance(state, dict):
-        state = {}
-    ctx = {"run_dir": run_dir, "run_id": run_id, "suite": suite, "config": config, "resumed": bool(history)}
+    state = read_state(run_dir, warn)
+    restart = restart_state(state, history)
+    ctx = {"run_dir": run_dir, "run_id": run_id, "suite": suite, "config": config,
+           "resumed": bool(history) or restart is not None}
+    state = restart or state
     group = Loggers([], run_dir, state, warn)
     try:
         for backend, opts in enabled.items():

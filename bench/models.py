@@ -18,9 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.registries import MODELS, UnknownNameError
-
-_WRN = re.compile(r"^wrn(\d+)_(\d+)$")
+from bench.registries import MODELS, UnknownNameError, parse_model_name
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -329,29 +327,32 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int) -> nn
 
 # --- public API ------------------------------------------------------------------------
 
-def _allowed() -> list[str]:
-    return MODELS.names() + ["wrn<depth>_<width>", "timm:<name>"]
-
-
 def create_model(name: str, num_classes: int, in_chans: int = 3, img_size: int = 32) -> nn.Module:
-    """Build a model by name (registered, ``wrnD_W`` with (D-4) % 6 == 0, or ``timm:<name>``)."""
-    if name in MODELS:
+    """Build a model by name: registered, ``wrnD_W`` (D = 6n+4 >= 10) or ``timm:<name>``
+    (the rule is :func:`bench.registries.parse_model_name`, shared with config validation)."""
+    kind, *args = parse_model_name(name)
+    if kind == "registered":
         model = MODELS.get(name)(num_classes, in_chans, img_size)
-    elif name.startswith("timm:") and len(name) > 5:
-        model = _timm_model(name[5:], num_classes, in_chans, img_size)
-    elif (m := _WRN.match(name)) and (int(m.group(1)) - 4) % 6 == 0 and int(m.group(1)) >= 10 \
-            and int(m.group(2)) >= 1:
-        model = WideResNet(int(m.group(1)), int(m.group(2)), num_classes, in_chans)
+    elif kind == "wrn":
+        model = WideResNet(args[0], args[1], num_classes, in_chans)
     else:
-        raise UnknownNameError("model", name, _allowed())
+        model = _timm_model(args[0], num_classes, in_chans, img_size)
     if not hasattr(model, "mask_blocks"):
         model.mask_blocks = _guess_mask_blocks(model)
     return model
 
 
+def create_model_for(name: str, dataset: str) -> nn.Module:
+    """Build a model for a registered dataset's shape (classes, channels, image size)."""
+    from bench.data import dataset_shape
+
+    num_classes, in_chans, img_size = dataset_shape(dataset)
+    return create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+
+
 def describe_models() -> list[tuple[str, str]]:
     """(name, one-line description) for ``sambench list models``."""
     out = [(n, " ".join(inspect.getdoc(fn).split()) if fn.__doc__ else "") for n, fn in MODELS.items()]
-    out.append(("wrn<depth>_<width>", "any Wide ResNet with (depth-4) % 6 == 0, e.g. wrn40_2"))
+    out.append(("wrn<depth>_<width>", "any Wide ResNet with depth = 6n+4 >= 10, e.g. wrn40_2"))
     out.append(("timm:<name>", "any timm model, built without pretrained weights"))
     return out

@@ -10,7 +10,6 @@ and loops over tensors, with full gradients in both passes (what most public cod
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -19,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench import data as D
-from bench import models as M
+from bench.data import dataset_shape, load_dataset, make_loaders
+from bench.errors import InvalidInput
+from bench.models import create_model, create_model_for
 from bench.sam import SAM
 from bench.train import amp_context, train_step
 
@@ -36,7 +36,7 @@ class PerfConfig:
 
 
 PRESETS = {
-    # the issue's table: SGD, dense SAM, SAM-ON, ASAM-ON, norm layers of blocks 2+3
+    # SGD, the loop baseline, dense SAM, SAM-ON, ASAM-ON, norm layers of blocks 2+3
     "default": [
         PerfConfig("sgd", "none", "none"),
         PerfConfig("loop_sam", "loop", "all"),
@@ -47,6 +47,18 @@ PRESETS = {
                    rho=0.5),
     ],
 }
+
+def _variants_preset() -> list[PerfConfig]:
+    """SGD, then every SAM variant with mask all and norm_only (its own rho scale)."""
+    rhos = {"asam": (2.0, 5.0), "msam": (3.0, 3.0)}  # (all, norm_only); others: SAM's 0.05 / 0.5
+    out = [PerfConfig("sgd", "none", "none")]
+    for variant in ("sam", "asam", "esam", "looksam", "gsam", "fsam", "msam"):
+        for mask, rho in zip(("all", "norm_only"), rhos.get(variant, (0.05, 0.5))):
+            out.append(PerfConfig(f"{variant} {mask}", variant, mask, rho=rho))
+    return out
+
+
+PRESETS["variants"] = _variants_preset()
 PRESETS["paper"] = PRESETS["default"] + [
     PerfConfig("sam no_norm", "sam", "no_norm"),
     PerfConfig("sam random@match:norm_only", "sam", "random", mask_opts={"sparsity": "match:norm_only"}),
@@ -56,21 +68,37 @@ PRESETS["paper"] = PRESETS["default"] + [
 
 
 def parse_configs(text: str) -> list[PerfConfig]:
-    """A preset name, or ``variant:mask[:key=value;key=value]`` items separated by commas."""
+    """A preset name, or ``variant:mask[:key=value;key=value]`` items separated by commas.
+
+    Options the variant takes (its registered signature) go to the variant, the rest to the
+    mask. An unknown variant or mask raises InvalidInput.
+    """
+    import masks
+    from bench.registries import VARIANTS, variant_options
+
     if text in PRESETS:
         return list(PRESETS[text])
     out = [PerfConfig("sgd", "none", "none")]
     for item in filter(None, (t.strip() for t in text.split(","))):
         parts = item.split(":", 2)
         variant, mask = parts[0], parts[1] if len(parts) > 1 else "all"
+        if variant not in VARIANTS and variant != "loop":
+            raise InvalidInput(f"{item!r}: unknown variant {variant!r}", field="--configs",
+                               allowed=VARIANTS.names() + ["loop"] + [f"preset {p}" for p in PRESETS])
+        if mask not in masks.list_masks() + ["none"]:
+            raise InvalidInput(f"{item!r}: unknown mask {mask!r}", field="--configs",
+                               allowed=masks.list_masks() + ["none"])
         opts: dict[str, Any] = {}
         if len(parts) > 2:
             import yaml
 
             for kv in parts[2].split(";"):
+                if "=" not in kv:
+                    raise InvalidInput(f"{item!r}: option {kv!r} is not key=value", field="--configs")
                 k, v = kv.split("=", 1)
                 opts[k] = yaml.safe_load(v)
-        vopts = {k: opts.pop(k) for k in list(opts) if k in ("p", "adaptive", "eta", "normalize_bias")}
+        names = variant_options(variant) if variant in VARIANTS else {}
+        vopts = {k: opts.pop(k) for k in list(opts) if k in names}
         if (variant, mask) != ("none", "none"):
             out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts))
     return out
@@ -117,16 +145,22 @@ def _make_step(cfg: PerfConfig, model, forward, criterion, amp_ctx, x, y):
     opt = SAM(model, base, rho=cfg.rho, variant=cfg.variant, mask=mask, **cfg.variant_opts)
     if opt.is_sam and not opt.selection:
         opt.build_mask([(x, y)])
-    return (lambda: train_step(forward, opt, x, y, criterion, amp_ctx)), opt.perturbed_fraction
+    cycle = getattr(opt.variant, "k", 1)  # LookSAM: time a whole cycle (one SAM step, k - 1 others)
+
+    def steps():
+        for _ in range(cycle):
+            train_step(forward, opt, x, y, criterion, amp_ctx)
+    steps.cycle = cycle
+    return steps, opt.perturbed_fraction
 
 
 def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
                steps: int = 20, warmup: int = 3, dataset: str | None = None,
                channels_last: bool = False, compile: bool = False) -> list[dict]:
     dev = torch.device(device)
-    num_classes, in_chans, img_size = D.dataset_shape(dataset or "cifar100")
+    num_classes, in_chans, img_size = dataset_shape(dataset or "cifar100")
     torch.manual_seed(0)
-    model = M.create_model(model_name, num_classes=num_classes, in_chans=in_chans, img_size=img_size).to(dev)
+    model = create_model_for(model_name, dataset or "cifar100").to(dev)
     model.train()
     x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
     y = torch.randint(0, num_classes, (batch_size,), device=dev)
@@ -160,7 +194,7 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
                 fn()
                 ms = (time.perf_counter() - t0) * 1e3
             if rep >= warmup:
-                times[i].append(ms)
+                times[i].append(ms / getattr(fn, "cycle", 1))  # per step
     medians = [statistics.median(t) for t in times]
     sgd = next((m for c, m in zip(configs, medians) if c.variant == "none"), None)
     return [
@@ -177,11 +211,11 @@ def time_epoch(model_name: str, dataset: str, batch_size: int, device: str, amp:
                data_root: str | None = None) -> dict:
     """A full SGD+SAM-ON epoch through the device loader vs the sum of its step times."""
     dev = torch.device(device)
-    spec = D.load_dataset(dataset, root=data_root)
-    train_loader, _ = D.make_loaders(spec, batch_size, 1024, 0, dev, augment=True)
+    spec = load_dataset(dataset, root=data_root)
+    train_loader, _ = make_loaders(spec, batch_size, 1024, 0, dev, augment=True)
     torch.manual_seed(0)
-    model = M.create_model(model_name, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                           img_size=spec.img_size).to(dev)
+    model = create_model(model_name, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                         img_size=spec.img_size).to(dev)
     opt = SAM(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), rho=0.5, mask="norm_only")
     criterion = nn.CrossEntropyLoss()
     amp_ctx = amp_context(amp and dev.type == "cuda")
@@ -221,43 +255,15 @@ def print_table(records: list[dict]) -> None:
         print(f"{r['label']:<{width}}  {r['ms']:>9.2f}  {ratio:>6}  {r['perturbed_fraction']:>9.5f}")
 
 
-def cmd_perf(args) -> int:
-    records: list[dict] = []
-    if args.fisher:
-        from masks.fisher import benchmark
+def time_fisher(model_name: str, dataset: str, device: str, num_samples: int) -> dict:
+    """The batched Fisher mask against the sample-by-sample loop, on random data of the dataset's shape."""
+    from masks.fisher import benchmark
 
-        num_classes, in_chans, img_size = D.dataset_shape(args.dataset or "fashion_mnist")
-        torch.manual_seed(0)
-        model = M.create_model(args.model, num_classes=num_classes, in_chans=in_chans,
-                               img_size=img_size).to(args.device)
-        n = args.fisher_samples
-        xs = torch.randn(n, in_chans, img_size, img_size, device=args.device)
-        ys = torch.randint(0, num_classes, (n,), device=args.device)
-        batches = [(xs[i:i + 128], ys[i:i + 128]) for i in range(0, n, 128)]
-        out = benchmark(model, batches, num_samples=n)
-        rec = {"benchmark": "fisher", "model": args.model, "device": args.device, "num_samples": n, **out}
-        print(f"fisher mask, {n} samples, {args.model} on {args.device}: batched {out['batched_s']:.2f} s, "
-              f"sample-by-sample loop {out['loop_s']:.2f} s, {out['ratio']:.1f}x faster batched")
-        records.append(rec)
-    else:
-        configs = parse_configs(args.configs)
-        recs = time_steps(args.model, args.batch_size, args.device, args.amp, configs, steps=args.steps,
-                          warmup=args.warmup, dataset=args.dataset, channels_last=args.channels_last,
-                          compile=args.compile)
-        print_table(recs)
-        records.extend(recs)
-        if args.epoch:
-            from bench.cli import InvalidInput
-
-            try:
-                D.load_dataset(args.dataset or "digits")
-            except D.DataError as exc:
-                raise InvalidInput(f"--epoch needs the data set: {exc}") from None
-            ep = time_epoch(args.model, args.dataset or "digits", args.batch_size, args.device, args.amp)
-            print(f"epoch of {ep['dataset']} ({ep['steps']} SAM-ON steps): {ep['epoch_s']:.3f} s, "
-                  f"sum of step times {ep['sum_step_s']:.3f} s, ratio {ep['ratio']:.3f}")
-            records.append({"benchmark": "epoch", **ep})
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=2)
-    return 0
+    num_classes, in_chans, img_size = dataset_shape(dataset)
+    torch.manual_seed(0)
+    model = create_model_for(model_name, dataset).to(device)
+    xs = torch.randn(num_samples, in_chans, img_size, img_size, device=device)
+    ys = torch.randint(0, num_classes, (num_samples,), device=device)
+    batches = [(xs[i:i + 128], ys[i:i + 128]) for i in range(0, num_samples, 128)]
+    out = benchmark(model, batches, num_samples=num_samples)
+    return {"benchmark": "fisher", "model": model_name, "device": device, "num_samples": num_samples, **out}

@@ -1,6 +1,6 @@
-"""SAM with a mask: the adversarial step perturbs only the parameters a mask selects.
+"""SAM with a mask and a variant: the adversarial step perturbs only the parameters a mask selects.
 
-    opt = SAM(model, base_optimizer, rho=0.5, variant="sam", mask="norm_only")
+    opt = SAM(model, base_optimizer, rho=0.5, variant="sam", mask="norm_only", **variant_options)
 
 Two ways to use it (same numbers):
 - two-step, as davda54/sam: ``loss.backward(); opt.first_step(zero_grad=True);
@@ -8,142 +8,81 @@ Two ways to use it (same numbers):
 - fast path: ``opt.first_step(loss=loss)`` differentiates ``loss`` only w.r.t. the
   perturbed tensors, so autograd skips every other weight gradient and stops the backward
   pass at the earliest perturbed layer.
+``opt.step(closure)`` runs a whole step; bench.train.train_step is the training step.
 
-The perturbation, with g the gradient, m the mask and T a diagonal scaling
-(T = 1 for SAM; ASAM: |w| + eta elementwise, ||w|| (1 + eta) layerwise):
-    p = 2:  e = rho * T^2 g / ||T g||      (norm over the masked entries for
-                                            rho_norm="subset", over all for "full")
-    p = inf: e = rho * T sign(g)
-and e = 0 outside the mask. Unperturbed parameters are never copied.
+One step, for every variant (bench/variants holds each variant's rule):
+1. the ascent gradient g:  ``_ascent_gradient`` (the perturbed tensors; every tensor where the
+   rule needs the clean gradient (GSAM, LookSAM) or for rho_norm="full");
+2. the perturbation:       ``_perturb``, with d the variant's direction (d = g for SAM) and T a
+                           diagonal scaling (ASAM; T = 1 otherwise):
+       p = 2:   e = rho_t T (T d) / ||T d||   (norm over the masked entries for
+                                               rho_norm="subset", over all for "full")
+       p = inf: e = rho_t T sign(d)
+   e = 0 outside the mask; unperturbed parameters are never copied;
+3. the descent gradient at w + e: the caller's backward (``.grad``);
+4. ``second_step``: restore w, the variant's correction of the descent gradient, the base
+   optimizer's step.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 import masks
-from bench.registries import VARIANTS
-
-_EPS = 1e-12
-
-
-# --- variants: what T and p are ------------------------------------------------------------
-
-class Variant:
-    """A SAM variant: the norm p and the diagonal scaling T of ASAM-type methods."""
-
-    perturbs = True
-
-    def __init__(self, p: int | str = 2):
-        if p not in (2, "inf", float("inf")):
-            raise ValueError(f"p={p!r}: allowed values are 2, inf")
-        self.p = 2 if p == 2 else "inf"
-
-    def scales(self, names: list[str], params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """T for each tensor (None = 1)."""
-        return [None] * len(params)
+from bench.variants import Variant, create_variant
+from bench.variants.base import EPS
 
 
-@VARIANTS.register("none")
-class NoVariant(Variant):
-    """plain base optimizer (SGD/AdamW baseline): no ascent step"""
+def make_variant(variant: str | Variant, mask: Any, **options: Any) -> Variant:
+    """The variant a run uses. ``mask="none"`` means the plain base optimizer (variant "none"):
+    the one place of that rule (the named variant's options are still checked)."""
+    chosen = create_variant(variant, **options)
+    return create_variant("none") if isinstance(mask, str) and mask == "none" else chosen
 
-    perturbs = False
-
-    def __init__(self):
-        super().__init__()
-
-
-@VARIANTS.register("sam")
-class SAMVariant(Variant):
-    """SAM (Foret et al.): e = rho g/||g|| (p=2) or rho sign(g) (p=inf)"""
-
-
-@VARIANTS.register("asam")
-class ASAMVariant(Variant):
-    """ASAM (Kwon et al.): e = rho T^2 g/||Tg||, T = |w|+eta (elementwise) or ||w||(1+eta) (layerwise)"""
-
-    def __init__(self, adaptive: str = "elementwise", p: int | str = 2, eta: float = 0.01,
-                 normalize_bias: bool = False):
-        super().__init__(p)
-        if adaptive not in ("elementwise", "layerwise"):
-            raise ValueError(f"adaptive={adaptive!r}: allowed values are elementwise, layerwise")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta < 0:
-            raise ValueError(f"eta={eta!r}: must be a number >= 0")
-        if not isinstance(normalize_bias, bool):
-            raise ValueError(f"normalize_bias={normalize_bias!r}: allowed values are true, false")
-        self.adaptive, self.eta, self.normalize_bias = adaptive, float(eta), normalize_bias
-
-    def scales(self, names, params):
-        out = []
-        for name, w in zip(names, params):
-            leaf = name.rsplit(".", 1)[-1]
-            if "weight" not in leaf and not self.normalize_bias:
-                out.append(None)  # biases (and BatchNorm beta) are not rescaled by default
-            elif self.adaptive == "elementwise":
-                out.append(w.detach().abs().add_(self.eta))
-            else:
-                out.append(torch.linalg.vector_norm(w.detach()).mul_(1.0 + self.eta))
-        return out
-
-
-def create_variant(name: str | Variant, **opts: Any) -> Variant:
-    if isinstance(name, Variant):
-        return name
-    return VARIANTS.get(name)(**opts)
-
-
-def check_variant_opts(name: str, opts: dict) -> None:
-    """Raise TypeError/ValueError naming the bad option (used by config validation)."""
-    import inspect
-
-    cls = VARIANTS.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in opts:
-        if key not in allowed:
-            raise TypeError(f"variant {name!r} has no option {key!r} (allowed: {', '.join(allowed) or 'none'})")
-    cls(**opts)
-
-
-# --- the optimizer -------------------------------------------------------------------------
 
 class SAM(torch.optim.Optimizer):
     """Masked SAM around any base optimizer; shares the base's ``param_groups``."""
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  variant: str | Variant = "sam", mask: str | masks.Mask = "all",
-                 rho_norm: str = "subset", freeze_bn_second: bool = False,
-                 mask_data: Iterable | None = None, **variant_opts: Any):
+                 rho_norm: str = "subset", freeze_bn_second: bool = False, **variant_opts: Any):
         if rho < 0:
             raise ValueError(f"rho={rho}: must be >= 0")
         if rho_norm not in ("subset", "full"):
             raise ValueError(f"rho_norm={rho_norm!r}: allowed values are subset, full")
         self.model, self.base_optimizer = model, base_optimizer
         self.rho, self.rho_norm, self.freeze_bn_second = float(rho), rho_norm, freeze_bn_second
-        self.variant = create_variant(variant, **variant_opts)
-        if mask == "none":
-            self.variant = create_variant("none")
-        self.mask = None if not self.variant.perturbs else masks.create_mask(mask)
+        self.variant = make_variant(variant, mask, **variant_opts)
+        self.mask = masks.create_mask(mask) if self.variant.perturbs else None
 
         super().__init__([p for g in base_optimizer.param_groups for p in g["params"]],
                          base_optimizer.defaults)
         self.param_groups = base_optimizer.param_groups
         self.defaults = base_optimizer.defaults
 
-        self._names = {p: n for n, p in model.named_parameters()}
+        self._trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.selection: dict[str, torch.Tensor] = {}
         self._n_perturbed, self._n_params = 0, max(1, masks.n_trainable(model))
-        self._perturbed: list[nn.Parameter] = []
+        self._perturbed: list[nn.Parameter] = []     # P: the perturbed tensors, model order
         self._perturbed_names: list[str] = []
-        self._mask_index: list[int] = []       # positions of partially masked tensors
-        self._mask_values: list[torch.Tensor] = []  # their masks, in the parameter's dtype
+        self._ascent: list[nn.Parameter] = []        # A ⊇ P: the tensors whose ascent gradient is computed
+        self._ascent_names: list[str] = []
+        self._p_index: list[int] = []                # position of each tensor of P in A
+        self._mask_index: list[int] = []             # positions (in P) of partially masked tensors
+        self._mask_values: list[torch.Tensor] = []   # their masks, in the parameter's dtype
         self._backup: list[torch.Tensor] = []
         self._bn_saved: list[tuple[nn.Module, Any, torch.Tensor | None]] = []
         self._perturbed_now = False
-        if self.mask is not None and (not self.mask.needs_data or mask_data is not None):
-            self.set_selection(self.mask.build(model, mask_data))
+        self._clean: dict[str, torch.Tensor] | None = None  # the clean gradient, kept for the variant
+        self._groups = 0                             # ascents taken in this step (m-sharpness groups)
+        self.epoch = 0                               # set by on_epoch_start (late-phase SAM)
+        self.sam_steps = 0                           # steps taken in the SAM phase (LookSAM's counter)
+        self.variant.bind(self)
+        if self.mask is not None and not self.mask.needs_data:
+            self.set_selection(self.mask.build(model))
 
     # --- the mask ------------------------------------------------------------------------
     def set_selection(self, selection: dict[str, torch.Tensor]) -> None:
@@ -157,6 +96,13 @@ class SAM(torch.optim.Optimizer):
             raise masks.MaskError("the mask selects no parameter; nothing would be perturbed")
         self._perturbed_names = [n for n in params if n in self.selection]  # model order
         self._perturbed = [params[n] for n in self._perturbed_names]
+        if self.rho_norm == "full" or self.variant.full_gradient:
+            self._ascent_names = [n for n, _ in self._trainable]
+        else:
+            self._ascent_names = list(self._perturbed_names)
+        self._ascent = [params[n] for n in self._ascent_names]
+        position = {n: i for i, n in enumerate(self._ascent_names)}
+        self._p_index = [position[n] for n in self._perturbed_names]
         self._mask_index, self._mask_values = [], []
         for i, n in enumerate(self._perturbed_names):
             m = self.selection[n]
@@ -171,7 +117,9 @@ class SAM(torch.optim.Optimizer):
             self.set_selection(self.mask.build(self.model, data))
 
     def on_epoch_start(self, epoch: int, epochs: int, data: Iterable | None = None) -> bool:
-        """Ask a changing mask whether it updates now; True if the selection changed."""
+        """Record the epoch (late-phase SAM) and ask a changing mask whether it updates now;
+        True if the selection changed."""
+        self.epoch = epoch
         if self.mask is None or not self.mask.needs_update(epoch):
             return False
         self.set_selection(self.mask.update(self.model, data, epoch, epochs, self.selection))
@@ -187,83 +135,141 @@ class SAM(torch.optim.Optimizer):
 
     @property
     def is_sam(self) -> bool:
+        """A perturbing variant (not the plain base optimizer)."""
         return self.variant.perturbs
 
-    # --- the two steps -------------------------------------------------------------------
-    def _apply_masks(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self._mask_index:
-            part = [grads[i] for i in self._mask_index]
-            torch._foreach_mul_(part, self._mask_values)
-        return grads
+    @property
+    def in_sam_phase(self) -> bool:
+        """A perturbing variant at or after its ``sam_start_epoch``."""
+        return self.variant.perturbs and self.epoch >= self.variant.sam_start_epoch
 
-    def _norm_all(self, grads_all: list[torch.Tensor], names_all: list[str], params_all) -> torch.Tensor:
-        scales = self.variant.scales(names_all, params_all)
-        scaled = [g if t is None else g * t for g, t in zip(grads_all, scales)]
+    @property
+    def sam_now(self) -> bool:
+        """Whether the coming step perturbs (LookSAM: only every k-th step of the SAM phase)."""
+        return self.in_sam_phase and self.variant.sam_step(self.sam_steps)
+
+    def groups(self, batch_size: int) -> list[slice]:
+        """The groups of m samples a step perturbs separately (m-sharpness; one group by default)."""
+        m = self.variant.m
+        if m is None or m >= batch_size:
+            return [slice(0, batch_size)]
+        return [slice(i, min(i + m, batch_size)) for i in range(0, batch_size, m)]
+
+    # --- 1. the ascent gradient ----------------------------------------------------------
+    def _ascent_gradient(self, loss: torch.Tensor | None) -> list[torch.Tensor]:
+        """g on the ascent tensors: autograd.grad of ``loss`` restricted to them (no other tensor
+        is differentiated), or a copy of their .grad (filled by the caller's backward)."""
+        params = self._ascent
+        if loss is not None:
+            with torch.enable_grad():
+                grads = list(torch.autograd.grad(loss, params, allow_unused=True))
+        else:
+            grads = [None if p.grad is None else p.grad.clone() for p in params]
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+
+    def _keep_clean(self, grads: list[torch.Tensor], weight: float) -> None:
+        """Accumulate weight * g: the clean gradient averaged over the step's groups."""
+        if self._clean is None:
+            self._clean = {n: g * weight for n, g in zip(self._ascent_names, grads)}
+        else:
+            for n, g in zip(self._ascent_names, grads):
+                self._clean[n].add_(g, alpha=weight)
+
+    # --- 2. the perturbation -------------------------------------------------------------
+    def _apply_masks(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self._mask_index:
+            part = [tensors[i] for i in self._mask_index]
+            torch._foreach_mul_(part, self._mask_values)
+        return tensors
+
+    def _scaled_norm(self, names: list[str], params: list[torch.Tensor], d: list[torch.Tensor]) -> torch.Tensor:
+        """||T d|| over the given tensors."""
+        scaled = [x if t is None else x * t for x, t in zip(d, self.variant.scales(names, params))]
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(scaled)))
 
-    @torch.no_grad()
-    def first_step(self, zero_grad: bool = False, loss: torch.Tensor | None = None) -> None:
-        """w <- w + e(w) on the masked parameters only."""
-        if not self.variant.perturbs:
-            return
-        if not self._perturbed:
-            raise RuntimeError("the mask is not built yet: call build_mask(data) first")
+    def _perturbation(self, d: list[torch.Tensor]) -> list[torch.Tensor]:
+        """e = rho_t T (T d)/||T d|| (p = 2) or rho_t T sign(d) (p = inf) on the perturbed tensors,
+        masked; d is the direction on the ascent tensors (changed in place)."""
+        rho = self.variant.radius(self.rho)
         params = self._perturbed
-        full = self.rho_norm == "full" and self.variant.p == 2
-        if loss is not None:
-            self.zero_grad(set_to_none=True)  # the descent backward must start clean
-            if full:
-                names_all = [n for n, p in self.model.named_parameters() if p.requires_grad]
-                params_all = [p for p in self.model.parameters() if p.requires_grad]
-                with torch.enable_grad():
-                    grads_all = list(torch.autograd.grad(loss, params_all, allow_unused=True))
-                grads_all = [torch.zeros_like(p) if g is None else g for g, p in zip(grads_all, params_all)]
-                index = {n: i for i, n in enumerate(names_all)}
-                grads = [grads_all[index[n]].clone() for n in self._perturbed_names]
-            else:
-                with torch.enable_grad():
-                    grads = list(torch.autograd.grad(loss, params, allow_unused=True))
-                grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-        else:
-            grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
-            if full:
-                pairs = [(n, p) for n, p in self.model.named_parameters() if p.grad is not None]
-                names_all = [n for n, _ in pairs]
-                params_all = [p for _, p in pairs]
-                grads_all = [p.grad for _, p in pairs]
-        grads = self._apply_masks(grads)
-
         scales = self.variant.scales(self._perturbed_names, params)
         if self.variant.p == "inf":
-            e = torch._foreach_sign(grads)
-            for i, t in enumerate(scales):
+            e = torch._foreach_sign(self._apply_masks([d[i] for i in self._p_index]))
+            for x, t in zip(e, scales):
                 if t is not None:
-                    e[i].mul_(t)
-            torch._foreach_mul_(e, self.rho)
-        else:
-            e = [g if t is None else g.mul_(t) for g, t in zip(grads, scales)]  # T g
-            norm = self._norm_all(grads_all, names_all, params_all) if full else \
-                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(e)))
-            for i, t in enumerate(scales):
-                if t is not None:
-                    e[i].mul_(t)  # T^2 g
-            torch._foreach_mul_(e, self.rho / (norm + _EPS))
+                    x.mul_(t)
+            torch._foreach_mul_(e, rho)
+            return e
+        full = self._scaled_norm(self._ascent_names, self._ascent, d) if self.rho_norm == "full" else None
+        e = self._apply_masks([d[i] for i in self._p_index])
+        e = [x if t is None else x.mul_(t) for x, t in zip(e, scales)]  # T d
+        norm = full if full is not None else torch.linalg.vector_norm(torch.stack(torch._foreach_norm(e)))
+        for x, t in zip(e, scales):
+            if t is not None:
+                x.mul_(t)  # T^2 d
+        torch._foreach_mul_(e, rho / (norm + EPS))
+        return e
 
-        torch._foreach_copy_(self._backup, params)
-        torch._foreach_add_(params, e)
+    def _perturb(self, grads: list[torch.Tensor] | None) -> None:
+        """w <- w + e on the perturbed tensors (the backup holds exactly those tensors)."""
+        d = self.variant.direction(self._ascent_names, self._ascent, grads)
+        if d is None:
+            return  # nothing to perturb along (MSAM before its momentum exists)
+        e = self.variant.finish(self._perturbation(d))
+        torch._foreach_copy_(self._backup, self._perturbed)
+        torch._foreach_add_(self._perturbed, e)
         self._perturbed_now = True
-        if self.freeze_bn_second:
-            self._freeze_bn()
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False, loss: torch.Tensor | None = None, weight: float = 1.0) -> None:
+        """The ascent: g (from ``loss`` on the fast path, else from .grad), then w <- w + e on the
+        masked parameters only. Nothing happens at steps that do not perturb (see ``sam_now``).
+
+        ``weight``: this group's share of the batch when a step has several (m-sharpness); the
+        clean gradient a variant keeps is their weighted sum. On the fast path the first group
+        of a step clears .grad, so the descent backward starts clean.
+        """
+        if loss is not None and self._groups == 0:
+            self.zero_grad(set_to_none=True)
+        if self.sam_now:
+            if not self._perturbed:
+                raise RuntimeError("the mask is not built yet: call build_mask(data) first")
+            grads = self._ascent_gradient(loss) if self.variant.ascent else None
+            if grads is not None and self.variant.keeps_gradient:
+                self._keep_clean(grads, weight)
+            self._perturb(grads)
+            self._groups += 1
+            if self._perturbed_now and self.freeze_bn_second and self.variant.ascent:
+                self._freeze_bn()  # (MSAM has one pass only: its statistics are kept)
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
+    # --- 3. the descent gradient: the caller's backward at w + e -----------------------
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Restore w, then the base optimizer's step with the gradient taken at w + e."""
+    def unperturb(self) -> None:
+        """Restore w on the perturbed tensors (after the descent backward of a group)."""
         if self._perturbed_now:
             torch._foreach_copy_(self._perturbed, self._backup)
             self._perturbed_now = False
             self._unfreeze_bn()
+
+    # --- 4. the base step ------------------------------------------------------------------
+    def _descent_grads(self) -> dict[str, torch.Tensor]:
+        return {n: p.grad for n, p in self._trainable if p.grad is not None}
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore w, the variant's correction of the descent gradient, the base optimizer's step."""
+        self.unperturb()
+        if self.in_sam_phase:
+            rule = type(self.variant)
+            if self.variant.sam_step(self.sam_steps):
+                if rule.correct_descent is not Variant.correct_descent:
+                    self.variant.correct_descent(self._descent_grads(), self._clean)
+            elif rule.correct_plain is not Variant.correct_plain:
+                self.variant.correct_plain(self._descent_grads())
+            self.sam_steps += 1
+        self._clean, self._groups = None, 0
         self.base_optimizer.step()
         self._opt_called = True  # tells torch's LR schedulers that this optimizer has stepped
         if zero_grad:
@@ -271,17 +277,46 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """With a closure (forward + backward, returns the loss): both SAM steps."""
+        """One whole step. ``closure`` runs forward and backward at the current weights and returns
+        the loss; the caller zeroes the gradients before the step (as with davda54/sam).
+
+        - A step that perturbs: closure at w (the ascent gradient, in .grad), w <- w + e, closure
+          at w + e, restore w, the variant's correction, the base step. MSAM (no ascent pass):
+          w <- w + e from the momentum, closure at w + e, restore, base step.
+        - Any other step (variant none, before ``sam_start_epoch``, LookSAM between its SAM
+          steps): closure at w, the variant's correction (LookSAM), the base step.
+        Returns the closure's loss at w (MSAM: at w + e).
+
+        ESAM: only the random weight subset applies; its data selection needs per-sample losses,
+        which a closure does not give, so the descent uses the whole batch (warned once when
+        gamma < 1; bench.train.train_step does both). ``m`` (m-sharpness) splits the batch, which
+        a closure hides: it raises here (use train_step, or first_step/unperturb per group).
+        """
         if not self.variant.perturbs:
             return self.base_optimizer.step(closure)
         if closure is None:
             raise ValueError("SAM.step needs a closure that runs forward and backward and returns the loss")
+        if self.variant.m is not None:
+            raise ValueError(f"m={self.variant.m} (m-sharpness) splits the batch, which a closure hides: "
+                             "use bench.train.train_step, or first_step/unperturb per group and second_step")
+        if self.variant.selects_data and not getattr(self, "_warned_selection", False):
+            self._warned_selection = True
+            warnings.warn(f"{self.variant.registered_name}: step(closure) cannot select samples (the closure "
+                          "returns one mean loss); the descent uses the whole batch", stacklevel=2)
         closure = torch.enable_grad()(closure)
-        loss = closure()
-        self.first_step(zero_grad=True)
-        closure()
+        if not self.sam_now:
+            loss = closure()
+            self.second_step()
+            return loss
+        loss = None
+        if self.variant.ascent:
+            loss = closure()
+            self.first_step(zero_grad=True)
+        else:
+            self.first_step()
+        descent_loss = closure()
         self.second_step()
-        return loss
+        return descent_loss if loss is None else loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
@@ -304,7 +339,8 @@ class SAM(torch.optim.Optimizer):
 
     # --- checkpoints --------------------------------------------------------------------
     def state_dict(self) -> dict:
-        state = {"base": self.base_optimizer.state_dict(), "rho": self.rho}
+        state = {"base": self.base_optimizer.state_dict(), "rho": self.rho, "sam_steps": self.sam_steps,
+                 "variant": self.variant.state_dict()}
         if self.mask is not None and (self.mask.needs_data or self.mask.update_every):
             state["selection"] = {n: m.cpu() for n, m in self.selection.items()}
         return state
@@ -312,6 +348,8 @@ class SAM(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         self.base_optimizer.load_state_dict(state_dict["base"])
         self.param_groups = self.base_optimizer.param_groups  # keep the link to the base
+        device = next(self.model.parameters()).device
         if "selection" in state_dict:
-            device = next(self.model.parameters()).device
             self.set_selection({n: m.to(device) for n, m in state_dict["selection"].items()})
+        self.sam_steps = int(state_dict.get("sam_steps", 0))
+        self.variant.load_state_dict(state_dict.get("variant", {}), device)

@@ -25,6 +25,11 @@ BASE_CFG = {
     "channels_last": False, "seed": 0, **RUNTIME,
 }
 
+# what bench.registries.variant_options() gives (tests/test_layout.py checks that they agree)
+_SHARED = {"m": None, "sam_start_epoch": 0}   # m-sharpness and late-phase SAM, on every perturbing variant
+VARIANT_DEFAULTS = {"none": {}, "sam": {"p": 2, **_SHARED},
+                    "asam": {"adaptive": "elementwise", "p": 2, "eta": 0.01, "normalize_bias": False, **_SHARED}}
+
 ENV = {"torch": "2.5.0", "python": "3.11.9", "device": "cuda", "device_name": "NVIDIA H100",
        "git_commit": "abc123", "hostname": "node1"}
 
@@ -45,11 +50,20 @@ def write_run(root: Path, suite: str | None, cfg: dict, *, status: str | None = 
               test_acc: float = float("nan"), spe: float = 10.0, frac: float = 1.0,
               gamma: list | None = None, n_metrics: int | None = None, result: str = "ok",
               suite_dir: str | None = None) -> Path:
-    """result: "ok" (write result.json), "none" (unfinished), "corrupt" (half-written)."""
+    """result: "ok" (write result.json), "none" (unfinished), "corrupt" (half-written).
+
+    As bench does: the config holds the variant options that differ from the defaults, and
+    config.json/result.json hold every option as ``variant_options``.
+    """
+    defaults = VARIANT_DEFAULTS.get(cfg["variant"], {})
+    cfg = {**cfg, "variant_opts": {k: v for k, v in cfg["variant_opts"].items()
+                                   if not (k in defaults and defaults[k] == v)}}
+    options = {**defaults, **cfg["variant_opts"]}
     rid = run_id(cfg)
     d = root / (suite_dir or suite or "adhoc") / rid
     d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps({"run_id": rid, "suite": suite, "config": cfg}))
+    (d / "config.json").write_text(json.dumps({"run_id": rid, "suite": suite, "config": cfg,
+                                               "variant_options": options}))
     epochs = cfg["epochs"] if n_metrics is None else n_metrics
     with open(d / "metrics.jsonl", "w") as f:
         for e in range(1, epochs + 1):
@@ -61,7 +75,7 @@ def write_run(root: Path, suite: str | None, cfg: dict, *, status: str | None = 
                "train_acc": 99.0 if not math.isnan(test_acc) else float("nan"), "train_loss": 0.01,
                "best_test_acc": test_acc, "epochs": cfg["epochs"], "wall_time_s": spe * cfg["epochs"],
                "seconds_per_epoch": spe, "n_params": 270000, "n_perturbed": round(frac * 270000),
-               "perturbed_fraction": frac, "env": ENV, "config": cfg}
+               "perturbed_fraction": frac, "env": ENV, "config": cfg, "variant_options": options}
         if status == "failed":
             res.update(error="RuntimeError: CUDA out of memory", test_acc=None, test_loss=None,
                        train_acc=None, best_test_acc=None, epochs=0)

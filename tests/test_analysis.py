@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import analysis_fixtures as F
+import analysis_fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
-    return F.make_results(tmp_path_factory.mktemp("results"))
+    return analysis_fixtures.make_results(tmp_path_factory.mktemp("results"))
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,9 @@ def test_collect_reports_and_skips_corrupt_files(results):
     with pytest.warns(UserWarning, match="skipped 3 unreadable"):
         df = analysis.collect(results)
     skipped = {s["path"] for s in df.attrs["skipped"]}
-    corrupt_result = results / "s1" / F.run_id(F.make_cfg(mask="norm_only", rho=0.2, seed=1)) / "result.json"
-    running_metrics = results / "s1" / F.run_id(F.make_cfg(rho=0.2, seed=0)) / "metrics.jsonl"
+    make_cfg, run_id = analysis_fixtures.make_cfg, analysis_fixtures.run_id
+    corrupt_result = results / "s1" / run_id(make_cfg(mask="norm_only", rho=0.2, seed=1)) / "result.json"
+    running_metrics = results / "s1" / run_id(make_cfg(rho=0.2, seed=0)) / "metrics.jsonl"
     assert str(corrupt_result) in skipped
     assert str(results / "s1" / "deadbeef0000" / "config.json") in skipped
     assert f"{running_metrics}:3" in skipped
@@ -103,7 +104,7 @@ def test_collect_rows_statuses_and_columns(df, results):
 
 
 def test_labels(df):
-    assert set(df["variant_label"]) == {"SGD", "SAM", "ASAM layerwise p=2"}
+    assert set(df["variant_label"]) == {"SGD", "SAM", "ASAM adaptive=layerwise"}
     assert {"SGD", "all", "norm_only", "random@0.9", "random@0.99"} <= set(df["method"])
     assert set(df["setting"]) == {"resnet20 / cifar10", "wrn16 / cifar100"}
     assert df[df["variant"] == "none"]["baseline"].all()
@@ -113,19 +114,19 @@ def test_labels(df):
 # --- aggregate -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant,method,rho,accs", [
-    ("SGD", "SGD", None, F.SGD),
-    ("SAM", "all", 0.05, F.ALL_005),
-    ("SAM", "all", 0.1, F.ALL_01),
-    ("SAM", "norm_only", 0.05, F.NORM_005),
-    ("SAM", "norm_only", 0.1, F.NORM_01),
-    ("SAM", "random@0.9", 0.05, F.RANDOM_09),
-    ("SAM", "random@0.99", 0.05, F.RANDOM_099),
+    ("SGD", "SGD", None, analysis_fixtures.SGD),
+    ("SAM", "all", 0.05, analysis_fixtures.ALL_005),
+    ("SAM", "all", 0.1, analysis_fixtures.ALL_01),
+    ("SAM", "norm_only", 0.05, analysis_fixtures.NORM_005),
+    ("SAM", "norm_only", 0.1, analysis_fixtures.NORM_01),
+    ("SAM", "random@0.9", 0.05, analysis_fixtures.RANDOM_09),
+    ("SAM", "random@0.99", 0.05, analysis_fixtures.RANDOM_099),
 ])
 def test_aggregate_mean_std_n(agg, variant, method, rho, accs):
     r = _row(agg, variant=variant, method=method, rho=rho)
     assert r["n"] == len(accs) == r["test_acc_n"]
     assert r["test_acc_mean"] == pytest.approx(sum(accs) / len(accs))
-    assert r["test_acc_std"] == pytest.approx(F.sample_std(accs))
+    assert r["test_acc_std"] == pytest.approx(analysis_fixtures.sample_std(accs))
     assert r["seeds"] == list(range(len(accs)))
 
 
@@ -135,7 +136,7 @@ def test_aggregate_hand_values_and_exclusions(agg):
     assert _row(agg, method="all", rho=0.1)["test_acc_std"] == 2.0           # 84, 86, 88
     assert _row(agg, method="random@0.9", rho=0.05)["test_acc_std"] == pytest.approx(math.sqrt(4.5))
     # one seed: std is NaN (ddof=1), n == 1
-    one = _row(agg, variant="ASAM layerwise p=2", method="all", rho=1.0)
+    one = _row(agg, variant="ASAM adaptive=layerwise", method="all", rho=1.0)
     assert one["n"] == 1 and math.isnan(one["test_acc_std"]) and one["test_acc_mean"] == 86.0
     # runtime fields (device, data_root differ per seed) do not split configurations
     assert _row(agg, method="norm_only", rho=0.05)["n"] == 3
@@ -189,7 +190,7 @@ def test_paired_difference_default_reference(df):
     # another setting gets its own reference; ASAM is compared with dense ASAM, not SAM
     r = _row(p, setting="wrn16 / cifar100", method="norm_only")   # 65-64, 69-66
     assert r["diff_mean"] == pytest.approx(2.0) and r["diff_std"] == pytest.approx(math.sqrt(2))
-    r = _row(p, variant="ASAM layerwise p=2", method="norm_only", rho=0.5)  # 84 - 86 (ASAM all, rho 1)
+    r = _row(p, variant="ASAM adaptive=layerwise", method="norm_only", rho=0.5)  # 84 - 86 (ASAM all, rho 1)
     assert r["diff_mean"] == pytest.approx(-2.0) and r["n"] == 1 and math.isnan(r["diff_std"])
     assert r["ref_rho"] == 1.0
     # baselines have no dense-SAM reference in their own context
@@ -225,11 +226,11 @@ def test_table_markdown_best_layout(df):
     assert "81.00 ± 1.00 (n=3)" in row["–/SGD"] and "**" not in row["–/SGD"]
     assert "81.50 ± 2.12 (n=2, ρ=0.05)" in row["random@0.9/SAM"]
     assert row["random@0.9/SAM"].rstrip(" |").endswith("–")      # not run on wrn16
-    assert "86.00 (n=1, ρ=1)" in row["all/ASAM layerwise p=2"]  # one seed: no ± std
+    assert "86.00 (n=1, ρ=1)" in row["all/ASAM adaptive=layerwise"]  # one seed: no ± std
     assert t.count("**") == 4  # exactly one bold cell per column
     # order: baseline, dense SAM, norm_only, random by sparsity, then ASAM
     assert [k for k in row] == ["–/SGD", "all/SAM", "norm_only/SAM", "random@0.9/SAM", "random@0.99/SAM",
-                                "all/ASAM layerwise p=2", "norm_only/ASAM layerwise p=2"]
+                                "all/ASAM adaptive=layerwise", "norm_only/ASAM adaptive=layerwise"]
 
 
 def test_table_latex_and_rho_layout(df, agg):
@@ -307,7 +308,7 @@ def test_plot_files_written(plotted):
     assert info["skipped"] == {}
     paths = [Path(p) for p in info["paths"]]
     stems = {p.stem for p in paths}
-    assert stems == {"accuracy_vs_sparsity_sam", "accuracy_vs_sparsity_asam_layerwise_p_2", "rho_sweep",
+    assert stems == {"accuracy_vs_sparsity_sam", "accuracy_vs_sparsity_asam_adaptive_layerwise", "rho_sweep",
                      "runtime_vs_accuracy", "norm_gamma"}
     for stem in stems:
         png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, config, flags
+from bench import cli, config, flags, registries
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -78,9 +78,33 @@ def test_a_field_added_to_the_config_later_gets_a_flag(monkeypatch):
     assert "(default: none)" in by_dest["brand_new_block"].help
     args = train.parse_args(["--brand-new-field", "9", "--brand-new-switch", "--brand-new-block", "every=2",
                              "--brand-new-block", "on=true"])
-    over = flags.train_overrides(args, cli.parse_set)
+    over = flags.train_overrides(args)
     assert over["brand_new_field"] == 9 and over["brand_new_switch"] is True
     assert over["brand_new_block.every"] == 2 and over["brand_new_block.on"] is True
+
+
+def test_variant_options_are_flags_read_from_the_registry():
+    class Toy:  # a variant registered later (a plug-in): its options become flags too
+        def __init__(self, brand_new_knob: float = 0.5, seed: int | None = None, *, on: bool = False):
+            pass
+
+    registries.VARIANTS.register("toy_flags")(Toy)
+    try:
+        train = subcommands(cli.build_parser())["train"]
+        options = {o for a in train._actions for o in a.option_strings}
+        for name in registries.VARIANTS.names():
+            for opt in registries.variant_options(name):
+                assert flags.option_for(f"variant_opts.{opt}") in options, (name, opt)
+        assert {"--brand-new-knob", "--on", "--no-on", "--variant-seed", "--seed"} <= options
+        assert "--variant-opt" not in options  # one mechanism: the generated flags (and --set)
+        assert flags.option_for("variant_opts.seed") == "--variant-seed"
+        args = train.parse_args(["--variant", "toy_flags", "--brand-new-knob", "0.25", "--variant-seed", "3",
+                                 "--seed", "1", "--on"])
+        over = flags.train_overrides(args)
+        assert over["variant_opts.brand_new_knob"] == 0.25 and over["variant_opts.seed"] == 3
+        assert over["seed"] == 1 and over["variant_opts.on"] is True
+    finally:
+        registries.VARIANTS.unregister("toy_flags")
 
 
 def test_train_flags_become_config_overrides():
@@ -89,7 +113,7 @@ def test_train_flags_become_config_overrides():
                              "--p", "inf", "--mask-opt", "num_samples=64", "--log", "tensorboard,mlflow",
                              "--set", "logging.mlflow.experiment=paper", "--sparsity", "match:norm_only",
                              "--mask", "fisher"])
-    over = flags.train_overrides(args, cli.parse_set)
+    over = flags.train_overrides(args)
     assert over["base"] == {"name": "lion", "lr": 3e-4, "betas": [0.9, 0.98]}
     assert over["augment"] is False and over["variant_opts.p"] == "inf"
     assert over["mask_opts.num_samples"] == 64 and over["sparsity"] == "match:norm_only"

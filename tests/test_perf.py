@@ -7,7 +7,7 @@ from torch import nn
 
 import masks
 from bench import cli
-from bench import models as M
+from bench.models import create_model_for
 from bench.perf import LoopSAM, parse_configs
 from bench.sam import SAM
 from bench.train import amp_context
@@ -28,7 +28,7 @@ class OnlyPrefix(Mask):
 
 def resnet():
     torch.manual_seed(0)
-    return M.create_model("resnet_ci", num_classes=10, in_chans=1, img_size=8)
+    return create_model_for("resnet_ci", "digits")
 
 
 def data():

@@ -1,8 +1,5 @@
 """A new mask strategy is one file: the README's example, from a folder of its own, used by a suite."""
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from bench import io
@@ -17,18 +14,13 @@ def readme_example() -> str:
     return block.group(1)
 
 
-def sambench(*args, env):
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
-
-
-def test_one_new_file_is_listed_and_usable_from_a_suite(tmp_path):
+def test_one_new_file_is_listed_and_usable_from_a_suite(tmp_path, run_sambench, sambench_env):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "every_other.py").write_text(readme_example())
-    env = {**os.environ, "SAMBENCH_MASK_PATH": str(plugins), "OMP_NUM_THREADS": "2"}
+    env = {**sambench_env, "SAMBENCH_MASK_PATH": str(plugins)}
 
-    listed = sambench("list", "masks", env=env)
+    listed = run_sambench("list", "masks", env=env)
     assert listed.returncode == 0, listed.stderr
     assert "every_other" in listed.stdout and "every second element" in listed.stdout
 
@@ -39,15 +31,15 @@ def test_one_new_file_is_listed_and_usable_from_a_suite(tmp_path):
         "grid: {mask: [every_other], mask_opts.offset: [0, 1]}\n"
     )
     out = tmp_path / "out"
-    run = sambench("run", str(suite), "--out", str(out), "--executor", "debug", env=env)
+    run = run_sambench("run", str(suite), "--out", str(out), "--executor", "debug", env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     results = [io.read_json(p) for p in sorted((out / "plugin").glob("*/result.json"))]
     assert len(results) == 2 and all(r["status"] == "done" for r in results)
 
     # it perturbed exactly what the file says: every second element of each weight tensor
-    from bench import models as M
+    from bench.models import create_model_for
 
-    model = M.create_model("resnet_ci", num_classes=10, in_chans=1, img_size=8)
+    model = create_model_for("resnet_ci", "digits")
     want = {0: 0, 1: 0}
     for n, p in model.named_parameters():
         if n.endswith("weight"):
@@ -59,6 +51,6 @@ def test_one_new_file_is_listed_and_usable_from_a_suite(tmp_path):
 
     # without the folder on the path the name is unknown, and the suite is rejected (exit 2)
     env.pop("SAMBENCH_MASK_PATH")
-    rejected = sambench("run", str(suite), "--out", str(tmp_path / "out2"), "--executor", "debug", env=env)
+    rejected = run_sambench("run", str(suite), "--out", str(tmp_path / "out2"), "--executor", "debug", env=env)
     assert rejected.returncode == 2 and "every_other" in rejected.stderr
     assert not (tmp_path / "out2").exists()

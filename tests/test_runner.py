@@ -8,19 +8,16 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-from bench import cli, io, runner, train
+from bench import cli, executors, io, job, rundir, train
 from bench.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-torch.set_num_threads(2)
 
 TINY = """\
 name: tiny
@@ -33,25 +30,12 @@ include:
 """
 
 
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 def listing(root: Path) -> dict[str, float]:
     return {str(p.relative_to(root)): p.stat().st_mtime for p in root.rglob("*") if p.is_file()}
 
 
-def counts(text: str) -> dict[str, int]:
-    m = re.search(r"(\d+) runs: (\d+) done, (\d+) diverged, (\d+) to resume, (\d+) failed \(retry\), (\d+) new, "
-                  r"(\d+) running elsewhere -> submitting (\d+)", text)
-    assert m, text
-    keys = ["runs", "done", "diverged", "resume", "failed", "new", "running", "submitting"]
-    return dict(zip(keys, map(int, m.groups())))
-
-
-def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypatch):
-    suite = write(tmp_path / "tiny.yaml", TINY)
+def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypatch, write_file, plan_counts):
+    suite = write_file("tiny.yaml", TINY)
     out = tmp_path / "out"
     ids = load_suite(suite).run_ids
 
@@ -67,9 +51,9 @@ def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypa
     monkeypatch.setattr(train, "_train", flaky)
     assert cli.main(["run", str(suite), "--out", str(out), "--executor", "debug"]) == 1
     text = capsys.readouterr().out
-    assert counts(text) == {"runs": 4, "done": 0, "diverged": 0, "resume": 0,
-                           "failed": 0, "new": 4, "running": 0, "submitting": 4}
-    assert "tiny: 4 runs: 3 done, 0 diverged, 1 failed, 0 unfinished" in text
+    assert plan_counts(text) == {"runs": 4, "done": 0, "diverged": 0, "failed": 0, "corrupt": 0,
+                           "resume": 0, "new": 4, "running": 0, "submitting": 4}
+    assert "tiny: 4 runs: 3 done, 0 diverged, 1 failed, 0 corrupt, 0 to resume, 0 new, 0 running (" in text
     for rid in ids:
         d = out / "tiny" / rid
         res = io.read_json(d / "result.json")
@@ -82,10 +66,10 @@ def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypa
     (out / "tiny" / "figures").mkdir()
     assert cli.main(["status", str(out / "tiny")]) == 0
     text = capsys.readouterr().out
-    assert "tiny: 4 runs: 3 done, 0 running, 0 pending, 1 failed, 0 diverged" in text
+    assert "tiny: 4 runs: 3 done, 0 diverged, 1 failed, 0 corrupt, 0 to resume, 0 new, 0 running" in text
     assert f"failed {boom}: RuntimeError: simulated crash" in text
     assert cli.main(["status", str(suite), "--out", str(out)]) == 0
-    assert "3 done, 0 running, 0 pending, 1 failed" in capsys.readouterr().out
+    assert "3 done, 0 diverged, 1 failed" in capsys.readouterr().out
     (out / "tiny" / "figures").rmdir()
 
     # resubmission retries only the failed run
@@ -93,7 +77,7 @@ def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypa
     done_before = {rid: (out / "tiny" / rid / "result.json").stat().st_mtime for rid in ids if rid != boom}
     assert cli.main(["run", str(suite), "--out", str(out), "--executor", "debug"]) == 0
     text = capsys.readouterr().out
-    assert counts(text)["submitting"] == 1 and counts(text)["failed"] == 1 and counts(text)["done"] == 3
+    assert plan_counts(text)["submitting"] == 1 and plan_counts(text)["failed"] == 1 and plan_counts(text)["done"] == 3
     assert io.read_json(out / "tiny" / boom / "result.json")["status"] == "done"
     assert all((out / "tiny" / rid / "result.json").stat().st_mtime == t for rid, t in done_before.items())
 
@@ -101,8 +85,8 @@ def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypa
     before = listing(out)
     assert cli.main(["run", str(suite), "--out", str(out), "--executor", "debug"]) == 0
     text = capsys.readouterr().out
-    assert counts(text) == {"runs": 4, "done": 4, "diverged": 0, "resume": 0,
-                           "failed": 0, "new": 0, "running": 0, "submitting": 0}
+    assert plan_counts(text) == {"runs": 4, "done": 4, "diverged": 0, "failed": 0, "corrupt": 0,
+                           "resume": 0, "new": 0, "running": 0, "submitting": 0}
     assert listing(out) == before
 
     # dry run: the table, the count, nothing written (existing and fresh folders)
@@ -118,8 +102,8 @@ def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypa
     assert not (tmp_path / "fresh").exists()
 
 
-def test_run_job_continues_after_a_broken_run(tmp_path):
-    s = load_suite(write(tmp_path / "s.yaml", "name: s\ndefaults: {dataset: digits, model: resnet_ci, epochs: 1}\n"
+def test_run_job_continues_after_a_broken_run(tmp_path, write_file):
+    s = load_suite(write_file("s.yaml", "name: s\ndefaults: {dataset: digits, model: resnet_ci, epochs: 1}\n"
                                               "grid: {mask: [norm_only, all]}\n"))
     dirs = []
     for rid, cfg in s.items():
@@ -128,12 +112,12 @@ def test_run_job_continues_after_a_broken_run(tmp_path):
         io.write_json(d / "config.json", {"run_id": rid, "suite": "s", "config": cfg})
         dirs.append(d)
     (dirs[0] / "config.json").write_text("{not json")
-    outcomes = runner.RunJob()([str(d) for d in dirs], "s", None, None, None)
+    outcomes = job.RunJob()([str(d) for d in dirs], "s", None, None, None)
     assert [o["status"] for o in outcomes] == ["failed", "done"]
     assert io.read_json(dirs[0] / "result.json")["status"] == "failed"
     assert io.read_json(dirs[1] / "result.json")["status"] == "done"
     # submitit requeues the same callable with the same arguments after a timeout/preemption
-    delayed = runner.RunJob().checkpoint([str(d) for d in dirs], "s")
+    delayed = job.RunJob().checkpoint([str(d) for d in dirs], "s")
     assert delayed.args == ([str(d) for d in dirs], "s")
 
 
@@ -144,13 +128,13 @@ def test_slurm_up_and_auto(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     ctl.write_text("#!/bin/sh\necho 'Slurmctld(primary) at node is DOWN'\nexit 1\n")
     ctl.chmod(0o755)
-    assert runner.slurm_up() is False
+    assert executors.slurm_up() is False
     ctl.write_text("#!/bin/sh\necho 'Slurmctld(primary) at node is UP'\n")
-    assert runner.slurm_up() is True
+    assert executors.slurm_up() is True
 
 
-def test_locked_run_is_left_alone_and_waited_for(tmp_path, capsys, monkeypatch):
-    suite = write(tmp_path / "s.yaml", "name: s\ndefaults: {dataset: digits, model: resnet_ci, epochs: 1, "
+def test_locked_run_is_left_alone_and_waited_for(tmp_path, capsys, monkeypatch, write_file, plan_counts):
+    suite = write_file("s.yaml", "name: s\ndefaults: {dataset: digits, model: resnet_ci, epochs: 1, "
                                         "mask: norm_only}\ngrid: {rho: [0.5, 0.1]}\n")
     s = load_suite(suite)
     (shared, shared_cfg), _ = s.items()
@@ -170,12 +154,13 @@ def test_locked_run_is_left_alone_and_waited_for(tmp_path, capsys, monkeypatch):
     elsewhere.start()
     try:
         deadline = time.time() + 60
-        while not ((shared_dir / ".lock").exists() and (shared_dir / ".lock").read_text().strip()):
+        while not ((shared_dir / ".lock").exists() and (shared_dir / ".lock").read_text().strip()
+                   and (shared_dir / "config.json").exists()):
             assert time.time() < deadline
             time.sleep(0.01)
-        assert runner.lock_held(shared_dir)
+        assert rundir.lock_held(shared_dir)
         # a job that reaches a locked run leaves it and goes on
-        assert runner.RunJob()([str(shared_dir)], "s", None, None, None) == [
+        assert job.RunJob()([str(shared_dir)], "s", None, None, None) == [
             {"run_id": shared, "status": "locked", "error": None}]
         # a suite run counts it as running elsewhere, submits the rest, and waits for it
         threading.Timer(1.0, gate.set).start()
@@ -184,18 +169,18 @@ def test_locked_run_is_left_alone_and_waited_for(tmp_path, capsys, monkeypatch):
         gate.set()
         elsewhere.join(120)
     text = capsys.readouterr().out
-    assert counts(text) == {"runs": 2, "done": 0, "diverged": 0, "resume": 0,
-                           "failed": 0, "new": 1, "running": 1, "submitting": 1}
-    assert "s: 2 runs: 2 done, 0 diverged, 0 failed, 0 unfinished" in text
+    assert plan_counts(text) == {"runs": 2, "done": 0, "diverged": 0, "failed": 0, "corrupt": 0,
+                           "resume": 0, "new": 1, "running": 1, "submitting": 1}
+    assert "s: 2 runs: 2 done, 0 diverged, 0 failed, 0 corrupt, 0 to resume, 0 new, 0 running (" in text
     assert [m["epoch"] for m in io.read_jsonl(shared_dir / "metrics.jsonl")] == [1]
     assert not (shared_dir / "job.json").exists()  # never submitted by the suite
 
 
-def test_preempted_job_is_requeued_and_resumes(tmp_path):
+def test_preempted_job_is_requeued_and_resumes(tmp_path, write_file):
     """submitit's preemption path: SIGUSR2 -> RunJob.checkpoint() -> requeue -> resume."""
     import submitit
 
-    s = load_suite(write(tmp_path / "p.yaml", "name: p\ndefaults: {dataset: digits, model: resnet_ci, epochs: 6, "
+    s = load_suite(write_file("p.yaml", "name: p\ndefaults: {dataset: digits, model: resnet_ci, epochs: 6, "
                                               "mask: norm_only, rho: 0.5}\n"))
     (rid, cfg), = s.items()
     run_dir = tmp_path / "out" / rid
@@ -203,16 +188,16 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path):
     io.write_json(run_dir / "config.json", {"run_id": rid, "suite": "p", "config": cfg})
     ex = submitit.LocalExecutor(folder=tmp_path / "out" / ".submitit")
     ex.update_parameters(timeout_min=30)
-    job = ex.submit(runner.RunJob(), [str(run_dir)], "p", 1, None, None)
+    submitted = ex.submit(job.RunJob(), [str(run_dir)], "p", 1, None, None)
     deadline = time.time() + 120
     while not (run_dir / "checkpoint.pt").exists():
-        assert time.time() < deadline and job.state == "RUNNING", job.state
+        assert time.time() < deadline and submitted.state == "RUNNING", submitted.state
         time.sleep(0.01)
-    pid = job._process.pid  # the local controller; the job's python is its child
+    pid = submitted._process.pid  # the local controller; the job's python is its child
     (task,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     os.kill(int(task), signal.SIGUSR2)  # what SLURM sends before a timeout or preemption
-    assert job.result() == [{"run_id": rid, "status": "done", "error": None}]
-    log = Path(job.paths.stdout).read_text()
+    assert submitted.result() == [{"run_id": rid, "status": "done", "error": None}]
+    log = Path(submitted.paths.stdout).read_text()
     assert "checkpoint: requeueing" in log and re.search(r"resuming after epoch [1-5]/6", log), log
     assert [m["epoch"] for m in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert io.read_json(run_dir / "result.json")["status"] == "done"
@@ -222,8 +207,8 @@ def _final_params(run_dir: Path) -> dict:
     return io.load_checkpoint(run_dir / "checkpoint.pt")["model"]
 
 
-def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
-    s = load_suite(write(tmp_path / "k.yaml", """\
+def test_sigkill_and_resume_matches_uninterrupted(tmp_path, write_file, sambench_env):
+    s = load_suite(write_file("k.yaml", """\
         name: k
         defaults: {dataset: digits, model: resnet_ci, epochs: 6, mask: norm_only, rho: 0.5, device: cpu}
         """))
@@ -233,9 +218,9 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     io.write_json(killed / "config.json", {"run_id": rid, "suite": "k", "config": cfg})
     # one thread here and in the subprocess: same arithmetic, and no OpenMP oversubscription
     # while both train at once on 2 cores
-    code = ("import sys; from bench.runner import RunJob; "
+    code = ("import sys; from bench.job import RunJob; "
             "print(RunJob()([sys.argv[1]], 'k', 1, None, None), flush=True)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(killed)], env=ENV, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", code, str(killed)], env=sambench_env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -253,14 +238,14 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     assert not (killed / "result.json").exists()
     epoch_at_kill = int(io.load_checkpoint(killed / "checkpoint.pt")["epoch"])
     assert 1 <= epoch_at_kill < 6
-    assert not runner.lock_held(killed)  # the kernel released the dead process's lock
+    assert not rundir.lock_held(killed)  # the kernel released the dead process's lock
 
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         reference = tmp_path / "ref"  # the uninterrupted run
         ref = train.run(cfg, reference, suite="k", progress=False, log=lambda m: None)
-        outcomes = runner.RunJob()([str(killed)], "k", 1, None, None)
+        outcomes = job.RunJob()([str(killed)], "k", 1, None, None)
     finally:
         torch.set_num_threads(threads)
     assert outcomes == [{"run_id": rid, "status": "done", "error": None}]
@@ -272,13 +257,13 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path):
     assert [m["epoch"] for m in io.read_jsonl(killed / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_two_suites_share_one_results_folder(tmp_path):
+def test_two_suites_share_one_results_folder(tmp_path, write_file, sambench_env):
     common = "defaults: {dataset: digits, model: resnet_ci, epochs: 1, mask: norm_only}\n"
     # same suite name, one run in common (rho 0.5, listed first in both, to collide on its lock)
-    a = write(tmp_path / "a.yaml", "name: shared\n" + common + "grid: {rho: [0.5, 0.1, 0.2]}\n")
-    b = write(tmp_path / "b.yaml", "name: shared\n" + common + "grid: {rho: [0.5, 0.3]}\n")
+    a = write_file("a.yaml", "name: shared\n" + common + "grid: {rho: [0.5, 0.1, 0.2]}\n")
+    b = write_file("b.yaml", "name: shared\n" + common + "grid: {rho: [0.5, 0.3]}\n")
     out = tmp_path / "out"
-    env = dict(ENV, OMP_NUM_THREADS="1")  # two suites at once on 2 cores: one thread per worker
+    env = dict(sambench_env, OMP_NUM_THREADS="1")  # two suites at once on 2 cores: one thread per worker
     # suite a with two workers (they share its runs through the run locks), b with one
     procs = [subprocess.Popen([sys.executable, "-m", "bench", "run", str(f), "--out", str(out), "--executor", "local",
                                "--max-parallel", n], env=env, cwd=REPO, stdout=subprocess.PIPE,

@@ -6,10 +6,8 @@ Budget: about 6 minutes in all (the smoke suite is ~1.5 min on 2 cores).
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,22 +21,6 @@ except ImportError:  # tests/ turned into a package
     from tests.slurm_fixture import slurm_cluster  # noqa: F401
 
 pytestmark = pytest.mark.slurm
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-
-
-def sambench(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *args], env=ENV, cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
-def counts(text: str) -> dict[str, int]:
-    m = re.search(r"(\d+) runs: (\d+) done, (\d+) diverged, (\d+) to resume, (\d+) failed \(retry\), (\d+) new, "
-                  r"(\d+) running elsewhere -> submitting (\d+)", text)
-    assert m, text
-    return dict(zip(["runs", "done", "diverged", "resume", "failed", "new", "running", "submitting"],
-                    map(int, m.groups())))
 
 
 def sacct_jobs(since: str, name: str) -> list[str]:
@@ -61,14 +43,14 @@ def in_queue(job_id: str) -> bool:
     return job_id in out.stdout.split()
 
 
-def test_smoke_suite_through_slurm_and_resubmit(slurm_cluster, tmp_path):
+def test_smoke_suite_through_slurm_and_resubmit(slurm_cluster, tmp_path, run_sambench, plan_counts):
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
     out = tmp_path / "out"
     t0 = time.time()
-    first = sambench("run", "suites/smoke.yaml", "--executor", "slurm", "--out", str(out), timeout=300)
+    first = run_sambench("run", "suites/smoke.yaml", "--executor", "slurm", "--out", str(out), timeout=300)
     wall = time.time() - t0
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    c = counts(first.stdout)
+    c = plan_counts(first.stdout)
     assert c["new"] == c["runs"] == c["submitting"] == 76
     assert wall < 300, wall
     root = out / "smoke"
@@ -80,23 +62,23 @@ def test_smoke_suite_through_slurm_and_resubmit(slurm_cluster, tmp_path):
     jobs = sacct_jobs(since, "sambench-smoke")
     assert len(jobs) == 2, jobs  # 76 runs, 38 per job: one array of 2 tasks
 
-    again = sambench("run", "suites/smoke.yaml", "--executor", "slurm", "--out", str(out), timeout=120)
+    again = run_sambench("run", "suites/smoke.yaml", "--executor", "slurm", "--out", str(out), timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
-    c = counts(again.stdout)
+    c = plan_counts(again.stdout)
     assert c["done"] == 76 and c["submitting"] == 0, again.stdout
     assert sacct_jobs(since, "sambench-smoke") == jobs  # nothing new reached the cluster
     print(f"smoke suite through SLURM: {wall:.1f} s")
 
 
-def test_cancelled_job_resumes_from_checkpoint(slurm_cluster, tmp_path):
+def test_cancelled_job_resumes_from_checkpoint(slurm_cluster, tmp_path, run_sambench, plan_counts):
     suite = tmp_path / "resume.yaml"
     suite.write_text("name: resume\n"
                      "defaults: {dataset: digits, model: resnet20, epochs: 12, mask: norm_only, rho: 0.5}\n"
                      "slurm: {cpus_per_task: 1, timeout_min: 10}\n")
     out = tmp_path / "out"
-    sub = sambench("run", str(suite), "--executor", "slurm", "--out", str(out), "--no-wait", timeout=120)
+    sub = run_sambench("run", str(suite), "--executor", "slurm", "--out", str(out), "--no-wait", timeout=120)
     assert sub.returncode == 0, sub.stdout + sub.stderr
-    assert counts(sub.stdout)["submitting"] == 1
+    assert plan_counts(sub.stdout)["submitting"] == 1
     (run_dir,) = [d for d in (out / "resume").iterdir() if not d.name.startswith(".")]
     job_id = io.read_json(run_dir / "job.json")["jobs"][0]["job_id"]
 
@@ -114,12 +96,13 @@ def test_cancelled_job_resumes_from_checkpoint(slurm_cluster, tmp_path):
     epoch_at_cancel = int(io.load_checkpoint(run_dir / "checkpoint.pt")["epoch"])
     assert 1 <= epoch_at_cancel < 12
 
-    status = sambench("status", str(out / "resume"), timeout=60)
-    assert "1 runs: 0 done, 0 running, 1 pending, 0 failed, 0 diverged" in status.stdout, status.stdout
+    status = run_sambench("status", str(out / "resume"), timeout=60)
+    assert "1 runs: 0 done, 0 diverged, 0 failed, 0 corrupt, 1 to resume, 0 new, 0 running" in status.stdout, \
+        status.stdout
 
-    again = sambench("run", str(suite), "--executor", "slurm", "--out", str(out), timeout=180)
+    again = run_sambench("run", str(suite), "--executor", "slurm", "--out", str(out), timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
-    c = counts(again.stdout)
+    c = plan_counts(again.stdout)
     assert c["resume"] == 1 and c["submitting"] == 1, again.stdout
     result = io.read_json(run_dir / "result.json")
     assert result["status"] == "done" and result["epochs"] == 12

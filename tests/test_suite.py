@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import cli
-from bench import config as C
+from bench import cli, config
 from bench.registries import MODELS
 from bench.suite import SuiteError, load_suite
 
@@ -57,7 +56,7 @@ def test_product_union_include_seeds(tmp_path):
     assert {r["seed"] for r in s.runs} == {0, 1}
     assert all(r["epochs"] == 1 and r["dataset"] == "digits" for r in s.runs)
     assert len(set(s.run_ids)) == len(s.runs) == len(s.run_ids)
-    assert s.run_ids == [C.run_id(r) for r in s.runs]
+    assert s.run_ids == [config.run_id(r) for r in s.runs]
 
 
 def test_grid_mapping_scalars_and_no_grid(tmp_path):
@@ -121,7 +120,7 @@ def test_dedup_keeps_first(tmp_path):
 
 def test_match_sparsity_resolved(tmp_path):
     import masks
-    from bench import models as M
+    from bench.models import create_model_for
 
     s = load_suite(write(tmp_path, BASE + """\
         grid:
@@ -129,7 +128,7 @@ def test_match_sparsity_resolved(tmp_path):
         """))
     assert len(s.runs) == 4
     for rid, cfg in s.items():
-        model = M.create_model(cfg["model"], num_classes=10, in_chans=1, img_size=8)
+        model = create_model_for(cfg["model"], "digits")
         n_norm = masks.selection_count(masks.create_mask("norm_only").build(model))
         total = masks.n_trainable(model)
         assert s.resolved_sparsity[rid] == pytest.approx(1 - n_norm / total)
@@ -160,18 +159,18 @@ def test_run_ids_stable(tmp_path):
     assert json.loads(out.stdout) == a.run_ids
     # runtime fields do not change the id; any experiment field does
     cfg = a.runs[0]
-    rid = C.run_id(cfg)
+    rid = config.run_id(cfg)
     for key, value in {"device": "cpu", "data_root": "/x", "log_every": 7, "eval_batch_size": 64,
                        "compile": True, "download": True, "save_gamma": False}.items():
-        assert C.run_id({**cfg, key: value}) == rid, key
+        assert config.run_id({**cfg, key: value}) == rid, key
     changed = {"dataset": "synthetic", "model": "vit_ci", "variant": "asam", "variant_opts": {"p": "inf"},
                "mask": "no_norm", "sparsity": 0.5, "mask_opts": {"x": 1}, "rho": 0.11, "rho_norm": "full",
                "freeze_bn_second": True, "epochs": 2, "batch_size": 64, "schedule": "constant",
                "warmup_epochs": 1, "label_smoothing": 0.0, "augment": False, "amp": "bf16",
                "channels_last": True, "seed": 5, "base": {**cfg["base"], "lr": 0.2}}
-    assert set(changed) == set(C.EXPERIMENT)
+    assert set(changed) == set(config.EXPERIMENT)
     for key, value in changed.items():
-        assert C.run_id({**cfg, key: value}) != rid, key
+        assert config.run_id({**cfg, key: value}) != rid, key
 
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])
@@ -224,7 +223,7 @@ MALFORMED = {
              "grid[2].mask: unknown mask 'randm' (allowed: all, "),
     "model": (BASE + "grid: {model: [resnet_ci, resnet99]}\n", "grid.model: unknown model 'resnet99' (allowed: "),
     "dataset": ("name: t\ndefaults: {dataset: mnist}\n", "defaults.dataset: unknown dataset 'mnist' (allowed: cifar10"),
-    "variant": (BASE + "include: [{variant: asm}]\n", "include[0].variant: unknown variant 'asm' (allowed: asam, none, sam)"),
+    "variant": (BASE + "include: [{variant: asm}]\n", "include[0].variant: unknown variant 'asm' (allowed: asam, esam, fsam, gsam, looksam, msam, none, sam)"),
     "sparsity_one": (BASE + "grid: {mask: random, sparsity: 1.0}\n", "grid.sparsity: sparsity 1.0 must be a number in [0, 1)"),
     "sparsity_negative": ("name: t\ndefaults: {dataset: digits, model: resnet_ci, mask: random, sparsity: -0.1}\n",
                           "defaults.sparsity: sparsity -0.1 must be a number in [0, 1)"),
@@ -232,7 +231,7 @@ MALFORMED = {
     "rho": (BASE + "include: [{rho: -0.5}]\n", "include[0].rho: must be a number >= 0, got -0.5"),
     "seeds_type": (BASE + "seeds: 3\n", "seeds: must be a non-empty list of integers >= 0, got 3"),
     "grid_type": (BASE + "grid: 5\n", "grid: must be a mapping or a list of mappings, got 5"),
-    "epochs_type": ("name: t\ndefaults: {epochs: ten}\n", "defaults.epochs: must be an integer >= 1, got 'ten'"),
+    "epochs_type": ("name: t\ndefaults: {epochs: ten}\n", "defaults.epochs: must be an integer >= 1 and <= 100,000, got 'ten'"),
     "yaml": ("name: t\ndefaults: {dataset: digits\ngrid: [\n", "line 3, column 5: YAML syntax error"),
     "empty_grid": (BASE + "grid: []\n", "grid: empty list: the suite has no runs"),
     "empty_axis": (BASE + "grid: [{mask: all}, {rho: []}]\n", "grid[1].rho: empty list: the grid has no runs"),
@@ -241,7 +240,8 @@ MALFORMED = {
     "match_no_norms": (BASE + "grid: {model: test_nonorm, mask: random, sparsity: 'match:norm_only'}\n",
                        "grid.sparsity: 'match:norm_only' on 'test_nonorm'"),
     "variant_option": (BASE + "grid: {variant: asam, variant_opts: {pp: 3}}\n",
-                       "grid.variant_opts: variant 'asam' has no option 'pp' (allowed: adaptive, p, eta, normalize_bias)"),
+                       "grid.variant_opts: variant 'asam' has no option 'pp' (allowed: adaptive, p, eta, normalize_bias, m, "
+                       "sam_start_epoch)"),
     "name": ("name: ../up\n", "name: must be a folder name"),
     "slurm": (BASE + "slurm: {partitoin: gpu}\n", "slurm.partitoin: unknown key (allowed: account, "),
     "logging": (BASE + "logging: {wandb: {mode: cloud}}\n",

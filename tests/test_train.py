@@ -9,9 +9,8 @@ import pytest
 import torch
 
 import masks
-from bench import cli, io, train
-from bench import config as C
-from bench import models as M
+from bench import cli, config, io, train
+from bench.models import create_model_for
 
 TINY = {"dataset": "digits", "model": "resnet_ci", "epochs": 3, "batch_size": 128, "variant": "sam",
         "mask": "norm_only", "rho": 0.5, "device": "cpu"}
@@ -37,7 +36,7 @@ def test_run_writes_the_four_files_and_the_result_fields(tmp_path):
     assert stored["env"]["torch"] == torch.__version__ and stored["env"]["device"] == "cpu"
     assert "git_commit" in stored["env"]
     # perturbed fraction measured from the mask: the norm-layer elements of this model
-    model = M.create_model("resnet_ci", num_classes=10, in_chans=1, img_size=8)
+    model = create_model_for("resnet_ci", "digits")
     params = dict(model.named_parameters())
     n_norm = sum(params[n].numel() for n in masks.norm_param_names(model))
     assert stored["n_perturbed"] == n_norm
@@ -48,7 +47,7 @@ def test_run_writes_the_four_files_and_the_result_fields(tmp_path):
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     assert lines[-1]["test_acc"] == stored["test_acc"]
     cfg = io.read_json(tmp_path / "r" / "config.json")
-    assert cfg["run_id"] == stored["run_id"] == C.run_id(C.resolve(TINY))
+    assert cfg["run_id"] == stored["run_id"] == config.run_id(config.resolve(TINY))
 
 
 def test_same_config_same_numbers_and_rerun_returns_stored(tmp_path):
@@ -97,10 +96,19 @@ def test_resume_after_crash_gives_the_same_numbers(tmp_path, monkeypatch, mask_c
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
-    train.run({**TINY, "epochs": 1}, tmp_path / "r", progress=False)
+    from bench.rundir import ForeignRunDir
+
+    first = train.run({**TINY, "epochs": 1}, tmp_path / "r", progress=False)
+    other = config.resolve({**TINY, "epochs": 1, "rho": 0.1})
     (tmp_path / "r" / "result.json").unlink()
-    with pytest.raises(train.CheckpointMismatch):
-        train.run({**TINY, "epochs": 1, "rho": 0.1}, tmp_path / "r", progress=False)
+    with pytest.raises(ForeignRunDir, match=f"holds run {first['run_id']}"):  # config.json names it
+        train.run(other, tmp_path / "r", progress=False)
+    (tmp_path / "r" / "config.json").unlink()
+    with pytest.raises(ForeignRunDir, match=f"holds run {first['run_id']}"):  # so does the checkpoint
+        train.run(other, tmp_path / "r", progress=False)
+    io.write_json(tmp_path / "r" / "config.json", {"run_id": config.run_id(other), "config": other})
+    with pytest.raises(train.CheckpointMismatch):  # a folder whose files disagree: not resumed
+        train.run(other, tmp_path / "r", progress=False)
 
 
 def test_divergence_is_a_status_not_a_traceback(tmp_path):

@@ -89,6 +89,37 @@ def test_killed_and_resumed_run_continues_every_logger_run_without_duplicates(tm
     assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
 
 
+def test_a_run_that_starts_over_logs_each_epoch_once_and_in_a_new_mlflow_run(tmp_path):
+    """An unreadable checkpoint.pt is set aside and the run trains from epoch 1 again."""
+    cfg = {**TINY, "logging": {"tensorboard": True, "mlflow": True}}
+    run_dir = tmp_path / "r"
+    with pytest.raises(Kill):
+        train.run(cfg, run_dir, progress=False, log=kill_after_epoch(2))  # both epochs logged
+    before = io.read_json(run_dir / loggers.STATE_FILE)
+    assert before["logged_epoch"] == 2
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert train.run(cfg, run_dir, progress=False)["status"] == "done"
+    assert (run_dir / "checkpoint.pt.corrupt").exists()
+    assert_equals_metrics(run_dir, tensorboard_scalars(run_dir))  # each epoch once: the new values
+    state = io.read_json(run_dir / loggers.STATE_FILE)
+    assert state["restarts"] == 1 and state["mlflow_run_id"] != before["mlflow_run_id"]
+    metrics = io.read_jsonl(run_dir / "metrics.jsonl")
+    assert mlflow_history(state["mlflow_tracking_uri"], state["mlflow_run_id"], "train/loss") == [
+        (m["epoch"], pytest.approx(m["train_loss"])) for m in metrics]
+
+
+def test_an_unreadable_loggers_state_is_kept_aside_and_the_history_logged_again(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    with pytest.raises(Kill):
+        train.run(TINY, run_dir, progress=False, log=kill_after_epoch(1))
+    (run_dir / loggers.STATE_FILE).write_text('{"logged_ep')
+    assert train.run(TINY, run_dir, progress=False)["status"] == "done"
+    assert (run_dir / f"{loggers.STATE_FILE}.corrupt").read_text() == '{"logged_ep'
+    assert_equals_metrics(run_dir, tensorboard_scalars(run_dir))
+    assert io.read_json(run_dir / loggers.STATE_FILE)["logged_epoch"] == 2
+    assert "loggers.json was unreadable" in capsys.readouterr().err
+
+
 def test_suite_logging_block_reaches_every_run_and_stays_out_of_the_run_id(tmp_path):
     suite = {"name": "logged", "defaults": {**{k: v for k, v in TINY.items() if k != "device"}, "epochs": 1},
              "grid": {"rho": [0.1, 0.5]}, "seeds": [0],

@@ -1,0 +1,140 @@
+"""What the user reads about a suite: one summary of run states, the problems, the dry-run table,
+one line per finished run while waiting."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import config
+from bench.rundir import FINAL, STATES, RunState, read_job
+
+_LABELS = {"done": "done", "diverged": "diverged", "failed": "failed", "corrupt": "corrupt",
+           "resume": "to resume", "new": "new", "running": "running"}
+
+
+@dataclass
+class Summary:
+    """How many runs are in each state (rundir.STATES)."""
+
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def finished(self) -> bool:
+        return self.counts["done"] + self.counts["diverged"] == self.total
+
+    def line(self) -> str:
+        """``4 runs: 3 done, 0 diverged, 1 failed, 0 corrupt, 0 to resume, 0 new, 0 running``."""
+        return f"{self.total} runs: " + ", ".join(f"{self.counts[s]} {_LABELS[s]}" for s in STATES)
+
+
+def summarize(states: list[RunState]) -> Summary:
+    """The one status summary (sambench run before and after, sambench status)."""
+    counts = dict.fromkeys(STATES, 0)
+    for st in states:
+        counts[st.state] += 1
+    return Summary(counts)
+
+
+def problems(states: list[RunState], details: bool = False) -> list[str]:
+    """Lines for every run that is not finished: failed (error; with ``details`` the traceback
+    tail and the job log's tail), corrupt (what happens to it), unfinished."""
+    lines = []
+    for st in states:
+        if st.state in FINAL:
+            continue
+        data = (st.result.data if st.result is not None else None) or {}
+        if st.state == "failed":
+            lines.append(f"  failed {st.rid}: {data.get('error')}")
+            if details:
+                tb = [ln for ln in str(data.get("traceback", "")).splitlines() if ln.strip()][-3:]
+                lines += [f"    | {ln}" for ln in tb]
+                lines += [f"    > {ln}" for ln in log_tail(st.dir, st.rid)]
+        elif st.state == "corrupt":
+            lines.append(f"  corrupt {st.rid}: result.json {st.result.problem}; the next `sambench run` keeps "
+                         f"it as result.json.corrupt and trains the run again")
+        else:
+            lines.append(f"  unfinished {st.rid} ({_LABELS[st.state]})"
+                         + (f": {config.describe(st.cfg)}" if st.cfg else ""))
+    return lines
+
+
+def log_tail(run_dir: Path, rid: str, n: int = 5) -> list[str]:
+    """The last lines of the job log that trained a run (its stderr first)."""
+    info = read_job(run_dir) or {}
+    jobs = info.get("jobs") or []
+    for job in jobs:
+        for key in ("stderr", "stdout"):
+            path = Path(job.get(key, ""))
+            if not path.is_file():
+                continue
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError:
+                continue
+            if len(jobs) > 1 and not any(rid in ln for ln in lines):
+                continue
+            tail = [ln for ln in lines if ln.strip()][-n:]
+            if tail:
+                return [f"{path}:"] + tail
+    return []
+
+
+def table(states: list[RunState], resolved_sparsity: dict[str, float]) -> str:
+    """The dry run's table: one row per run."""
+    rows = [("id", "dataset", "model", "variant", "mask", "sparsity", "rho", "seed", "state")]
+    for st in states:
+        cfg = st.cfg
+        baseline = config.is_baseline(cfg)
+        opts = ",".join(f"{k}={v}" for k, v in sorted(cfg["variant_opts"].items()))
+        variant = cfg["variant"] + (f"({opts})" if opts else "")
+        sp = cfg["sparsity"]
+        if baseline or sp is None:
+            sparsity = "-"
+        elif st.rid in resolved_sparsity:
+            sparsity = f"{sp}={resolved_sparsity[st.rid]:.4f}"
+        else:
+            sparsity = str(sp)
+        rows.append((st.rid, cfg["dataset"], cfg["model"], variant, "-" if baseline else cfg["mask"], sparsity,
+                     "-" if baseline else f"{cfg['rho']:g}", str(cfg["seed"]), st.state))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+class Reporter:
+    """One line per finished run while waiting (tqdm on a terminal)."""
+
+    def __init__(self, total: int):
+        self.total, self.n = total, 0
+        self.bar = None
+        if total and sys.stdout.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="run", desc="runs")
+            except ImportError:
+                pass
+
+    def finished(self, rid: str, cfg: dict, result: dict | None) -> None:
+        self.n += 1
+        status = (result or {}).get("status", "unfinished")
+        if status in FINAL and result.get("test_acc") is not None:
+            what = f"{status:<8} test acc {result['test_acc']:6.2f}%  {result.get('wall_time_s', 0):6.1f}s"
+        elif status == "failed":
+            what = f"failed   {str(result.get('error', ''))[:80]}"
+        else:
+            what = f"{status:<8}"
+        line = f"[{self.n}/{self.total}] {rid}  {what}  {config.describe(cfg)}"
+        if self.bar is not None:
+            self.bar.write(line)
+            self.bar.update(1)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
