@@ -10,8 +10,8 @@ export HF_HUB_OFFLINE := 1
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -c constraints.txt -e ".[test]"
-	$(PY) -c "import torch, torchvision, timm, submitit, pandas, seaborn; print('sambench installed: torch', torch.__version__)"
+	$(PY) -m pip install -c constraints.txt -e ".[test,wandb,mlflow]"
+	$(PY) -c "import torch, torchvision, timm, submitit, pandas, seaborn, tensorboard, lion_pytorch, wandb, mlflow; print('sambench installed: torch', torch.__version__)"
 
 # everything, the real SLURM cluster included (tests start and stop it)
 test:

@@ -10,6 +10,7 @@ Submodules are imported on first use, so ``import analysis`` is instant::
     paths = analysis.plot_all(df, "figures/")    # PNG + PDF; paths.skipped says what was not drawn
     print(analysis.table(df, fmt="markdown"))    # or fmt="latex", layout="rho"
     analysis.write_csv(agg, "agg.csv")
+    analysis.write_report("results/", "report.html")   # one self-contained HTML page
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ _EXPORTS = {
     "plot_norm_gamma": "plots",
     "PlotPaths": "plots",
     "table": "tables",
+    "write_report": "report",
     "add_labels": "labels",
     "mask_color": "labels",
     "mask_marker": "labels",

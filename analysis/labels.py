@@ -14,6 +14,13 @@ from typing import Any
 # --- column roles ----------------------------------------------------------------------
 
 RUNTIME_FIELDS = ("device", "data_root", "download", "eval_batch_size", "log_every", "compile", "save_gamma")
+RUNTIME_PREFIXES = ("logging.",)  # runtime option maps, flattened (logging.tensorboard, logging.wandb.mode)
+
+
+def is_runtime(col: str) -> bool:
+    """A runtime config column: where or how a run ran, not what it is (never a configuration key)."""
+    return col in RUNTIME_FIELDS or col.startswith(RUNTIME_PREFIXES)
+
 META_COLUMNS = ("run_id", "suite", "status", "path")
 RESULT_COLUMNS = (
     "test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc", "epochs_done", "wall_time_s",
@@ -32,7 +39,7 @@ METHOD_PREFIXES = ("mask_opts.",)
 VARIANT_PREFIXES = ("variant_opts.",)
 
 METHOD_DEFAULTS = {"rho_norm": "subset", "freeze_bn_second": False}
-BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
+BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW", "lion": "Lion"}
 
 
 def _is_config_column(col: str) -> bool:
@@ -52,7 +59,7 @@ def config_columns(df) -> list[str]:
 
 def key_columns(df) -> list[str]:
     """Columns that identify a configuration: config fields except seed and runtime fields."""
-    return [c for c in config_columns(df) if c != "seed" and c not in RUNTIME_FIELDS]
+    return [c for c in config_columns(df) if c != "seed" and not is_runtime(c)]
 
 
 def _is_method_col(c: str) -> bool:

@@ -15,8 +15,8 @@ from analysis.labels import (
     META_COLUMNS,
     NUMERIC_RESULT_COLUMNS,
     RESULT_COLUMNS,
-    RUNTIME_FIELDS,
     add_labels,
+    is_runtime,
 )
 
 log = logging.getLogger("analysis")
@@ -220,8 +220,7 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
     env_cols = sorted(c for c in df.columns if c.startswith("env."))
     other = [c for c in df.columns if c not in config_cols and c not in env_cols and c not in META_COLUMNS]
     # config columns: experiment fields first (in file order), runtime fields last
-    config_cols = [c for c in config_cols if c not in RUNTIME_FIELDS] + [
-        c for c in config_cols if c in RUNTIME_FIELDS]
+    config_cols = [c for c in config_cols if not is_runtime(c)] + [c for c in config_cols if is_runtime(c)]
     df = df[[c for c in META_COLUMNS if c in df.columns] + config_cols + other + env_cols]
     df.attrs["config_columns"] = config_cols
     df.attrs["skipped"] = skipped

@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.errors import EXIT_FAIL, EXIT_INVALID, EXIT_OK, Interrupted, InvalidInput, load_yaml, parse_set
+from bench.errors import EXIT_FAIL, EXIT_INVALID, EXIT_OK, Interrupted, InvalidInput, parse_set
 
 # --- paths given on the command line --------------------------------------------------------------
 
@@ -66,92 +66,17 @@ def signals_interrupt():
 
 # --- train ----------------------------------------------------------------------------------------
 
-TRAIN_FLAGS = {  # flag -> config path
-    "dataset": "dataset", "model": "model", "variant": "variant", "mask": "mask", "rho": "rho",
-    "sparsity": "sparsity", "rho_norm": "rho_norm", "epochs": "epochs", "batch_size": "batch_size",
-    "optimizer": "base.name", "lr": "base.lr", "momentum": "base.momentum",
-    "weight_decay": "base.weight_decay", "seed": "seed", "label_smoothing": "label_smoothing",
-    "schedule": "schedule", "warmup_epochs": "warmup_epochs", "amp": "amp", "device": "device",
-    "data_root": "data_root", "eval_batch_size": "eval_batch_size", "log_every": "log_every",
-}
-TRAIN_TYPES = {"rho": float, "epochs": int, "batch_size": int, "lr": float, "momentum": float,
-               "weight_decay": float, "seed": int, "label_smoothing": float, "warmup_epochs": int,
-               "eval_batch_size": int, "log_every": int}
-BOOL_FLAGS = {"freeze_bn_second": "freeze_bn_second", "channels_last": "channels_last",
-              "download": "download", "compile": "compile"}
-RESERVED = set(TRAIN_FLAGS) | set(BOOL_FLAGS) | {"no_augment", "mask_opt", "variant_opt", "set", "out", "help"}
-
-
-def _scalar(text: str):
-    value = load_yaml(text, "value")
-    return text if value is None else value
-
-
-def variant_flags() -> dict[str, object]:
-    """``--<option>`` flags for every registered variant's options (its signature), with a
-    default to tell the flag's kind; names taken by other flags are left to --variant-opt."""
-    from bench.registries import VARIANTS, variant_options
-
-    flags: dict[str, object] = {}
-    for name in VARIANTS.names():
-        for option, default in variant_options(name).items():
-            if option not in RESERVED:
-                flags.setdefault(option, default)
-    return flags
-
-
-def train_overrides(args) -> dict:
-    over: dict = {}
-    for flag, path in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            over[path] = value
-    for flag, path in BOOL_FLAGS.items():
-        if getattr(args, flag):
-            over[path] = True
-    for option in getattr(args, "variant_flag_names", []):
-        value = getattr(args, f"variant_{option}")
-        if value is not None and value is not False:
-            over[f"variant_opts.{option}"] = value
-    if args.no_augment:
-        over["augment"] = False
-    if over.get("base.name") == "adamw":
-        over["base"] = {"name": "adamw", "lr": over.pop("base.lr", 1e-3), "weight_decay": 0.05}
-        over.pop("base.name")
-        over.pop("base.momentum", None)
-    for key, value in parse_set(args.variant_opt).items():
-        over[f"variant_opts.{key}"] = value
-    for key, value in parse_set(args.mask_opt).items():
-        over[f"mask_opts.{key}"] = value
-    over.update(parse_set(args.set))
-    return over
-
-
-def flag_of(field: str, args) -> str:
-    """The command-line option that sets a config field (for error messages)."""
-    by_path = {path: flag for flag, path in {**TRAIN_FLAGS, **BOOL_FLAGS}.items()}
-    if field in by_path:
-        return "--" + by_path[field].replace("_", "-")
-    top, _, key = field.partition(".")
-    if top == "variant_opts" and key:
-        if key in getattr(args, "variant_flag_names", []):
-            return "--" + key.replace("_", "-")
-        return f"--variant-opt {key}"
-    if top == "mask_opts" and key:
-        return f"--mask-opt {key}"
-    if top in ("variant_opts", "mask_opts"):
-        return "--" + top.replace("_opts", "-opt")
-    return f"--set {field}"
+# the flags are generated from the run config and the variant registry (bench.flags)
 
 
 def cmd_train(args) -> int:
-    from bench import config, train
+    from bench import config, flags, train
     from bench.data import DataError, check_available
 
     try:
-        cfg = config.resolve(train_overrides(args))
+        cfg = config.resolve(flags.train_overrides(args))
     except config.ConfigError as exc:
-        raise InvalidInput(f"{flag_of(exc.field, args)} ({exc.render()})") from None
+        raise InvalidInput(f"{flags.option_for(exc.field)} ({exc.render()})") from None
     if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
         raise InvalidInput(f"--data-root: no such directory: {cfg['data_root']}")
     try:
@@ -233,10 +158,20 @@ def cmd_table(args) -> int:
     import analysis
 
     folder = existing_dir(args.dir, "results folder")
-    print(analysis.table(folder, fmt="markdown"))
-    if args.latex:
-        print()
-        print(analysis.table(folder, fmt="latex"))
+    print(analysis.table(folder, fmt="latex" if args.latex else "markdown"), end="")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    import analysis
+    from bench.console import warn
+
+    folder = existing_dir(args.dir, "results folder")
+    out = creatable_file(args.output, "-o") if args.output else folder / "report.html"
+    info = analysis.write_report(folder, out)
+    for text in info.warnings:  # collected while the page was made
+        warn(text)
+    print(f"{len(info.figures)} figures, {len(info.tables)} tables -> {info.path}")
     return EXIT_OK
 
 
@@ -337,97 +272,135 @@ class RunFailed(Exception):
 
 # --- the parser -----------------------------------------------------------------------------------
 
-def build_parser(with_variant_flags: bool = False) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sambench", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (unless the help already says it)."""
 
-    p = sub.add_parser("run", help="run a suite (local by default, or SLURM)")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text.lower() or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sambench")
+    except PackageNotFoundError:
+        return "unknown (not installed; run make install)"
+
+
+RESULTS_DIR = "a results folder (of suites, one suite, or one run)"
+
+
+def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``train_flags=False`` leaves out train's run-config flags (they
+    read the variant registry, which imports torch), for the other commands' start-up time."""
+    ap = argparse.ArgumentParser(prog="sambench", description=__doc__.splitlines()[0],
+                                 formatter_class=HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"sambench {_version()}",
+                    help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    _run_parser(command("run", "run a suite (local by default, or SLURM)"))
+
+    p = command("status", "counts of done/failed/running/... runs, and why runs failed")
+    p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
+    p.add_argument("--out", default="results", help="results folder (for a suite file)")
+    p.set_defaults(func=cmd_status)
+
+    p = command("collect", "one CSV row per run")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="CSV", help="the CSV file (default: DIR/results.csv)")
+    p.set_defaults(func=cmd_collect)
+
+    p = command("plot", "accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="FIGDIR", help="folder for the PNG and PDF files (default: DIR/figures)")
+    p.set_defaults(func=cmd_plot)
+
+    p = command("table", "a markdown (or LaTeX) table, mean ± std over seeds")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
+    p.set_defaults(func=cmd_table)
+
+    p = command("report", "one self-contained HTML page: status, tables, figures, failed runs, environment")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="HTML", help="the page (default: DIR/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    _train_parser(command("train", "one run, in process"), train_flags)
+    _perf_parser(command("perf", "step-time ratios to SGD, in one process"))
+
+    p = command("list", "the registries")
+    p.add_argument("what", choices=["masks", "variants", "models", "datasets"], help="which registry")
+    p.set_defaults(func=cmd_list)
+    return ap
+
+
+def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("suite", help="a suite file (suites/*.yaml)")
     p.add_argument("--out", default="results", help="results folder; runs go to OUT/<suite name>/<run id>/")
     p.add_argument("--executor", choices=["local", "slurm", "debug", "auto"], default="local",
-                   help="local processes (default), SLURM job arrays, in process (debug), or auto: "
+                   help="local processes, SLURM job arrays, in process (debug), or auto: "
                         "slurm when `scontrol ping` answers UP, else local")
-    p.add_argument("--max-parallel", type=int, default=None,
-                   help="local: worker processes (default one per GPU, else one per core, <= 8); "
-                        "slurm: array tasks running at once")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="local: worker processes; slurm: array tasks running at once "
+                        "(default: local one per GPU, else one per core, at most 8; slurm: the suite's "
+                        "array_parallelism)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their state; write nothing")
     p.add_argument("--no-wait", action="store_true", help="submit and return; follow with `sambench status`")
     p.add_argument("--keep-running", action="store_true",
                    help="on Ctrl-C or SIGTERM, leave the local workers running (default: stop them; "
                         "their runs resume from the last finished epoch on the next run)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a run field for every run (epochs=1, base.lr=0.05), or slurm.KEY, name, seeds")
+                   help="override a run field for every run (epochs=1, base.lr=0.05, logging.wandb=true), "
+                        "or slurm.KEY, name, seeds; repeatable")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="counts of done/failed/running/... runs, and why runs failed")
-    p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
-    p.add_argument("--out", default="results", help="results folder (for a suite file)")
-    p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("collect", help="one CSV row per run")
-    p.add_argument("dir")
-    p.add_argument("-o", "--output")
-    p.set_defaults(func=cmd_collect)
+def _train_parser(p: argparse.ArgumentParser, train_flags: bool) -> None:
+    if train_flags:
+        from bench import flags
 
-    p = sub.add_parser("plot", help="accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
-    p.add_argument("dir")
-    p.add_argument("-o", "--output")
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser("table", help="markdown (and LaTeX) tables, mean ± std over seeds")
-    p.add_argument("dir")
-    p.add_argument("--latex", action="store_true", default=True)
-    p.set_defaults(func=cmd_table)
-
-    p = sub.add_parser("train", help="one run, in process")
-    for flag in TRAIN_FLAGS:
-        kind = TRAIN_TYPES.get(flag, _scalar if flag == "sparsity" else str)
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
-    for flag in BOOL_FLAGS:
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true")
-    names = []
-    if with_variant_flags:
-        for option, default in variant_flags().items():
-            names.append(option)
-            if isinstance(default, bool):
-                p.add_argument("--" + option.replace("_", "-"), dest=f"variant_{option}", action="store_true",
-                               help="a variant option")
-            else:
-                p.add_argument("--" + option.replace("_", "-"), dest=f"variant_{option}", type=_scalar,
-                               default=None, metavar="VALUE", help=f"a variant option (default {default!r})")
-    p.set_defaults(variant_flag_names=names)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--variant-opt", action="append", metavar="KEY=VALUE", help="a variant option")
-    p.add_argument("--mask-opt", action="append", metavar="KEY=VALUE", help="a mask option")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field")
-    p.add_argument("--out", help="the run folder (default results/train/<run_id>)")
+        flags.add_train_flags(p)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any run config field by its path, e.g. base.betas=[0.9,0.99] or "
+                        "logging.wandb.mode=offline; repeatable (default: none)")
+    p.add_argument("--out", help="the run folder (default: results/train/<run id>)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("perf", help="step-time ratios to SGD, in one process")
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--dataset", default=None, help="image shape from this dataset (default: cifar-like)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="cpu")
+
+def _perf_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="resnet20", help="architecture (`sambench list models`)")
+    p.add_argument("--dataset", default=None,
+                   help="take the image shape from this dataset (default: cifar100 for steps, digits for --epoch, "
+                        "fashion_mnist for --fisher)")
+    p.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first")
     p.add_argument("--configs", default="default",
-                   help="comma list of variant:mask[:opts] or a preset (default, paper)")
+                   help="comma list of variant:mask[:opts] or a preset (default, paper, variants)")
     p.add_argument("--fisher", action="store_true", help="time the batched vs per-sample Fisher mask")
-    p.add_argument("--fisher-samples", type=int, default=1024)
+    p.add_argument("--fisher-samples", type=int, default=1024, metavar="N", help="samples for --fisher")
     p.add_argument("--epoch", action="store_true", help="also time a full epoch against its steps")
     p.add_argument("--orchestration", metavar="N[,N...]",
                    help="instead: time the dry run, SLURM submission (when a controller answers), status and "
                         "collect of a generated suite of N runs (a multiple of 100), e.g. 1000,10000")
-    p.add_argument("--json", help="write the records to this file")
+    p.add_argument("--json", metavar="FILE", help="write the records to this file")
     p.set_defaults(func=cmd_perf)
-
-    p = sub.add_parser("list", help="the registries")
-    p.add_argument("what", choices=["masks", "variants", "models", "datasets"])
-    p.set_defaults(func=cmd_list)
-    return ap
 
 
 def _unknown_name(exc: BaseException) -> bool:
@@ -438,11 +411,15 @@ def _unknown_name(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.console import plain_warnings
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    # variant options become train flags only for `train` (reading them imports torch)
-    args = build_parser(with_variant_flags="train" in argv[:1]).parse_args(argv)
+    # train's run-config flags only for `train` (the variant registry imports torch)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(train_flags=command == "train").parse_args(argv)
     try:
-        return args.func(args)
+        with plain_warnings():
+            return args.func(args)
     except InvalidInput as exc:
         print(f"sambench {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID

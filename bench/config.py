@@ -10,7 +10,8 @@ path as data), then the canonical form: variant options equal to the variant's d
 are dropped, so ``{}`` and ``{p: 2}`` are one experiment with one run id.
 
 A new field is two lines in one place: its default in ``EXPERIMENT`` or ``RUNTIME``, and
-a ``@step`` function below that checks it.
+a ``@step`` function below that checks it (plus a help line in ``FIELD_HELP``: its
+``sambench train`` flag is generated from the config, bench.flags).
 """
 from __future__ import annotations
 
@@ -54,12 +55,50 @@ RUNTIME: dict[str, Any] = {
     "log_every": 50,           # steps between progress updates (no per-step host sync)
     "compile": False,
     "save_gamma": True,        # store final norm-layer weights in result.json
+    "logging": {"tensorboard": True, "wandb": False, "mlflow": False},  # bench.loggers
 }
 
-OPTION_MAPS = ("base", "variant_opts", "mask_opts")
+# one help line per field (the `sambench train` flags and their --help come from these)
+FIELD_HELP: dict[str, str] = {
+    "dataset": "data set (`sambench list datasets`)",
+    "model": "architecture (`sambench list models`, or timm:<name>)",
+    "variant": "SAM variant, or none for the plain base optimizer (`sambench list variants`)",
+    "mask": "mask strategy: which parameters the ascent step perturbs (`sambench list masks`)",
+    "sparsity": "fraction of parameter elements NOT perturbed, in [0, 1), or match:<mask>, for masks that take one",
+    "rho": "perturbation radius",
+    "rho_norm": "gradient norm over the perturbed entries (subset, SAM-ON) or over all (full, SSAM)",
+    "freeze_bn_second": "do not update BatchNorm running statistics in SAM's second pass",
+    "epochs": "training epochs",
+    "batch_size": "global batch size",
+    "base.name": "base optimizer",
+    "base.lr": "learning rate (peak, before the schedule)",
+    "base.momentum": "SGD momentum",
+    "base.weight_decay": "weight decay (decoupled for adamw and lion)",
+    "base.nesterov": "Nesterov momentum",
+    "base.betas": "moment coefficients beta1,beta2",
+    "base.eps": "AdamW epsilon",
+    "schedule": "learning-rate schedule after the warm-up",
+    "warmup_epochs": "epochs of linear learning-rate warm-up",
+    "label_smoothing": "label smoothing of the training loss, in [0, 1)",
+    "augment": "random crop and flip of the training images",
+    "amp": "mixed precision: bf16 autocast on CUDA",
+    "channels_last": "channels-last memory format",
+    "seed": "random seed (data order, augmentation, initialization, random masks)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "data_root": "folder holding the data sets",
+    "download": "download the data set if it is missing",
+    "eval_batch_size": "batch size for evaluation",
+    "log_every": "steps between progress updates",
+    "compile": "torch.compile the model",
+    "save_gamma": "store the final norm-layer weights in result.json",
+    "logging": "loggers: tensorboard, wandb, mlflow (bench.loggers)",
+}
+
+OPTION_MAPS = ("base", "variant_opts", "mask_opts", "logging")  # merged field by field
 BASE_OPTIMIZERS = {
     "sgd": {"lr", "momentum", "weight_decay", "nesterov"},
     "adamw": {"lr", "weight_decay", "betas", "eps"},
+    "lion": {"lr", "weight_decay", "betas"},     # lion-pytorch's Lion (Chen et al. 2023)
 }
 CHOICES = {
     "rho_norm": ["subset", "full"],
@@ -409,10 +448,24 @@ def _base(cfg: dict) -> None:
             raise ConfigError(f"base.{k}", f"not an option of {base['name']}", sorted(options))
         if k == "nesterov" and not isinstance(v, bool):
             raise ConfigError("base.nesterov", f"must be true or false, got {show(v)}")
-        if k == "betas" and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v))):
-            raise ConfigError("base.betas", f"must be two numbers, got {show(v)}")
+        if k == "betas" and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v))
+                                 and all(0 <= b <= 1 for b in v)):
+            raise ConfigError("base.betas", f"must be two numbers in [0, 1], got {show(v)}")
         if k in ("lr", "momentum", "weight_decay", "eps") and (not _is_num(v) or v < 0):
             raise ConfigError(f"base.{k}", f"must be a number >= 0, got {show(v)}")
+        if k == "lr" and base["name"] == "lion" and not v > 0:
+            raise ConfigError("base.lr", f"must be a number > 0 for lion, got {show(v)}")
+
+
+@step
+def _logging(cfg: dict) -> None:
+    """The loggers block (bench.loggers checks it, and that each logger's package is installed)."""
+    from bench import loggers
+
+    try:
+        loggers.normalize(cfg["logging"])
+    except loggers.LoggingError as exc:
+        raise ConfigError(exc.field, exc.message, exc.allowed) from None
 
 
 def _blame(build: Callable[[dict[str, Any]], Any], given: dict[str, Any]) -> str | None:

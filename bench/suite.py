@@ -12,6 +12,7 @@ Format (see the README's "Suite files")::
     include: [{...}, ...]     # single extra runs (defaults + that mapping)
     seeds: [0, 1, 2]          # crossed with every run (default: the runs' own seed field)
     slurm: {...}              # executor settings (partition, cpus_per_task, runs_per_job, ...)
+    logging: {...}            # loggers for every run (bench.loggers; runtime: run ids unchanged)
 
 A list value in a grid mapping is an axis; to give a list-valued field one value, wrap it:
 ``base.betas: [[0.9, 0.999]]``. Without ``grid`` the suite is ``defaults`` alone (plus
@@ -41,7 +42,7 @@ from bench import config, suite_cache
 from bench.config import EXPERIMENT, OPTION_MAPS, RUNTIME, ConfigError
 from bench.errors import InvalidInput, load_yaml, show
 
-TOP_KEYS = ["defaults", "grid", "include", "name", "seeds", "slurm"]
+TOP_KEYS = ["defaults", "grid", "include", "logging", "name", "seeds", "slurm"]
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 LARGE_SUITE = 10_000   # runs: above this, say that expanding and listing takes a while
 
@@ -125,11 +126,15 @@ def load_suite(path: str | Path, overrides: dict | None = None,
             raise _err(source, "defaults.seed", f"must be an integer >= 0, got {show(seed)}")
     points = _points(doc, source)
     _warn_if_large(len(points) * len(seeds), source, warn)
-    inputs = {"defaults": defaults, "points": [list(pt) for pt in points], "seeds": seeds, "set": run_over}
+    logging = doc.get("logging")   # a top-level block for every run (runtime: run ids unchanged)
+    inputs = {"defaults": defaults, "points": [list(pt) for pt in points], "seeds": seeds, "set": run_over,
+              "logging": logging}
     entry = suite_cache.key(inputs) if cache else None
     expansion = suite_cache.load(entry)
     if expansion is None:
         base_layer = _Layer.of(defaults, "defaults.")
+        if logging is not None:
+            base_layer.set("logging", logging, "")
         over_layer = _Layer.of(run_over, "--set ")
         expansion = _expand(points, seeds, base_layer, over_layer, source)
         suite_cache.store(entry, expansion)
@@ -389,6 +394,9 @@ def _where(field_path: str, origin: dict[str, str], fallback: str) -> str:
         return origin[field_path]
     for k, prefix in origin.items():  # a sub-field of an option map, e.g. variant_opts.p
         if k.startswith(field_path + "."):
+            return prefix
+    for k, prefix in origin.items():  # inside a value given whole, e.g. logging.wandb: {mode: x}
+        if field_path.startswith(k + "."):
             return prefix
     top = field_path.split(".", 1)[0]
     if top in origin:

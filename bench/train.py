@@ -7,7 +7,9 @@
 resumes from the checkpoint and gives, on CPU with the same number of threads, the same
 numbers as an uninterrupted run: every epoch's data order and augmentation depend only on
 (seed, epoch). The thread counts used are recorded (metrics, checkpoint, result); a resume
-with another count says so. Which folder may be trained, its lock and what happens to an
+with another count says so. The loggers of the run's ``logging`` block (TensorBoard by
+default: event files in the run folder, with ``loggers.json``, their resume state) follow
+the same epochs. Which folder may be trained, its lock and what happens to an
 old result are the run-folder rule of :mod:`bench.rundir`.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import config, env, io, rundir
+from bench import config, env, io, loggers, rundir
 
 
 class CheckpointMismatch(RuntimeError):
@@ -37,15 +39,22 @@ def pick_device(name: str):
     return torch.device(name)
 
 
-def make_base_optimizer(cfg: dict, params):
+def base_optimizer_class(name: str):
+    """The class behind ``base.name`` (config.BASE_OPTIMIZERS lists each one's options)."""
     import torch
 
+    if name == "lion":
+        from lion_pytorch import Lion  # Chen et al. 2023, the lion-pytorch package
+
+        return Lion
+    return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+
+
+def make_base_optimizer(cfg: dict, params):
     opts = {k: v for k, v in cfg["base"].items() if k != "name"}
-    if cfg["base"]["name"] == "sgd":
-        return torch.optim.SGD(params, **opts)
     if "betas" in opts:
         opts["betas"] = tuple(opts["betas"])
-    return torch.optim.AdamW(params, **opts)
+    return base_optimizer_class(cfg["base"]["name"])(params, **opts)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -230,7 +239,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
             log(f"[{rid}] {note}")
         write_config(run_dir, rid, suite, cfg)
         try:
-            result = _train(cfg, rid, run_dir, progress, log)
+            result = _train(cfg, rid, run_dir, progress, log, suite)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
             io.write_json(run_dir / "result.json", {
                 "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
@@ -289,8 +298,13 @@ class TrainState:
     threads_used: list[int] = field(default_factory=list)
 
 
-def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
-    """Set up, resume, train the remaining epochs; return the result (not yet written)."""
+def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log, suite: str | None = None) -> dict:
+    """Set up, resume, train the remaining epochs; return the result (not yet written).
+
+    The run's loggers (bench.loggers; rank 0 only) open after the resume and continue the same
+    logger runs; each epoch is logged once its checkpoint is written, the final metrics before
+    result.json. If training raises, they finish as failed.
+    """
     import torch
 
     t_start = time.perf_counter()
@@ -300,17 +314,20 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
     if threads not in state.threads_used:
         state.threads_used.append(threads)
     io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
-    status, last = "done", (state.metrics[-1] if state.metrics else {})
-    for epoch in range(state.epoch, cfg["epochs"]):
-        stats = train_epoch(setup, cfg, rid, epoch, progress)
-        if not math.isfinite(stats["train_loss"]):
-            status = "diverged"
-            last = {"epoch": epoch + 1, "train_loss": float("nan"), "train_acc": stats["train_acc"],
-                    "test_loss": float("nan"), "test_acc": float("nan")}
-            log(f"[{rid}] epoch {epoch + 1}: loss is not finite, run diverged")
-            break
-        last = finish_epoch(setup, cfg, rid, run_dir, epoch, stats, state, t_start, log)
-    return make_result(setup, cfg, rid, status, last, state, t_start)
+    with loggers.open_loggers(cfg["logging"], run_dir, rid, suite, cfg, history=state.metrics) as run_loggers:
+        status, last = "done", (state.metrics[-1] if state.metrics else {})
+        for epoch in range(state.epoch, cfg["epochs"]):
+            stats = train_epoch(setup, cfg, rid, epoch, progress)
+            if not math.isfinite(stats["train_loss"]):
+                status = "diverged"
+                last = {"epoch": epoch + 1, "train_loss": float("nan"), "train_acc": stats["train_acc"],
+                        "test_loss": float("nan"), "test_acc": float("nan")}
+                log(f"[{rid}] epoch {epoch + 1}: loss is not finite, run diverged")
+                break
+            last = finish_epoch(setup, cfg, rid, run_dir, epoch, stats, state, t_start, log, run_loggers)
+        result = make_result(setup, cfg, rid, status, last, state, t_start)
+        run_loggers.log_final(result, cfg)
+    return result
 
 
 def build(cfg: dict) -> Setup:
@@ -422,8 +439,9 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -
 
 
 def finish_epoch(setup: Setup, cfg: dict, rid: str, run_dir: Path, epoch: int, stats: dict,
-                 state: TrainState, t_start: float, log) -> dict:
-    """Evaluate, then append the epoch to metrics.jsonl and write checkpoint.pt; return its metrics."""
+                 state: TrainState, t_start: float, log, run_loggers: loggers.Loggers) -> dict:
+    """Evaluate, append the epoch to metrics.jsonl, write checkpoint.pt, then log the epoch to the
+    run's loggers; return its metrics."""
     import torch
 
     test_loss, test_acc = evaluate(setup.forward, setup.test_loader, setup.eval_criterion, setup.amp_ctx)
@@ -439,6 +457,7 @@ def finish_epoch(setup: Setup, cfg: dict, rid: str, run_dir: Path, epoch: int, s
         "run_id": rid, "epoch": epoch + 1, "elapsed": state.elapsed + time.perf_counter() - t_start,
         "epoch_times": state.epoch_times, "metrics": state.metrics, "threads_used": state.threads_used,
         "model": setup.model.state_dict(), "optimizer": setup.opt.state_dict()})
+    run_loggers.log_epoch(last)
     log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {stats['train_loss']:.4f} "
         f"acc {stats['train_acc']:.2f}  test loss {test_loss:.4f} acc {test_acc:.2f}  {stats['epoch_time_s']:.1f}s")
     return last

@@ -43,10 +43,10 @@ def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypa
     real_train = train._train
     boom = ids[1]
 
-    def flaky(cfg, rid, run_dir, progress, log):
+    def flaky(cfg, rid, *rest):
         if rid == boom:
             raise RuntimeError("simulated crash")
-        return real_train(cfg, rid, run_dir, progress, log)
+        return real_train(cfg, rid, *rest)
 
     monkeypatch.setattr(train, "_train", flaky)
     assert cli.main(["run", str(suite), "--out", str(out), "--executor", "debug"]) == 1
@@ -142,10 +142,10 @@ def test_locked_run_is_left_alone_and_waited_for(tmp_path, capsys, monkeypatch, 
     gate = threading.Event()
     real_train = train._train
 
-    def gated(cfg, rid, run_dir, progress, log):
+    def gated(cfg, rid, *rest):
         if rid == shared:
             assert gate.wait(120)
-        return real_train(cfg, rid, run_dir, progress, log)
+        return real_train(cfg, rid, *rest)
 
     monkeypatch.setattr(train, "_train", gated)
     # "another process" (a thread here) trains the shared run and holds its lock

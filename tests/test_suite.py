@@ -215,7 +215,7 @@ def nonorm_model():
     MODELS.unregister("test_nonorm")
 
 MALFORMED = {
-    "top_key": ("name: t\nfoo: 1\n", "foo: unknown key (allowed: defaults, grid, include, name, seeds, slurm)"),
+    "top_key": ("name: t\nfoo: 1\n", "foo: unknown key (allowed: defaults, grid, include, logging, name, seeds, slurm)"),
     "defaults_key": (BASE.replace("epochs: 1", "epochs: 1, lr: 0.1"), "defaults.lr: unknown key (allowed: amp, "),
     "grid_key": (BASE + "grid: [{rho: [1]}, {mask: all, bar: [1]}]\n", "grid[1].bar: unknown key (allowed: "),
     "include_key": (BASE + "include: [{variant: none}, {foo: 1}]\n", "include[1].foo: unknown key"),
@@ -244,6 +244,10 @@ MALFORMED = {
                        "sam_start_epoch)"),
     "name": ("name: ../up\n", "name: must be a folder name"),
     "slurm": (BASE + "slurm: {partitoin: gpu}\n", "slurm.partitoin: unknown key (allowed: account, "),
+    "logging": (BASE + "logging: {wandb: {mode: cloud}}\n",
+                "logging.wandb.mode: got 'cloud' (allowed: online, offline, disabled)"),
+    "logging_base": (BASE + "grid: {rho: [1], base: {name: lion, lr: 0}}\n",
+                     "grid.base.lr: must be a number > 0 for lion, got 0"),
 }
 
 

@@ -23,7 +23,10 @@ def run_cli(*args):
 def test_run_writes_the_four_files_and_the_result_fields(tmp_path):
     result = train.run(TINY, tmp_path / "r", progress=False)
     files = sorted(p.name for p in (tmp_path / "r").iterdir() if not p.name.startswith("."))
-    assert files == ["checkpoint.pt", "config.json", "metrics.jsonl", "result.json"]
+    logger_files = [f for f in files if f.startswith("events.out.tfevents.") or f == "loggers.json"]
+    assert sorted(set(files) - set(logger_files)) == ["checkpoint.pt", "config.json", "metrics.jsonl",
+                                                       "result.json"]
+    assert len(logger_files) == 2  # TensorBoard, on by default: one event file and the loggers' state
     stored = io.read_json(tmp_path / "r" / "result.json")
     assert stored == json.loads(json.dumps(result))
     for key in ("status", "test_acc", "test_loss", "train_acc", "train_loss", "epochs", "wall_time_s",

@@ -1,0 +1,329 @@
+"""One self-contained HTML page for a results folder: ``sambench report DIR -o report.html``.
+
+The page holds everything a reader needs without the folder: run counts by status, the tables
+(``analysis.table``), every figure ``analysis.plot_all`` draws (PNG embedded as base64), the
+failed runs with their error and the tail of their logs, every run in one table, and the
+environment the runs recorded. Files only: no torch, bench or masks import.
+
+    info = analysis.write_report("results/demo", "results/demo/report.html")
+    info.path, info.figures, info.tables, info.warnings
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import os
+import platform
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.labels import is_missing, plain
+from analysis.loading import collect
+from analysis.plots import plot_all
+from analysis.tables import table
+
+STATUS_ORDER = ("done", "diverged", "failed", "corrupt", "running", "pending")
+FAILED = ("failed", "diverged", "corrupt")
+LOG_TAIL_LINES = 30
+MAX_RUN_ROWS = 2000
+RUN_COLUMNS = ("run_id", "suite", "status", "setting", "variant_label", "method", "rho", "seed", "test_acc",
+               "epochs_done", "seconds_per_epoch", "perturbed_fraction")
+ENV_COLUMNS_FIRST = ("env.git_commit", "env.torch", "env.device_name", "env.device", "env.cuda", "env.python",
+                     "env.threads", "env.hostname", "env.platform")
+TABLES = (("Test accuracy (%) at each method's best ρ, mean ± std over seeds", {}),
+          ("Test accuracy (%) by ρ", {"layout": "rho"}))
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
+padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.meta{color:#666}nav a{margin-right:1em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ddd;padding:.25em .55em;vertical-align:top}th{background:#f4f4f4}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1em 0;display:inline-block;max-width:100%}figure img{max-width:100%;height:auto}
+figcaption{color:#555;font-size:.9em}pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.82em}
+.status-failed,.status-corrupt{color:#b00020}.status-diverged{color:#b36b00}.status-done{color:#1b7a1b}
+details{margin:.5em 0}summary{cursor:pointer}
+"""
+
+
+@dataclass
+class ReportInfo:
+    """What was written: the page, its figure stems, table titles and the warnings met."""
+
+    path: str
+    figures: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+    skipped_figures: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _fmt(value) -> str:
+    value = plain(value)
+    if is_missing(value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-2 else f"{value:.2f}" if abs(value) < 1e5 else f"{value:.4g}"
+    return str(value)
+
+
+def _html_table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset(),
+                css: str = "") -> str:
+    """Cells are already HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+# --- markdown tables (analysis.table) -> HTML ---------------------------------------------------
+
+def _md_cells(line: str) -> list[str]:
+    text = line.strip()
+    text = text[1:] if text.startswith("|") else text
+    text = text[:-1] if text.endswith("|") and not text.endswith("\\|") else text
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", text)]
+
+
+def _md_inline(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", esc(text))
+
+
+def markdown_to_html(text: str) -> str:
+    """Markdown pipe tables (as ``analysis.table`` writes them) and plain lines -> HTML."""
+    out, block = [], []
+
+    def flush():
+        if not block:
+            return
+        header, *rest = block
+        aligns = _md_cells(rest[0]) if rest and set(rest[0].replace("|", "").strip()) <= set(":- ") else None
+        body = rest[1:] if aligns is not None else rest
+        numeric = {i for i, a in enumerate(aligns or []) if a.endswith(":") and not a.startswith(":")}
+        out.append(_html_table([_md_inline(c) for c in _md_cells(header)],
+                               [[_md_inline(c) for c in _md_cells(r)] for r in body], numeric, "result"))
+        block.clear()
+
+    for line in text.splitlines():
+        if line.strip().startswith("|"):
+            block.append(line)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{_md_inline(line.strip())}</p>")
+    flush()
+    return "\n".join(out)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+def _status_section(df: pd.DataFrame) -> str:
+    statuses = [s for s in STATUS_ORDER if s in set(df["status"])] + sorted(
+        set(df["status"]) - set(STATUS_ORDER))
+    suites = df["suite"].fillna("(no suite)").astype(str) if len(df) else pd.Series([], dtype=str)
+    rows = []
+    for name in sorted(set(suites)):
+        sub = df[suites == name]
+        counts = sub["status"].value_counts()
+        rows.append([esc(name), str(len(sub))] + [str(int(counts.get(s, 0))) for s in statuses])
+    if len(set(suites)) != 1:
+        counts = df["status"].value_counts()
+        rows.append(["<strong>all</strong>", str(len(df))] + [str(int(counts.get(s, 0))) for s in statuses])
+    header = ["suite", "runs"] + [f'<span class="status-{esc(s)}">{esc(s)}</span>' for s in statuses]
+    return _html_table(header, rows, set(range(1, len(header))), "status")
+
+
+def _tables_section(df: pd.DataFrame, info: ReportInfo) -> str:
+    parts = []
+    for title, kwargs in TABLES:
+        try:
+            text = table(df, fmt="markdown", **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- one table that cannot be made does not stop the page
+            info.warnings.append(f"table {title!r} not made: {type(exc).__name__}: {exc}")
+            continue
+        info.tables.append(title)
+        parts.append(f'<h3>{esc(title)}</h3>\n<div class="table">{markdown_to_html(text)}</div>')
+    return "\n".join(parts)
+
+
+def _figures_section(df: pd.DataFrame, info: ReportInfo) -> str:
+    with tempfile.TemporaryDirectory(prefix="sambench-report-") as tmp:
+        paths = plot_all(df, tmp, formats=("png",))
+        parts = []
+        for p in paths:
+            stem = Path(p).stem
+            data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
+            info.figures.append(stem)
+            parts.append(f'<figure id="fig-{esc(stem)}"><img alt="{esc(stem)}" '
+                         f'src="data:image/png;base64,{data}"><figcaption>{esc(stem.replace("_", " "))}'
+                         f"</figcaption></figure>")
+    info.skipped_figures = dict(paths.skipped)
+    if paths.skipped:
+        items = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in sorted(paths.skipped.items()))
+        parts.append(f"<p>Not drawn:</p><ul>{items}</ul>")
+    return "\n".join(parts) or "<p>No figures (no finished runs).</p>"
+
+
+def _log_files(run_dir: Path) -> list[Path]:
+    """Log files recorded for a run: job.json's stdout/stderr paths (submitit), then logs in the folder."""
+    import json
+
+    found = []
+    try:
+        info = json.loads((run_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        info = None
+    jobs = info.get("jobs", []) if isinstance(info, dict) else []
+    for job in reversed([j for j in jobs if isinstance(j, dict)]):
+        for key in ("stderr", "stdout"):
+            if isinstance(job.get(key), str) and Path(job[key]).is_file():
+                found.append(Path(job[key]))
+    found += sorted(p for p in run_dir.glob("*.log") if p.is_file())
+    return found
+
+
+def _tail(path: Path, run_id: str, n: int = LOG_TAIL_LINES) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 256_000))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    mine = [ln for ln in lines if run_id in ln]
+    if mine and len(mine) < len(lines):  # a log shared by several runs: from this run's first line on
+        lines = lines[lines.index(mine[0]):]
+    return [ln for ln in lines if ln.strip()][-n:]
+
+
+def _failed_section(df: pd.DataFrame) -> str:
+    import json
+
+    bad = df[df["status"].isin(FAILED)]
+    if not len(bad):
+        return "<p>None.</p>"
+    parts = []
+    for _, row in bad.iterrows():
+        run_dir = Path(str(row.get("path")))
+        error = row.get("error") if "error" in row and not is_missing(row.get("error")) else None
+        what = " · ".join(esc(_fmt(row.get(c))) for c in ("setting", "variant_label", "method") if c in row)
+        rho = f" · ρ={esc(_fmt(row.get('rho')))}" if not is_missing(row.get("rho")) else ""
+        body = [f"<p>{what}{rho} · seed {esc(_fmt(row.get('seed')))} · <code>{esc(run_dir)}</code></p>"]
+        try:
+            result = json.loads((run_dir / "result.json").read_text())
+        except (OSError, ValueError):
+            result = None
+        tb = result.get("traceback") if isinstance(result, dict) else None
+        if tb:
+            body.append(f"<p>Traceback (end):</p><pre>{esc(chr(10).join(str(tb).splitlines()[-LOG_TAIL_LINES:]))}</pre>")
+        for log in _log_files(run_dir):
+            tail = _tail(log, str(row["run_id"]))
+            if tail:
+                body.append(f"<p>Log <code>{esc(log)}</code> (last {len(tail)} lines):</p>"
+                            f"<pre>{esc(chr(10).join(tail))}</pre>")
+                break
+        summary = (f'<span class="status-{esc(row["status"])}">{esc(row["status"])}</span> '
+                   f'<code>{esc(row["run_id"])}</code>' + (f": {esc(error)}" if error else ""))
+        parts.append(f'<details open class="failed-run" id="run-{esc(row["run_id"])}"><summary>{summary}'
+                     f"</summary>{''.join(body)}</details>")
+    return "\n".join(parts)
+
+
+def _runs_section(df: pd.DataFrame) -> str:
+    cols = [c for c in RUN_COLUMNS if c in df.columns]
+    numeric = {i for i, c in enumerate(cols) if pd.api.types.is_numeric_dtype(df[c])}
+    shown = df.head(MAX_RUN_ROWS)
+    rows = []
+    for _, r in shown.iterrows():
+        cells = [esc(_fmt(r[c])) for c in cols]
+        if "status" in cols:
+            i = cols.index("status")
+            cells[i] = f'<span class="status-{cells[i]}">{cells[i]}</span>'
+        rows.append(cells)
+    more = f"<p>First {MAX_RUN_ROWS} of {len(df)} runs.</p>" if len(df) > MAX_RUN_ROWS else ""
+    return _html_table([esc(c) for c in cols], rows, numeric, "runs") + more
+
+
+def _environment_section(df: pd.DataFrame) -> str:
+    env_cols = [c for c in df.columns if c.startswith("env.")]
+    env_cols = [c for c in ENV_COLUMNS_FIRST if c in env_cols] + sorted(set(env_cols) - set(ENV_COLUMNS_FIRST))
+    rows = []
+    for c in env_cols:
+        counts = df[c].map(_fmt).replace("", pd.NA).dropna().value_counts()
+        if not len(counts):
+            continue
+        values = "<br>".join(f"{esc(v)}" + (f" ({n} runs)" if len(counts) > 1 else "")
+                             for v, n in counts.head(8).items())
+        if len(counts) > 8:
+            values += f"<br>… {len(counts) - 8} more"
+        rows.append([esc(c[len("env."):]), values])
+    rows.append(["report made with", esc(f"python {platform.python_version()}, pandas {pd.__version__}, "
+                                         f"sambench {_version()}")])
+    return _html_table(["", "recorded by the runs"], rows, css="env")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sambench")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def render(folder: str | os.PathLike, title: str | None = None) -> tuple[str, ReportInfo]:
+    """The page as a string and what it holds (``info.path`` left empty)."""
+    info = ReportInfo(path="")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = collect(folder)
+        sections = [
+            ("status", "Runs by status", _status_section(df)),
+            ("tables", "Tables", _tables_section(df, info)),
+            ("figures", "Figures", _figures_section(df, info)),
+            ("failed", "Failed runs", _failed_section(df)),
+            ("runs", "All runs", _runs_section(df)),
+            ("environment", "Environment", _environment_section(df)),
+        ]
+    info.warnings = list(dict.fromkeys([str(w.message) for w in caught] + info.warnings))
+    root = Path(folder).resolve()
+    title = title or f"sambench report: {root.name}"
+    now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    notes = ""
+    if info.warnings:
+        notes = "<h3>Warnings</h3><ul>" + "".join(f"<li>{esc(w)}</li>" for w in info.warnings) + "</ul>"
+    nav = "".join(f'<a href="#{key}">{esc(name)}</a>' for key, name, _ in sections)
+    body = "\n".join(f'<section id="{key}"><h2>{esc(name)}</h2>\n{content}\n</section>'
+                     for key, name, content in sections)
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+            f"<h1>{esc(title)}</h1>\n<p class=\"meta\">{len(df)} runs in <code>{esc(root)}</code> · "
+            f"generated {esc(now)}</p>\n<nav>{nav}</nav>\n{notes}\n{body}\n</body></html>\n")
+    return page, info
+
+
+def write_report(folder: str | os.PathLike, output: str | os.PathLike, title: str | None = None) -> ReportInfo:
+    """Write the report page for ``folder`` to ``output`` (parent folders created)."""
+    page, info = render(folder, title)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out)
+    info.path = str(out)
+    return info
+
+
+__all__ = ["write_report", "render", "markdown_to_html", "ReportInfo"]
