@@ -41,6 +41,7 @@ TRAIN_FLAGS = {  # flag -> config path
     "schedule": "schedule", "warmup_epochs": "warmup_epochs", "amp": "amp", "device": "device",
     "data_root": "data_root", "p": "variant_opts.p", "adaptive": "variant_opts.adaptive",
     "eta": "variant_opts.eta", "eval_batch_size": "eval_batch_size", "log_every": "log_every",
+    "label_noise": "label_noise", "label_noise_type": "label_noise_type",
 }
 BOOL_FLAGS = {"freeze_bn_second": "freeze_bn_second", "channels_last": "channels_last",
               "download": "download", "normalize_bias": "variant_opts.normalize_bias", "compile": "compile"}
@@ -168,11 +169,40 @@ def cmd_plot(args) -> int:
 def cmd_table(args) -> int:
     import analysis
 
+    if args.compare:
+        try:
+            print(analysis.compare(args.dir, *args.compare, metric=args.metric))
+        except analysis.CompareError as exc:
+            raise InvalidInput(f"--compare: {exc}") from None
+        return EXIT_OK
     print(analysis.table(args.dir, fmt="markdown"))
     if args.latex:
         print()
         print(analysis.table(args.dir, fmt="latex"))
     return EXIT_OK
+
+
+# --- sharpness -----------------------------------------------------------------------------
+
+def cmd_sharpness(args) -> int:
+    """Measure sharpness of finished runs (bench.sharpness); every folder is checked first."""
+    from bench import data, sharpness
+
+    overrides = parse_set(args.set)
+    if args.samples is not None:
+        overrides["n_samples"] = args.samples
+    if args.device is not None and not (args.device in ("auto", "cpu", "cuda") or args.device.startswith("cuda:")):
+        raise InvalidInput(f"--device: got {args.device!r} (allowed: auto, cpu, cuda, cuda:N)")
+    try:
+        outcomes = sharpness.evaluate_dirs(args.run_dirs, overrides, args.device, args.force)
+    except sharpness.SettingsError as exc:
+        flag = "--samples" if exc.field == ".n_samples" else f"--set {exc.field.lstrip('.')}"
+        raise InvalidInput(f"{flag}: {exc.message}" + (f" (allowed: {', '.join(map(str, exc.allowed))})"
+                                                        if exc.allowed else "")) from None
+    except (sharpness.RunDirError, data.DataError) as exc:
+        raise InvalidInput(str(exc).splitlines()[0]) from None
+    locked = [d for d, outcome in outcomes if outcome == "locked"]
+    return EXIT_FAIL if locked else EXIT_OK
 
 
 # --- run / status / perf -------------------------------------------------------------------
@@ -232,14 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="markdown (and LaTeX) tables, mean ± std over seeds")
     p.add_argument("dir")
     p.add_argument("--latex", action="store_true", default=True)
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="print the seed-paired difference A - B with its 95%% CI (paired t); A, B: "
+                        "METHOD[@RHO], e.g. norm_only@1.0 all@0.1 (no rho: the method's best rho)")
+    p.add_argument("--metric", default="test_acc", help="metric for --compare (default test_acc)")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("sharpness", help="m-sharpness and Hessian eigenvalue/trace of finished runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (holding checkpoint.pt)")
+    p.add_argument("--samples", type=int, default=None, help="first N training samples (default 1024)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the run's device)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a sharpness option (m=64, steps=10, hessian=false, radii={linf_adaptive: [0.003]})")
+    p.add_argument("--force", action="store_true", help="measure again even if result.json holds it")
+    p.set_defaults(func=cmd_sharpness)
 
     p = sub.add_parser("train", help="one run, in process")
     for flag in TRAIN_FLAGS:
         kind = {"rho": float, "sparsity": _scalar, "epochs": int, "batch_size": int, "lr": float,
                 "momentum": float, "weight_decay": float, "seed": int, "label_smoothing": float,
                 "warmup_epochs": int, "p": _scalar, "eta": float, "eval_batch_size": int,
-                "log_every": int}.get(flag, str)
+                "log_every": int, "label_noise": float}.get(flag, str)
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None)
     for flag in BOOL_FLAGS:
         p.add_argument("--" + flag.replace("_", "-"), dest=flag, action="store_true")

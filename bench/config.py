@@ -31,8 +31,13 @@ EXPERIMENT: dict[str, Any] = {
     "augment": True,
     "amp": "none",             # none | bf16 (autocast on CUDA)
     "channels_last": False,
+    "label_noise": 0.0,        # fraction of training labels replaced (bench.data.noisy_labels)
+    "label_noise_type": "symmetric",  # symmetric | asymmetric (class c -> c+1 mod K)
     "seed": 0,
 }
+# experiment fields left out of the run id while they hold these values (no label noise), so
+# the ids of runs made before the fields existed do not change
+ID_OMITTED_AT_DEFAULT = {"label_noise": 0.0, "label_noise_type": "symmetric"}
 
 RUNTIME: dict[str, Any] = {
     "device": "auto",          # auto | cpu | cuda | cuda:N
@@ -42,6 +47,7 @@ RUNTIME: dict[str, Any] = {
     "log_every": 50,           # steps between progress updates (no per-step host sync)
     "compile": False,
     "save_gamma": True,        # store final norm-layer weights in result.json
+    "sharpness": None,         # {} or options: measure sharpness after training (bench.sharpness)
 }
 
 BASE_OPTIMIZERS = {
@@ -106,7 +112,11 @@ def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def experiment_part(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: cfg[k] for k in EXPERIMENT}
+    part = {k: cfg[k] for k in EXPERIMENT}
+    if not part.get("label_noise"):  # no noise: the noise type changes nothing
+        for k in ID_OMITTED_AT_DEFAULT:
+            part.pop(k, None)
+    return part
 
 
 def run_id(cfg: dict[str, Any]) -> str:
@@ -196,6 +206,8 @@ def validate(cfg: dict[str, Any]) -> None:
         if k in ("lr", "momentum", "weight_decay", "eps") and (not _is_num(v) or v < 0):
             raise ConfigError(f"base.{k}", f"must be a number >= 0, got {v!r}")
 
+    validate_science_fields(cfg)
+
     # variant and mask options: checked by constructing them (their signatures are the schema)
     from bench.sam import check_variant_opts
 
@@ -209,6 +221,22 @@ def validate(cfg: dict[str, Any]) -> None:
     except (TypeError, ValueError) as exc:
         field = "sparsity" if "sparsity" in str(exc) else "mask_opts"
         raise ConfigError(field, str(exc)) from None
+
+
+def validate_science_fields(cfg: dict[str, Any]) -> None:
+    """label_noise, label_noise_type and the sharpness block (its options: bench.sharpness)."""
+    from bench.data import LABEL_NOISE_TYPES
+    from bench.sharpness import SettingsError, check_settings
+
+    noise = cfg["label_noise"]
+    if not _is_num(noise) or not 0 <= noise < 1:
+        raise ConfigError("label_noise", f"must be a fraction in [0, 1), got {noise!r}")
+    if cfg["label_noise_type"] not in LABEL_NOISE_TYPES:
+        raise ConfigError("label_noise_type", f"got {cfg['label_noise_type']!r}", list(LABEL_NOISE_TYPES))
+    try:
+        check_settings(cfg["sharpness"])
+    except SettingsError as exc:
+        raise ConfigError(f"sharpness{exc.field}", exc.message, exc.allowed) from None
 
 
 def make_mask(cfg: dict[str, Any], seed: int | None = None):

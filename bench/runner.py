@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import io
+from bench import io, sharpness
 from bench.cli import EXIT_FAIL, EXIT_OK, InvalidInput, parse_set
+from bench.reference import write_reference
 
 FINAL = ("done", "diverged")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60       # the local controller kills a job after its timeout
@@ -167,10 +168,12 @@ def run_state(rid: str, cfg: dict, run_dir: Path, queue: Queue) -> RunState:
     if not run_dir.is_dir():
         return RunState(rid, cfg, run_dir, "new")
     result = read_result(run_dir)
-    if result is not None and result.get("status") in FINAL:
+    if result is not None and result.get("status") in FINAL and not sharpness.pending(cfg, result):
         return RunState(rid, cfg, run_dir, result["status"], result)
     if lock_held(run_dir) or job_alive(read_job(run_dir), queue):
         return RunState(rid, cfg, run_dir, "running", result)
+    if result is not None and result.get("status") in FINAL:  # trained; its sharpness still to measure
+        return RunState(rid, cfg, run_dir, "resume", result)
     if result is not None:
         return RunState(rid, cfg, run_dir, "failed", result)
     if (run_dir / "checkpoint.pt").exists() or io.read_jsonl(run_dir / "metrics.jsonl"):
@@ -473,7 +476,7 @@ def wait(sub: Submission, watch: list[RunState], elsewhere: list[RunState], not_
         except FileNotFoundError:
             return None
         res = read_result(st.dir)
-        if res is None or not (fresh or res.get("status") in FINAL):
+        if res is None or not (fresh or res.get("status") in FINAL) or sharpness.pending(st.cfg, res):
             return None
         return None if lock_held(st.dir) else res
 
@@ -589,6 +592,7 @@ def cmd_run(args) -> int:
         print(count_line(states, len(todo)) + " (dry run: nothing written)")
         return EXIT_OK
     print(f"{suite.name}: " + count_line(states, len(todo)), flush=True)
+    write_reference(suite, root)  # the suite's published numbers, for table and plot
 
     if todo:
         try:

@@ -167,7 +167,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
         if result_path.exists():
             previous = io.read_json(result_path)
             if previous.get("status") in ("done", "diverged"):
-                return previous
+                return measure_sharpness(cfg, run_dir, previous, log)
             result_path.unlink()  # a failed run is retried
         cfg_path = run_dir / "config.json"
         if cfg_path.exists():
@@ -178,12 +178,20 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
         else:
             io.write_json(cfg_path, {"run_id": rid, "suite": suite, "config": cfg})
         try:
-            return _train(cfg, rid, run_dir, progress, log)
+            result = _train(cfg, rid, run_dir, progress, log)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
             result = {"status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc()[-4000:], "config": cfg}
             io.write_json(result_path, result)
             raise
+        return measure_sharpness(cfg, run_dir, result, log)
+
+
+def measure_sharpness(cfg: dict, run_dir: Path, result: dict, log) -> dict:
+    """The run's ``sharpness`` measures, when its config asks and result.json lacks them (never raises)."""
+    from bench import sharpness
+
+    return sharpness.after_training(cfg, run_dir, result, log)
 
 
 def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
@@ -200,6 +208,7 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
     torch.manual_seed(cfg["seed"])
 
     spec = D.load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
+    spec = D.with_label_noise(spec, cfg["label_noise"], cfg["label_noise_type"], cfg["seed"])
     train_loader, test_loader = D.make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"],
                                                cfg["seed"], device, cfg["augment"])
     # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation; it shares
