@@ -41,7 +41,7 @@ from bench import config as C
 from bench.cli import InvalidInput
 from masks.registry import UnknownNameError
 
-TOP_KEYS = ["defaults", "grid", "include", "name", "seeds", "slurm"]
+TOP_KEYS = ["defaults", "grid", "include", "name", "reference", "seeds", "slurm"]
 OPTION_MAPS = ("base", "variant_opts", "mask_opts")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -74,6 +74,8 @@ class Suite:
     run_ids: list[str] = field(default_factory=list)
     # run id -> the sparsity actually used when the config says "match:<mask>"
     resolved_sparsity: dict[str, float] = field(default_factory=dict)
+    # published numbers (the suite's reference: block, checked; see bench/reference.py)
+    reference: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -380,6 +382,7 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> Suite:
         if key not in TOP_KEYS:
             raise _err(source, str(key), "unknown key", TOP_KEYS)
     run_over, slurm_over, top_over = _split_overrides(overrides, source)
+    reference = _reference(doc.get("reference"), source)
 
     # name
     name, name_src = (top_over["name"], "--set") if "name" in top_over else (doc.get("name"), source)
@@ -471,7 +474,16 @@ def load_suite(path: str | Path, overrides: dict | None = None) -> Suite:
             if resolved is not None:
                 resolved_sparsity[rid] = resolved
     return Suite(name=name, runs=runs, slurm=slurm, source=path, run_ids=ids,
-                 resolved_sparsity=resolved_sparsity)
+                 resolved_sparsity=resolved_sparsity, reference=reference)
+
+
+def _reference(block: Any, source: str) -> list[dict]:
+    from bench.reference import ReferenceError, check_reference
+
+    try:
+        return check_reference(block)
+    except ReferenceError as exc:
+        raise _err(source, exc.field, exc.message, exc.allowed) from None
 
 
 def _render(exc: C.ConfigError, where: str, source: str) -> SuiteError:
