@@ -163,14 +163,14 @@ PUBLISHED_LABEL = "published (hollow markers)"
 def _hollow(ax, x, entry: dict, color: str, marker: str) -> None:
     """A published number as a hollow marker (error bar: its std when published)."""
     yerr = [entry["std"]] if entry.get("std") is not None else None
-    ax.errorbar([x], [entry["mean"]], yerr=yerr, color=color, marker=marker, mfc="white", mec=color,
-                mew=1.3, ms=7, ls="none", zorder=4, capsize=2)
+    ax.errorbar([x], [entry["mean"]], yerr=yerr, color=color, marker=marker, mfc="none", mec=color,
+                mew=1.4, ms=10, ls="none", zorder=4, capsize=3, elinewidth=0.8)
 
 
 def _published_proxy():
     from matplotlib.lines import Line2D
 
-    return (Line2D([], [], color="#555555", marker="o", mfc="white", ls="none", ms=7), PUBLISHED_LABEL)
+    return (Line2D([], [], color="#555555", marker="o", mfc="none", ls="none", ms=8), PUBLISHED_LABEL)
 
 
 def _plain_log_labels(ax) -> None:

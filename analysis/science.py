@@ -66,6 +66,13 @@ def _log_if_spread(ax, values, axis: str = "x") -> None:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
+def _suptitle(fig, text: str) -> None:
+    """A figure title wrapped to the figure's width (about 15 characters per inch at 9 pt)."""
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(text, width=int(fig.get_figwidth() * 15))))
+
+
 def _variant_markers(rows: pd.DataFrame) -> dict[str, str]:
     variants = sorted(rows["variant_label"].unique(), key=variant_sort_key)
     return dict(zip(variants, VARIANT_MARKERS * 3))
@@ -89,7 +96,7 @@ def sharpness_vs_accuracy(d, outdir, formats) -> list:
         if not cols:
             continue
         vmarkers = _variant_markers(rows)
-        fig, axes = plots._figure(len(cols), ncols_max=3)
+        fig, axes = plots._figure(len(cols), ncols_max=2 if len(cols) <= 4 else 3)
         seen: dict[str, str] = {}
         for ax, c in zip(axes, cols):
             pts = rows[rows[f"{c}_mean"].notna()]
@@ -110,8 +117,8 @@ def sharpness_vs_accuracy(d, outdir, formats) -> list:
         if len(vmarkers) > 1:
             extra += [(Line2D([], [], color="#777777", marker=m, ls="none", ms=5, mfc="none"), v)
                       for v, m in vmarkers.items()]
-        fig.suptitle(f"{s}: test accuracy against sharpness (mean ± std over seeds; each point one "
-                     "configuration)")
+        _suptitle(fig, f"{s}: test accuracy against sharpness (mean ± std over seeds; each point one "
+                       "configuration)")
         plots._legend(fig, axes, extra)
         stem = name if len(settings) == 1 else f"{name}_{slug(s)}"
         out.extend(plots._save(fig, outdir, stem, formats))
@@ -137,7 +144,7 @@ def sharpness_vs_sparsity(d, outdir, formats) -> list:
         cols = [c for c in measures if pts[f"{c}_mean"].notna().any()]
         if not cols:
             continue
-        fig, axes = plots._figure(len(cols), ncols_max=3)
+        fig, axes = plots._figure(len(cols), ncols_max=2 if len(cols) <= 4 else 3)
         b = plots._baseline_row(d, s)
         for ax, c in zip(axes, cols):
             if b is not None and not is_missing(b.get(f"{c}_mean")):
@@ -160,8 +167,8 @@ def sharpness_vs_sparsity(d, outdir, formats) -> list:
             ax.set_xlabel("fraction of parameters perturbed (log scale)")
             ax.set_ylabel(measure_axis(c))
             plots._title(ax, measure_title(c), width=40)
-        fig.suptitle(f"{v} — {s}: sharpness of the trained model against the perturbed fraction "
-                     "(each method at its best rho by accuracy; mean ± std over seeds)")
+        _suptitle(fig, f"{v} — {s}: sharpness of the trained model against the fraction of parameters "
+                       "perturbed (each method at its best rho by accuracy; mean ± std over seeds)")
         plots._legend(fig, axes)
         stem = name if len(panels) == 1 else f"{name}_{slug(s)}_{slug(v)}"
         out.extend(plots._save(fig, outdir, stem, formats))
@@ -246,7 +253,7 @@ def gamma_ridge(d, outdir, formats) -> list:
         ax.set_yticks(range(n))
         ax.set_yticklabels(list(reversed(list(rows["method"]))))
         ax.set_ylim(-0.1, n)
-        ax.set_xlabel("final norm-layer weight γ (black tick: median)")
+        ax.set_xlabel("final norm-layer γ (tick: median)", loc="right")
         plots._title(ax, f"{v} — {s}" if v else s)
     return plots.PlotPaths(plots._save(fig, outdir, name, formats))
 
@@ -273,7 +280,7 @@ def gamma_violin(d, outdir, formats) -> list:
                        palette=palette, inner="quart", density_norm="width", cut=0, linewidth=0.7,
                        legend=False, ax=ax)
         ax.set_ylabel("")
-        ax.set_xlabel("final norm-layer weight γ (lines: quartiles)")
+        ax.set_xlabel("final norm-layer γ (lines: quartiles)", loc="right")
         plots._title(ax, f"{v} — {s}" if v else s)
     return plots.PlotPaths(plots._save(fig, outdir, name, formats))
 

@@ -167,7 +167,10 @@ def msharp_key(family: str, rho: float) -> str:
 
 
 def measure_keys(settings: dict) -> list[str]:
-    keys = list(HESSIAN_KEYS) if settings["hessian"] else []
+    """The measures these settings ask for (Hessian traces only with trace_probes > 0)."""
+    keys = []
+    if settings["hessian"]:
+        keys = [k for k in HESSIAN_KEYS if settings["trace_probes"] or "trace" not in k]
     for fam in FAMILIES:
         keys += [msharp_key(fam, r) for r in settings["radii"].get(fam, [])]
     return keys

@@ -322,6 +322,7 @@ def test_paired_difference_has_intervals(df):
     assert p.attrs["ci_method"] == "paired t"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_compare_command(results, capsys):
     from bench.cli import main
 

@@ -167,6 +167,9 @@ def test_settings_validation_and_keys():
     assert s["radii"] == {"linf_adaptive": [0.001, 0.003]} and s["m"] == 64
     assert S.measure_keys(s) == list(S.HESSIAN_KEYS) + ["msharp_linf_adaptive_rho0.001",
                                                          "msharp_linf_adaptive_rho0.003"]
+    assert S.measure_keys({**s, "trace_probes": 0}) == ["hessian_max_eig", "hessian_max_eig_norm",
+                                                        "msharp_linf_adaptive_rho0.001",
+                                                        "msharp_linf_adaptive_rho0.003"]
     for bad, field in (({"bogus": 1}, ".bogus"), ({"m": 0}, ".m"), ({"radii": {"l3_x": [1]}}, ".radii.l3_x"),
                        ({"radii": {"l2_standard": [-1]}}, ".radii.l2_standard"), ("yes", ""),
                        ({"trace_estimator": "exact"}, ".trace_estimator")):
