@@ -372,11 +372,9 @@ def worst_case_sharpness(model, x, y, *, family: str, rho: float, m: int, steps:
 
 
 @contextlib.contextmanager
-def _double_backward_ready(device):
-    """Attention kernels without a double backward (flash, memory-efficient) off on CUDA."""
-    if getattr(device, "type", str(device)) != "cuda":
-        yield
-        return
+def _double_backward_ready():
+    """Only the math attention kernel: the fused ones (flash, memory-efficient, on CPU and CUDA)
+    have no double backward, which Hessian-vector products need."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:
@@ -433,7 +431,7 @@ def measure(model, x, y, settings: dict | None = None, *, done: dict | None = No
         if on_measure:
             on_measure(key, out, seconds, extra)
 
-    with _double_backward_ready(device):
+    with _double_backward_ready():
         if settings["hessian"]:
             for suffix, names in (("", list(params_all)), ("_norm", norm_names)):
                 params = [params_all[n] for n in names]

@@ -85,6 +85,35 @@ def test_hessian_eigenvalue_and_trace_match_the_dense_hessian(tiny):
     assert float(torch.linalg.eigvalsh(h).min()) < 0
 
 
+def test_hessian_through_fused_attention_and_layernorm():
+    """timm's ViT uses scaled_dot_product_attention, whose fused kernels have no double backward."""
+    from bench import models
+
+    torch.manual_seed(0)
+    model = models.create_model("vit_ci", 10, 1, 8).eval()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    names = masks.norm_param_names(model)
+    params = dict(model.named_parameters())
+    assert names and all(n.split(".")[-1] in ("weight", "bias") for n in names)
+    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
+    rest = {n: p.detach() for n, p in params.items() if n not in names}
+
+    def loss(theta):
+        own, i = {}, 0
+        for n in names:
+            own[n] = theta[i:i + params[n].numel()].view(params[n].shape)
+            i += params[n].numel()
+        return nn.functional.cross_entropy(functional_call(model, {**rest, **own}, (x,)), y)
+
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        h = torch.autograd.functional.hessian(loss, flat)
+    out = S.measure(model, x, y, {"power_iters": 300, "power_tol": 1e-7, "trace_probes": 3 * len(flat),
+                                  "hessian": True, "radii": {"linf_adaptive": [0.003]}, "m": 8})["values"]
+    assert out["hessian_max_eig_norm"] == pytest.approx(float(torch.linalg.eigvalsh(h).max()), rel=0.01)
+    assert out["hessian_trace_norm"] == pytest.approx(float(h.trace()), rel=0.01, abs=1e-6)
+    assert out["msharp_linf_adaptive_rho0.003"] > 0
+
+
 def test_estimators_on_matrices_with_known_answers():
     g = torch.Generator().manual_seed(1)
     q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g))
