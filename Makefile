@@ -26,7 +26,8 @@ demo:
 	$(VENV)/bin/sambench plot results/demo -o results/demo/figures
 	$(VENV)/bin/sambench table results/demo > results/demo/table.md
 	$(VENV)/bin/sambench collect results/demo -o results/demo/results.csv
-	@echo "demo: figures in results/demo/figures/, table in results/demo/table.md"
+	@echo "demo: figures in results/demo/figures/ (accuracy_vs_sparsity, sharpness_vs_accuracy,"
+	@echo "      sharpness_vs_sparsity, norm_gamma, ...), table in results/demo/table.md"
 
 lint:
 	$(VENV)/bin/ruff check bench masks analysis tests

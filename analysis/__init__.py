@@ -6,7 +6,8 @@ Submodules are imported on first use, so ``import analysis`` is instant::
     import analysis
     df = analysis.collect("results/")            # one row per run, any status
     agg = analysis.aggregate(df)                 # mean/std/n over seeds per configuration
-    diff = analysis.paired_difference(df)        # seed-paired diff vs dense SAM at its best rho
+    diff = analysis.paired_difference(df)        # seed-paired diff vs dense SAM at its best rho, 95% t CI
+    print(analysis.compare(df, "norm_only@1.0", "all@0.1"))   # one paired difference with its CI
     paths = analysis.plot_all(df, "figures/")    # PNG + PDF; paths.skipped says what was not drawn
     print(analysis.table(df, fmt="markdown"))    # or fmt="latex", layout="rho"
     analysis.write_csv(agg, "agg.csv")
@@ -23,6 +24,14 @@ _EXPORTS = {
     "paired_difference": "stats",
     "best_rho": "stats",
     "METRICS": "stats",
+    "compare": "stats",
+    "CompareError": "stats",
+    "t_interval": "stats",
+    "paired": "stats",
+    "sharpness_columns": "stats",
+    "plot_sharpness": "plots",
+    "plot_gamma_violin": "plots",
+    "load_references": "reference",
     "plot_all": "plots",
     "plot_accuracy_vs_sparsity": "plots",
     "plot_rho_sweeps": "plots",

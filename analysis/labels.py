@@ -13,8 +13,12 @@ from typing import Any
 
 # --- column roles ----------------------------------------------------------------------
 
-RUNTIME_FIELDS = ("device", "data_root", "download", "eval_batch_size", "log_every", "compile", "save_gamma")
+RUNTIME_FIELDS = ("device", "data_root", "download", "eval_batch_size", "log_every", "compile", "save_gamma",
+                  "sharpness_config")
 RUNTIME_PREFIXES = ("logging.",)  # runtime option maps, flattened (logging.tensorboard, logging.wandb.mode)
+# result.json["sharpness"] measures become "sharpness.<key>" columns, their wall times
+# "sharpness_time.<key>" (see bench/sharpness.py for the keys)
+SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX = "sharpness.", "sharpness_time."
 
 
 def is_runtime(col: str) -> bool:
@@ -39,13 +43,15 @@ METHOD_PREFIXES = ("mask_opts.",)
 VARIANT_PREFIXES = ("variant_opts.",)
 
 METHOD_DEFAULTS = {"rho_norm": "subset", "freeze_bn_second": False}
+# config fields added after results existed: runs written before them get these values
+CONFIG_DEFAULTS = {"label_noise": 0.0, "label_noise_type": "symmetric"}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW", "lion": "Lion"}
 
 
 def _is_config_column(col: str) -> bool:
     return not (
         col in META_COLUMNS or col in RESULT_COLUMNS or col in LABEL_COLUMNS or col in LABEL_INPUTS
-        or col.startswith(("env.", "result.", "_"))
+        or col.startswith(("env.", "result.", "_", SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX))
     )
 
 
@@ -228,7 +234,7 @@ def _varying(records: list[dict], cols: list[str], ignore_missing: bool = False)
 
 
 _SHORT = {"weight_decay": "wd", "momentum": "mom", "label_smoothing": "ls", "batch_size": "bs",
-          "warmup_epochs": "warmup"}
+          "warmup_epochs": "warmup", "label_noise": "label noise", "label_noise_type": "noise"}
 
 
 def _setting_extras(row: dict, varying: list[str]) -> list[str]:

@@ -11,13 +11,17 @@ from typing import Any
 import pandas as pd
 
 from analysis.labels import (
+    CONFIG_DEFAULTS,
     LABEL_INPUTS,
     META_COLUMNS,
     NUMERIC_RESULT_COLUMNS,
     RESULT_COLUMNS,
+    SHARPNESS_PREFIX,
+    SHARPNESS_TIME_PREFIX,
     add_labels,
     is_runtime,
 )
+from analysis.reference import load_references
 
 log = logging.getLogger("analysis")
 
@@ -80,6 +84,19 @@ def _read_metrics(path: Path, skipped: list) -> tuple[int, dict | None]:
             n += 1
             last = rec
     return n, last
+
+
+def _sharpness_columns(block: dict) -> dict:
+    """result.json["sharpness"] -> "sharpness.<measure>" and "sharpness_time.<measure>" columns."""
+    out = {}
+    for k, v in block.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or v is None:
+            out[SHARPNESS_PREFIX + k] = v
+    times = block.get("time_s")
+    if isinstance(times, dict):
+        for k, v in times.items():
+            out[SHARPNESS_TIME_PREFIX + k] = v
+    return out
 
 
 def _find_run_dirs(root: Path) -> list[Path]:
@@ -149,7 +166,13 @@ def _load_run(run_dir: Path, skipped: list) -> dict | None:
         row["status"] = "corrupt"
     else:
         row["status"] = "running" if n_lines > 0 else "pending"
+    config = dict(config)
+    sharpness_config = config.pop("sharpness", None)  # a runtime block of options: one column
     row.update(_flatten(config))
+    for k, v in CONFIG_DEFAULTS.items():
+        row.setdefault(k, v)
+    if sharpness_config is not None:
+        row["sharpness_config"] = json.dumps(sharpness_config, sort_keys=True)
     stored = (cfg_json or {}).get("variant_options", (result or {}).get("variant_options"))
     row.update(_variant_columns(config, stored))
     row["epochs_logged"] = n_lines
@@ -162,6 +185,9 @@ def _load_run(run_dir: Path, skipped: list) -> dict | None:
                 continue
             if k == "norm_gamma":
                 row[k] = v if isinstance(v, list) else None
+                continue
+            if k == "sharpness" and isinstance(v, dict):
+                row.update(_sharpness_columns(v))
                 continue
             if isinstance(v, dict):
                 v = json.dumps(v, sort_keys=True)
@@ -204,10 +230,13 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
     if not root.exists():
         raise FileNotFoundError(f"no such results folder: {root}")
     skipped: list[dict] = []
-    rows = [r for r in (_load_run(d, skipped) for d in _find_run_dirs(root)) if r is not None]
+    run_dirs = _find_run_dirs(root)
+    rows = [r for r in (_load_run(d, skipped) for d in run_dirs) if r is not None]
     df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(META_COLUMNS))
 
-    for c in NUMERIC_RESULT_COLUMNS:
+    numeric = list(NUMERIC_RESULT_COLUMNS) + [c for c in df.columns
+                                              if c.startswith((SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX))]
+    for c in numeric:
         if c in df.columns:
             df[c] = pd.to_numeric(df[c], errors="coerce")
         elif c in ("test_acc", "test_loss", "train_acc", "seconds_per_epoch", "perturbed_fraction"):
@@ -216,7 +245,8 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
         df["norm_gamma"] = None
 
     config_cols = [c for c in df.columns if c not in META_COLUMNS and c not in RESULT_COLUMNS
-                   and c not in LABEL_INPUTS and not c.startswith(("env.", "result."))]
+                   and c not in LABEL_INPUTS
+                   and not c.startswith(("env.", "result.", SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX))]
     env_cols = sorted(c for c in df.columns if c.startswith("env."))
     other = [c for c in df.columns if c not in config_cols and c not in env_cols and c not in META_COLUMNS]
     # config columns: experiment fields first (in file order), runtime fields last
@@ -225,6 +255,7 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
     df.attrs["config_columns"] = config_cols
     df.attrs["skipped"] = skipped
     df.attrs["root"] = str(root)
+    df.attrs["published"] = load_references([root] + [d.parent for d in run_dirs], skipped)
     df = add_labels(df, force=True)
     if skipped:
         listing = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:5])

@@ -19,7 +19,6 @@ from analysis.labels import (
     BASELINE_COLOR,
     add_labels,
     is_missing,
-    key_columns,
     mask_color,
     mask_marker,
     method_colors,
@@ -29,7 +28,8 @@ from analysis.labels import (
     variant_sort_key,
 )
 from analysis.loading import ensure_frame
-from analysis.stats import _done_runs, aggregate, best_rho
+from analysis.reference import entry_for
+from analysis.stats import aggregate, best_rho
 
 log = logging.getLogger("analysis")
 
@@ -65,12 +65,16 @@ class _Data:
     best: pd.DataFrame
     colors: dict = field(default_factory=dict)        # method -> colour (mask colour, shaded)
     line_colors: dict = field(default_factory=dict)   # mask_label -> colour
+    published: list = field(default_factory=list)     # reference entries (analysis.reference)
 
 
 def _prepare(data) -> _Data:
     if isinstance(data, _Data):
         return data
-    raw = add_labels(ensure_frame(data))
+    frame = ensure_frame(data)
+    published = list(frame.attrs.get("published", []))
+    raw = add_labels(frame)
+    raw.attrs["published"] = published
     agg = aggregate(raw)
     best = best_rho(agg) if len(agg) else agg
     items, line_items = [], []
@@ -82,7 +86,7 @@ def _prepare(data) -> _Data:
             base = bool(agg["baseline"].iat[i])
             items.append((agg["method"].iat[i], "none" if base else str(agg["mask"].iat[i])))
             line_items.append((agg["mask_label"].iat[i], "none" if base else str(agg["mask"].iat[i])))
-    return _Data(raw, agg, best, method_colors(items), method_colors(line_items))
+    return _Data(raw, agg, best, method_colors(items), method_colors(line_items), published)
 
 
 def _skip(name: str, reason: str) -> PlotPaths:
@@ -153,6 +157,22 @@ def _band(ax, mean, std, color, label, alpha=0.15, ls="--"):
     ax.axhline(mean, color=color, ls=ls, lw=1.0, label=label, zorder=1)
 
 
+PUBLISHED_LABEL = "published (hollow markers)"
+
+
+def _hollow(ax, x, entry: dict, color: str, marker: str) -> None:
+    """A published number as a hollow marker (error bar: its std when published)."""
+    yerr = [entry["std"]] if entry.get("std") is not None else None
+    ax.errorbar([x], [entry["mean"]], yerr=yerr, color=color, marker=marker, mfc="none", mec=color,
+                mew=1.4, ms=10, ls="none", zorder=4, capsize=3, elinewidth=0.8)
+
+
+def _published_proxy():
+    from matplotlib.lines import Line2D
+
+    return (Line2D([], [], color="#555555", marker="o", mfc="none", ls="none", ms=8), PUBLISHED_LABEL)
+
+
 def _plain_log_labels(ax) -> None:
     """Decade labels as 0.001 / 0.01 / 0.1 / 1 (no mathtext: readable and fast)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -206,6 +226,7 @@ def _acc_vs_sparsity(d: _Data, outdir, formats) -> PlotPaths:
             continue
         settings = sorted(pts["setting"].unique())
         fig, axes = _figure(len(settings))
+        published_drawn = False
         for ax, s in zip(axes, settings):
             p = pts[pts["setting"] == s]
             b = _baseline_row(d, s)
@@ -241,10 +262,23 @@ def _acc_vs_sparsity(d: _Data, outdir, formats) -> PlotPaths:
             lo = float(p["perturbed_fraction_mean"].min())
             ax.set_xlim(10 ** np.floor(np.log10(lo * 0.8)), 1.6)
             _plain_log_labels(ax)
+            drew = False
+            for _, r in p.iterrows():  # published numbers at our measured fraction of that method
+                entry = entry_for(r, d.published)
+                if entry is not None:
+                    mask = str(r["mask"])
+                    _hollow(ax, r["perturbed_fraction_mean"], entry, d.line_colors.get(
+                        r["mask_label"], mask_color(mask)), mask_marker(mask))
+                    drew = True
+            entry = entry_for(b, d.published) if b is not None else None
+            if entry is not None:  # the baseline perturbs nothing: at the left edge
+                _hollow(ax, ax.get_xlim()[0] * 1.4, entry, BASELINE_COLOR, "o")
+                drew = True
             ax.set_xlabel("fraction of parameters perturbed (log scale)")
             ax.set_ylabel(ACC_LABEL)
             _title(ax, f"{v} — {s}")
-        _legend(fig, axes)
+            published_drawn = published_drawn or drew
+        _legend(fig, axes, [_published_proxy()] if published_drawn else ())
         stem = name if len(variants) == 1 else f"{name}_{slug(v)}"
         out.extend(_save(fig, outdir, stem, formats))
     if not out and name not in out.skipped:
@@ -266,6 +300,7 @@ def _rho_sweep(d: _Data, outdir, formats) -> PlotPaths:
         return _skip(name, "no method was run at two or more rho values")
     panels = sorted({(s, v) for s, v, _ in swept.index}, key=lambda sv: (sv[0], variant_sort_key(sv[1])))
     fig, axes = _figure(len(panels))
+    published_drawn = False
     for ax, (s, v) in zip(axes, panels):
         p = nb[(nb["setting"] == s) & (nb["variant_label"] == v)]
         p = p[p["method"].isin(swept.loc[(s, v)].index)]  # a sweep needs two rhos: no lone points
@@ -283,11 +318,20 @@ def _rho_sweep(d: _Data, outdir, formats) -> PlotPaths:
             ax.errorbar(grp["_r"] * dodge, grp["test_acc_mean"], yerr=_nz(grp["test_acc_std"]),
                         color=d.colors.get(method, mask_color(mask)), marker=mask_marker(mask),
                         ms=7 if mask == "norm_only" else 4.5, label=method, zorder=3)
-        _rho_ticks(ax, pd.to_numeric(p["rho"]).unique())
+        rhos = list(pd.to_numeric(p["rho"]).unique())
+        for method, grp in groups:  # published numbers at their own rho
+            entry = entry_for(grp.iloc[0], d.published)
+            if entry is not None and entry["match"].get("rho") is not None:
+                mask = str(grp["mask"].iloc[0])
+                _hollow(ax, float(entry["match"]["rho"]), entry, d.colors.get(method, mask_color(mask)),
+                        mask_marker(mask))
+                rhos.append(float(entry["match"]["rho"]))
+                published_drawn = True
+        _rho_ticks(ax, rhos)
         ax.set_xlabel("rho (log scale)")
         ax.set_ylabel(ACC_LABEL)
         _title(ax, f"{v} — {s}")
-    _legend(fig, axes)
+    _legend(fig, axes, [_published_proxy()] if published_drawn else ())
     return PlotPaths(_save(fig, outdir, name, formats))
 
 
@@ -340,60 +384,6 @@ def _runtime(d: _Data, outdir, formats) -> PlotPaths:
     return PlotPaths(_save(fig, outdir, name, formats))
 
 
-# --- 4. norm-layer gamma distribution --------------------------------------------------------
-
-def _has_values(v) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0
-
-
-def _gamma(d: _Data, outdir, formats) -> PlotPaths:
-    import seaborn as sns
-
-    name = "norm_gamma"
-    if "norm_gamma" not in d.raw.columns or not d.raw["norm_gamma"].map(_has_values).any():
-        return _skip(name, "no run saved norm_gamma")
-    done, _, _ = _done_runs(d.raw, key_columns(d.raw))
-    done = done[done["norm_gamma"].map(_has_values)]
-    if not len(done) or not len(d.best):
-        return _skip(name, "no finished run saved norm_gamma")
-    values_by_key: dict[str, list] = {}
-    for k, g in zip(done["_key"], done["norm_gamma"]):
-        values_by_key.setdefault(k, []).extend(float(x) for x in g if x is not None)
-    best = d.best[d.best["_key"].isin(values_by_key)]
-    if not len(best):
-        return _skip(name, "norm_gamma saved only by configurations that are not at their best rho")
-    nb = best[~best["baseline"].astype(bool)]
-    panels = sorted({(s, v) for s, v in zip(nb["setting"], nb["variant_label"])},
-                    key=lambda sv: (sv[0], variant_sort_key(sv[1])))
-    if not panels:  # only baselines saved it
-        panels = sorted({(s, None) for s in best["setting"]})
-    fig, axes = _figure(len(panels))
-    for ax, (s, v) in zip(axes, panels):
-        rows = best[(best["setting"] == s) & ((best["variant_label"] == v) | best["baseline"].astype(bool))]
-        rows = rows.iloc[sorted(range(len(rows)), key=lambda i: method_sort_key(
-            rows["mask"].iat[i], rows["sparsity"].iat[i] if "sparsity" in rows else None,
-            rows["method"].iat[i], bool(rows["baseline"].iat[i])))]
-        long = pd.DataFrame(
-            [(m, x) for m, k in zip(rows["method"], rows["_key"]) for x in values_by_key[k]],
-            columns=["method", "gamma"])
-        order = list(dict.fromkeys(rows["method"]))
-        spread = long.groupby("method")["gamma"].nunique()
-        if (spread >= 2).all():
-            sns.kdeplot(data=long, x="gamma", hue="method", hue_order=order, palette=d.colors,
-                        common_norm=False, linewidth=1.3, ax=ax, legend=False, warn_singular=False)
-        else:  # a KDE needs spread: fall back to a step histogram
-            sns.histplot(data=long, x="gamma", hue="method", hue_order=order, palette=d.colors,
-                         element="step", fill=False, stat="density", common_norm=False, bins=30,
-                         linewidth=1.2, ax=ax, legend=False)
-        for m in order:  # proxies for the figure legend
-            ax.plot([], [], color=d.colors.get(m, BASELINE_COLOR), label=m)
-        ax.set_xlabel("final norm-layer weight γ")
-        ax.set_ylabel("density")
-        _title(ax, f"{v} — {s}" if v else s)
-    _legend(fig, axes)
-    return PlotPaths(_save(fig, outdir, name, formats))
-
-
 # --- public API --------------------------------------------------------------------------
 
 def _run(fn, data, outdir, formats) -> PlotPaths:
@@ -435,22 +425,49 @@ def plot_runtime_vs_accuracy(data, outdir, formats=FORMATS) -> PlotPaths:
 
 
 def plot_norm_gamma(data, outdir, formats=FORMATS) -> PlotPaths:
-    """Density (KDE; step histogram if a method has no spread) of final norm-layer weights,
-    one curve per method at its best rho (seeds pooled), one panel per setting × variant.
+    """Ridge plot of final norm-layer weights γ: a density (Gaussian KDE) per method at its best
+    rho (seeds pooled), stacked, with its median; one panel per setting × variant.
 
     Only runs that saved ``norm_gamma`` count; skipped when none did.
     """
-    return _run(_gamma, data, outdir, formats)
+    from analysis import science
+
+    return _run(science.gamma_ridge, data, outdir, formats)
+
+
+def plot_gamma_violin(data, outdir, formats=FORMATS) -> PlotPaths:
+    """Violins of final norm-layer weights γ per method at its best rho (quartiles inside)."""
+    from analysis import science
+
+    return _run(science.gamma_violin, data, outdir, formats)
+
+
+def plot_sharpness(data, outdir, formats=FORMATS) -> PlotPaths:
+    """Test accuracy against each sharpness measure (one panel per measure, colour = mask,
+    marker = variant, a point per configuration), and each measure against the fraction of
+    parameters perturbed (best rho per method). Skipped when no run has ``sharpness``."""
+    import matplotlib
+
+    from analysis import science
+
+    out = PlotPaths()
+    with matplotlib.rc_context(STYLE):
+        d = _prepare(data)
+        for fn in (science.sharpness_vs_accuracy, science.sharpness_vs_sparsity):
+            out.extend_from(fn(d, outdir, tuple(formats)))
+    return out
 
 
 def plot_all(folder_or_df, outdir: str | os.PathLike, formats=FORMATS) -> PlotPaths:
     """Draw every figure into ``outdir``; returns the written paths (``.skipped``: what was not)."""
     import matplotlib
 
+    from analysis import science
+
     out = PlotPaths()
     with matplotlib.rc_context(STYLE):
         d = _prepare(folder_or_df)
-        for fn in (_acc_vs_sparsity, _rho_sweep, _runtime, _gamma):
+        for fn in (_acc_vs_sparsity, _rho_sweep, _runtime) + science.FIGURES:
             out.extend_from(fn(d, outdir, tuple(formats)))
     for k, reason in out.skipped.items():
         log.warning("analysis.plot_all: %s not drawn: %s", k, reason)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.labels import is_missing, method_sort_key, plain, variant_sort_key
-from analysis.stats import aggregate, best_rho
+from analysis.reference import entry_for, published_text, sources
+from analysis.stats import CI_NOTE, CONFIDENCE, aggregate, best_rho, by_seed, paired
 
 _DASH = {"markdown": "–", "latex": "--"}
 
@@ -38,7 +39,8 @@ def _cell(row, metric, digits, fmt, bold, show_rho) -> str:
 def _tex(s: str) -> str:
     for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("$", "\\$"), ("#", "\\#"),
                  ("_", "\\_"), ("{", "\\{"), ("}", "\\}"), ("~", "\\textasciitilde{}"),
-                 ("^", "\\textasciicircum{}"), ("ρ", "$\\rho$"), ("—", "---"), ("–", "--")):
+                 ("^", "\\textasciicircum{}"), ("ρ", "$\\rho$"), ("Δ", "$\\Delta$"), ("—", "---"),
+                 ("–", "--")):
         s = s.replace(a, b)
     return s
 
@@ -64,11 +66,80 @@ def _render(header: list[str], rows: list[list[str]], n_label: int, fmt: str,
     return "\n".join(lines) + "\n"
 
 
-def _best_values(rows: pd.DataFrame, metric: str, digits: int) -> set:
-    vals = [round(v, digits) for v in rows[f"{metric}_mean"] if not is_missing(v)]
-    if len(vals) < 2:  # nothing to compare against: no bold
+def _winners(rows: pd.DataFrame, metric: str, confidence: float) -> set:
+    """Index of the row to bold: the best mean, only if it is significantly better than every other
+    row with a value (seed-paired t interval of the difference excluding 0); else nothing."""
+    col = f"{metric}_mean"
+    valid = rows[rows[col].notna()]
+    if len(valid) < 2:
         return set()
-    return {min(vals) if metric.endswith("loss") else max(vals)}
+    lower = metric.endswith("loss")
+    top = valid[col].idxmin() if lower else valid[col].idxmax()
+    mine = by_seed(valid.at[top, f"{metric}_by_seed"]) if f"{metric}_by_seed" in valid else {}
+    for idx in valid.index:
+        if idx == top:
+            continue
+        res = paired(mine, by_seed(valid.at[idx, f"{metric}_by_seed"]), confidence)
+        if res["n"] < 2 or not (res["high"] < 0 if lower else res["low"] > 0):
+            return set()
+    return {top}
+
+
+def _dense_of(rows: pd.DataFrame, r: pd.Series):
+    """Dense SAM (mask all) of r's variant in this setting (for a baseline: of the first variant)."""
+    dense = rows[(rows["mask"] == "all") & ~rows["baseline"].astype(bool)]
+    if not bool(r["baseline"]):
+        dense = dense[dense["variant_label"] == r["variant_label"]]
+    if not len(dense):
+        return None
+    dense = dense.iloc[sorted(range(len(dense)), key=lambda i: variant_sort_key(dense["variant_label"].iat[i]))]
+    return dense.iloc[0]
+
+
+def _delta_cell(r: pd.Series, ref, metric: str, digits: int, confidence: float, fmt: str) -> str:
+    if ref is None:
+        return _DASH[fmt]
+    if ref.name == r.name:
+        return "reference"
+    res = paired(by_seed(r.get(f"{metric}_by_seed")), by_seed(ref.get(f"{metric}_by_seed")), confidence)
+    if res["n"] == 0:
+        return _DASH[fmt]
+    text = f"{res['mean']:+.{digits}f}"
+    if res["n"] < 2:
+        return text + " (n=1)"
+    return text + f" [{res['low']:+.{digits}f}, {res['high']:+.{digits}f}]"
+
+
+def _notes(fmt: str, has_delta: bool, used: list[dict], unused: list[dict], digits: int,
+           confidence: float) -> str:
+    lines = []
+    if has_delta:
+        lines.append(f"Δ vs all: the row minus dense SAM (mask all) of the same variant at its best ρ "
+                     f"(baselines: minus the first SAM variant); {CI_NOTE.replace('95%', f'{confidence:.0%}')}.")
+    lines.append(f"Bold: the best mean of a column, shown only where it is significantly better than every "
+                 f"other row of that column (seed-paired t, {confidence:.0%}); none otherwise.")
+    srcs = sources(used + unused)
+    for i, src in enumerate(srcs, 1):
+        lines.append(f"[{i}] published: {src}")
+    for e in unused:
+        what = e.get("label") or ", ".join(f"{k}={plain(v)}" for k, v in e["match"].items()
+                                           if k not in ("dataset", "model", "label_noise"))
+        lines.append(f"Published but not run here: {what}: {published_text(e, digits)} "
+                     f"[{srcs.index(e['source']) + 1}]")
+    prefix = "% " if fmt == "latex" else ""
+    return "\n" + "\n".join(prefix + ln for ln in lines) + "\n"
+
+
+def _published_cell(r: pd.Series, entries: list[dict], metric: str, digits: int, fmt: str,
+                    used: list[dict], order: list[str]) -> str:
+    entry = entry_for(r, entries, metric)
+    if entry is None:
+        return _DASH[fmt]
+    if entry not in used:
+        used.append(entry)
+    if entry["source"] not in order:
+        order.append(entry["source"])
+    return f"{published_text(entry, digits, fmt)} [{order.index(entry['source']) + 1}]"
 
 
 def _row_order(df: pd.DataFrame) -> list:
@@ -79,93 +150,114 @@ def _row_order(df: pd.DataFrame) -> list:
 
 
 def table(df_or_folder, fmt: str = "markdown", *, layout: str = "best", metric: str = "test_acc",
-          digits: int = 2, show_rho: bool = True) -> str:
-    """A table of ``metric`` (default test accuracy, %) as mean ± std over seeds.
+          digits: int = 2, show_rho: bool = True, published: list[dict] | None = None,
+          paired_diff: bool = True, confidence: float = CONFIDENCE) -> str:
+    """A table of ``metric`` (default test accuracy, %) as mean ± std over seeds, with notes below.
 
     ``df_or_folder``: a results folder, a ``collect`` frame or an ``aggregate`` frame.
-    ``fmt``: ``"markdown"`` (bold = ``**x**``) or ``"latex"`` (booktabs; bold = ``\\textbf{}``).
-    Only finished (``status == "done"``) runs count.
+    ``fmt``: ``"markdown"`` (bold = ``**x**``) or ``"latex"`` (booktabs; bold = ``\\textbf{}``; the
+    notes as ``%`` comment lines). Only finished (``status == "done"``) runs count.
 
     ``layout="best"`` (default, like the SAM-ON paper's main table): one row per
     (variant, method) — the SGD/AdamW baseline first, then per SAM variant dense SAM (``all``),
     ``norm_only``, and the other masks with their sparsities — and one column per setting
     (``model / dataset``, plus whatever else varies, e.g. epochs). Each cell is that method at its
-    best rho for that column: ``86.00 ± 2.00 (n=3, ρ=0.1)``. The best mean of each column is bold
-    (all tied ones, compared at the shown precision). Missing combinations are ``–``.
+    best rho for that column: ``86.00 ± 2.00 (n=3, ρ=0.1)``. Beside each setting column:
+    ``Δ vs all`` (``paired_diff``), the seed-paired difference to dense SAM of the same variant at
+    its best rho with its ``confidence`` interval (Student's t, n - 1 df): ``+1.00 [+0.21, +1.79]``;
+    and ``published`` where the results folder holds published numbers (a suite's ``reference:``
+    block, or ``published=[...]`` entries) for that configuration, with a numbered source.
 
     ``layout="rho"``: one row per (setting, variant, method), one column per rho value (the
-    baseline's value in a ``no SAM`` column); bold marks the best mean per column within each
-    setting. std is the sample std (ddof=1) and is omitted for a single seed.
+    baseline's value in a ``no SAM`` column), and ``published`` when there is any.
+
+    Bold: the best mean of a column (within a setting), and only when it is significantly better
+    than every other row of that column (seed-paired t interval excluding 0); a column without
+    such a row has no bold. Missing combinations are ``–``; std is the sample std (ddof=1),
+    omitted for a single seed.
     """
     if fmt not in ("markdown", "latex"):
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
     agg = _as_agg(df_or_folder, metric)
     if not len(agg):
         return "(no finished runs)\n"
+    entries = list(published if published is not None else agg.attrs.get("published", []))
     if layout == "best":
-        return _table_best(agg, fmt, metric, digits, show_rho)
+        return _table_best(agg, fmt, metric, digits, show_rho, entries, paired_diff, confidence)
     if layout == "rho":
-        return _table_rho(agg, fmt, metric, digits)
+        return _table_rho(agg, fmt, metric, digits, entries, confidence)
     raise ValueError(f"layout must be 'best' or 'rho', got {layout!r}")
 
 
-def _table_best(agg, fmt, metric, digits, show_rho) -> str:
+def _table_best(agg, fmt, metric, digits, show_rho, entries, paired_diff, confidence) -> str:
     best = best_rho(agg, metric)
     settings = sorted(best["setting"].unique())
     ordered = best.iloc[_row_order(best)]
     row_keys = list(dict.fromkeys(zip(ordered["variant_label"], ordered["method"], ordered["baseline"])))
-    winners = {s: _best_values(best[best["setting"] == s], metric, digits) for s in settings}
+    winners = {s: _winners(best[best["setting"] == s], metric, confidence) for s in settings}
+    has_delta = {s: paired_diff and any(_dense_of(best[best["setting"] == s], r) is not None
+                                        for _, r in best[best["setting"] == s].iterrows()) for s in settings}
+    has_pub = {s: any(entry_for(r, entries, metric) is not None
+                      for _, r in best[best["setting"] == s].iterrows()) for s in settings}
+    used, order = [], []
     rows, groups = [], []
     for variant, method, base in row_keys:
         cells = [variant, _DASH[fmt] if base else method]
         for s in settings:
-            hit = best[(best["setting"] == s) & (best["variant_label"] == variant) & (best["method"] == method)]
+            sub = best[best["setting"] == s]
+            hit = sub[(sub["variant_label"] == variant) & (sub["method"] == method)]
+            n_extra = int(has_delta[s]) + int(has_pub[s])
             if not len(hit):
-                cells.append(_DASH[fmt])
+                cells += [_DASH[fmt]] * (1 + n_extra)
                 continue
             r = hit.iloc[0]
-            m = r[f"{metric}_mean"]
-            bold = not is_missing(m) and round(m, digits) in winners[s]
-            cells.append(_cell(r, metric, digits, fmt, bold, show_rho))
+            cells.append(_cell(r, metric, digits, fmt, r.name in winners[s], show_rho))
+            if has_delta[s]:
+                cells.append(_delta_cell(r, _dense_of(sub, r), metric, digits, confidence, fmt))
+            if has_pub[s]:
+                cells.append(_published_cell(r, entries, metric, digits, fmt, used, order))
         rows.append(cells)
         groups.append(variant)
-    header = ["variant", "method"] + settings
-    return _render(header, rows, 2, fmt, groups)
+    header = ["variant", "method"]
+    for s in settings:
+        header += [s] + (["Δ vs all (95% CI)".replace("95%", f"{confidence:.0%}")] if has_delta[s] else []) \
+            + (["published"] if has_pub[s] else [])
+    unused = [e for e in entries if e.get("metric", "test_acc") == metric and e not in used]
+    return _render(header, rows, 2, fmt, groups) + _notes(
+        fmt, any(has_delta.values()), used, unused if used else [], digits, confidence)
 
 
-def _table_rho(agg, fmt, metric, digits) -> str:
+def _table_rho(agg, fmt, metric, digits, entries, confidence) -> str:
     nb = agg[~agg["baseline"].astype(bool)]
     rhos = sorted({float(r) for r in pd.to_numeric(nb["rho"], errors="coerce") if not is_missing(r)})
     has_base = bool(agg["baseline"].astype(bool).any())
     columns = (["no SAM"] if has_base else []) + [("ρ=" + f"{r:g}") for r in rhos]
+    has_pub = any(entry_for(r, entries, metric) is not None for _, r in agg.iterrows())
+    used, order = [], []
     rows, groups = [], []
     for s in sorted(agg["setting"].unique()):
         sub = agg[agg["setting"] == s]
-        colval = {}
-        for _, r in sub.iterrows():
-            col = "no SAM" if bool(r["baseline"]) else "ρ=" + f"{float(r['rho']):g}"
-            colval.setdefault(col, []).append(r[f"{metric}_mean"])
-        winners = {c: _best_values(pd.DataFrame({f"{metric}_mean": v}), metric, digits)
-                   for c, v in colval.items()}
+        col_of = {i: "no SAM" if bool(r["baseline"]) else "ρ=" + f"{float(r['rho']):g}" for i, r in sub.iterrows()}
+        winners = set()
+        for c in set(col_of.values()):
+            winners |= _winners(sub.loc[[i for i, cc in col_of.items() if cc == c]], metric, confidence)
         ordered = sub.iloc[_row_order(sub)]
         for (variant, method, base), grp in ordered.groupby(
                 ["variant_label", "method", "baseline"], sort=False):
             cells = [s, variant, _DASH[fmt] if base else method]
             for c in columns:
-                hit = [r for _, r in grp.iterrows()
-                       if (c == "no SAM") == bool(base)
-                       and (c == "no SAM" or "ρ=" + f"{float(r['rho']):g}" == c)]
+                hit = [i for i in grp.index if col_of[i] == c]
                 if not hit:
                     cells.append(_DASH[fmt])
                     continue
-                r = hit[0]
-                m = r[f"{metric}_mean"]
-                bold = not is_missing(m) and round(m, digits) in winners.get(c, set())
-                cells.append(_cell(r, metric, digits, fmt, bold, show_rho=False))
+                r = grp.loc[hit[0]]
+                cells.append(_cell(r, metric, digits, fmt, hit[0] in winners, show_rho=False))
+            if has_pub:
+                cells.append(_published_cell(grp.iloc[0], entries, metric, digits, fmt, used, order))
             rows.append(cells)
             groups.append(s)
-    header = ["model / dataset", "variant", "method"] + columns
-    return _render(header, rows, 3, fmt, groups)
+    header = ["model / dataset", "variant", "method"] + columns + (["published"] if has_pub else [])
+    return _render(header, rows, 3, fmt, groups) + _notes(fmt, False, used, [], digits, confidence)
 
 
 __all__ = ["table"]

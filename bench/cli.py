@@ -158,6 +158,12 @@ def cmd_table(args) -> int:
     import analysis
 
     folder = existing_dir(args.dir, "results folder")
+    if args.compare:
+        try:
+            print(analysis.compare(folder, *args.compare, metric=args.metric))
+        except analysis.CompareError as exc:
+            raise InvalidInput(f"--compare: {exc}") from None
+        return EXIT_OK
     print(analysis.table(folder, fmt="latex" if args.latex else "markdown"), end="")
     return EXIT_OK
 
@@ -173,6 +179,29 @@ def cmd_report(args) -> int:
         warn(text)
     print(f"{len(info.figures)} figures, {len(info.tables)} tables -> {info.path}")
     return EXIT_OK
+
+
+# --- sharpness -----------------------------------------------------------------------------
+
+def cmd_sharpness(args) -> int:
+    """Measure sharpness of finished runs (bench.sharpness); every folder is checked first."""
+    from bench import data, sharpness, sharpness_runs
+
+    overrides = parse_set(args.set)
+    if args.samples is not None:
+        overrides["n_samples"] = args.samples
+    if args.device is not None and not (args.device in ("auto", "cpu", "cuda") or args.device.startswith("cuda:")):
+        raise InvalidInput(f"--device: got {args.device!r} (allowed: auto, cpu, cuda, cuda:N)")
+    try:
+        outcomes = sharpness_runs.evaluate_dirs(args.run_dirs, overrides, args.device, args.force)
+    except sharpness.SettingsError as exc:
+        flag = "--samples" if exc.field == ".n_samples" else f"--set {exc.field.lstrip('.')}"
+        raise InvalidInput(f"{flag}: {exc.message}" + (f" (allowed: {', '.join(map(str, exc.allowed))})"
+                                                        if exc.allowed else "")) from None
+    except (sharpness_runs.RunDirError, data.DataError) as exc:
+        raise InvalidInput(str(exc).splitlines()[0]) from None
+    locked = [d for d, outcome in outcomes if outcome == "locked"]
+    return EXIT_FAIL if locked else EXIT_OK
 
 
 # --- run / status ---------------------------------------------------------------------------------
@@ -330,12 +359,26 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p = command("table", "a markdown (or LaTeX) table, mean ± std over seeds")
     p.add_argument("dir", help=RESULTS_DIR)
     p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="instead: the seed-paired difference A - B with its 95%% CI (paired t); A, B: "
+                        "METHOD[@RHO], e.g. norm_only@1.0 all@0.1 (no rho: the method's best rho)")
+    p.add_argument("--metric", default="test_acc", help="metric for --compare (default: test_acc)")
     p.set_defaults(func=cmd_table)
 
     p = command("report", "one self-contained HTML page: status, tables, figures, failed runs, environment")
     p.add_argument("dir", help=RESULTS_DIR)
     p.add_argument("-o", "--output", metavar="HTML", help="the page (default: DIR/report.html)")
     p.set_defaults(func=cmd_report)
+
+    p = command("sharpness", "m-sharpness and Hessian eigenvalue/trace of finished runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (holding checkpoint.pt)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="the first N training samples (default: 1024)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the run's device)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a sharpness option (m=64, steps=10, hessian=false, radii={linf_adaptive: [0.003]})")
+    p.add_argument("--force", action="store_true", help="measure again even if result.json holds it")
+    p.set_defaults(func=cmd_sharpness)
 
     _train_parser(command("train", "one run, in process"), train_flags)
     _perf_parser(command("perf", "step-time ratios to SGD, in one process"))

@@ -44,8 +44,13 @@ EXPERIMENT: dict[str, Any] = {
     "augment": True,
     "amp": "none",             # none | bf16 (autocast on CUDA)
     "channels_last": False,
+    "label_noise": 0.0,        # fraction of training labels replaced (bench.data.noisy_labels)
+    "label_noise_type": "symmetric",  # symmetric | asymmetric (class c -> c+1 mod K)
     "seed": 0,
 }
+# experiment fields left out of the run id while they hold these values (no label noise), so
+# the ids of runs made before the fields existed do not change
+ID_OMITTED_AT_DEFAULT = {"label_noise": 0.0, "label_noise_type": "symmetric"}
 
 RUNTIME: dict[str, Any] = {
     "device": "auto",          # auto | cpu | cuda | cuda:N
@@ -56,6 +61,7 @@ RUNTIME: dict[str, Any] = {
     "compile": False,
     "save_gamma": True,        # store final norm-layer weights in result.json
     "logging": {"tensorboard": True, "wandb": False, "mlflow": False},  # bench.loggers
+    "sharpness": None,         # {} or options: measure sharpness after training (bench.sharpness)
 }
 
 # one help line per field (the `sambench train` flags and their --help come from these)
@@ -83,6 +89,8 @@ FIELD_HELP: dict[str, str] = {
     "augment": "random crop and flip of the training images",
     "amp": "mixed precision: bf16 autocast on CUDA",
     "channels_last": "channels-last memory format",
+    "label_noise": "fraction of training labels replaced by wrong ones, in [0, 1)",
+    "label_noise_type": "symmetric (a uniformly drawn other class) or asymmetric (class c -> c+1 mod K)",
     "seed": "random seed (data order, augmentation, initialization, random masks)",
     "device": "auto, cpu, cuda or cuda:N",
     "data_root": "folder holding the data sets",
@@ -92,6 +100,7 @@ FIELD_HELP: dict[str, str] = {
     "compile": "torch.compile the model",
     "save_gamma": "store the final norm-layer weights in result.json",
     "logging": "loggers: tensorboard, wandb, mlflow (bench.loggers)",
+    "sharpness": "measure sharpness after training: {} or options (bench.sharpness)",
 }
 
 OPTION_MAPS = ("base", "variant_opts", "mask_opts", "logging")  # merged field by field
@@ -190,7 +199,11 @@ def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def experiment_part(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: cfg[k] for k in EXPERIMENT}
+    part = {k: cfg[k] for k in EXPERIMENT}
+    if not part.get("label_noise"):  # no noise: the noise type changes nothing
+        for k in ID_OMITTED_AT_DEFAULT:
+            part.pop(k, None)
+    return part
 
 
 def _canonical(experiment: dict[str, Any]) -> str:
@@ -456,6 +469,23 @@ def _base(cfg: dict) -> None:
         if k == "lr" and base["name"] == "lion" and not v > 0:
             raise ConfigError("base.lr", f"must be a number > 0 for lion, got {show(v)}")
 
+
+
+@step
+def _science(cfg: dict) -> None:
+    """label_noise, label_noise_type and the sharpness block (its options: bench.sharpness)."""
+    from bench.data import LABEL_NOISE_TYPES
+    from bench.sharpness import SettingsError, check_settings
+
+    noise = cfg["label_noise"]
+    if not _is_num(noise) or not 0 <= noise < 1:
+        raise ConfigError("label_noise", f"must be a fraction in [0, 1), got {show(noise)}")
+    if cfg["label_noise_type"] not in LABEL_NOISE_TYPES:
+        raise ConfigError("label_noise_type", f"got {show(cfg['label_noise_type'])}", list(LABEL_NOISE_TYPES))
+    try:
+        check_settings(cfg["sharpness"])
+    except SettingsError as exc:
+        raise ConfigError(f"sharpness{exc.field}", exc.message, exc.allowed) from None
 
 @step
 def _logging(cfg: dict) -> None:

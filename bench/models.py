@@ -21,6 +21,15 @@ from torch.nn import functional as F
 from bench.registries import MODELS, UnknownNameError, parse_model_name
 
 
+def pick_device(name: str):
+    """``auto``: cuda when available, else cpu; otherwise the named device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def _init_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

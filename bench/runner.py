@@ -26,9 +26,10 @@ import time
 import uuid
 from pathlib import Path
 
-from bench import executors, io, report, rundir
+from bench import executors, io, report, rundir, sharpness
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput
 from bench.executors import Queue, Request, Submission
+from bench.reference import write_reference
 from bench.rundir import RunState
 
 # --- planning ----------------------------------------------------------------------------------
@@ -40,7 +41,14 @@ def plan(suite, root: Path, queue: Queue | None = None) -> list[RunState]:
     def alive(info: dict | None) -> bool:
         return executors.job_alive(info, queue)
 
-    return [rundir.run_state(rid, cfg, root / rid, alive) for rid, cfg in suite.items()]
+    return [_with_sharpness(rundir.run_state(rid, cfg, root / rid, alive)) for rid, cfg in suite.items()]
+
+
+def _with_sharpness(st: RunState) -> RunState:
+    """A trained run whose config asks for sharpness that result.json lacks is not done yet."""
+    if st.state == "done" and sharpness.pending(st.cfg, st.result.data):
+        st.state = "running" if rundir.lock_held(st.dir) else "resume"
+    return st
 
 
 def pick_executor(name: str) -> str:
@@ -116,6 +124,7 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
         return EXIT_OK
     check_data(todo)
     print(f"{suite.name}: {line}", flush=True)
+    write_reference(suite, root)  # the suite's published numbers, for table and plot
     sub = Submission(kind, uuid.uuid4().hex[:16])
     if todo:
         prepare_folders(suite, todo)
@@ -185,8 +194,8 @@ def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], 
         if rundir.lock_held(st.dir):
             return None
         result = rundir.read_result(st.dir)
-        if result.kind == "final":
-            return result.data
+        if result.kind == "final":  # (a job that ended before measuring its sharpness: done all the same)
+            return None if sharpness.pending(st.cfg, result.data) and working(st) else result.data
         if st.rid in ours:
             mine = result.kind == "failed" and result.data.get("submission") == sub.submission
             return result.data if mine else None

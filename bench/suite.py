@@ -42,7 +42,7 @@ from bench import config, suite_cache
 from bench.config import EXPERIMENT, OPTION_MAPS, RUNTIME, ConfigError
 from bench.errors import InvalidInput, load_yaml, show
 
-TOP_KEYS = ["defaults", "grid", "include", "logging", "name", "seeds", "slurm"]
+TOP_KEYS = ["defaults", "grid", "include", "logging", "name", "reference", "seeds", "slurm"]
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 LARGE_SUITE = 10_000   # runs: above this, say that expanding and listing takes a while
 
@@ -88,6 +88,8 @@ class Suite:
     resolved_sparsity: dict[str, float] = field(default_factory=dict)
     # variant name -> its options with their defaults (config.variant_options, read once)
     variant_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # published numbers (the suite's reference: block, checked; see bench/reference.py)
+    reference: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -119,6 +121,7 @@ def load_suite(path: str | Path, overrides: dict | None = None,
     name = _suite_name(doc, top_over, source)
     seeds = _seeds(doc, top_over, source)
     slurm = _slurm_settings(doc, top_over, slurm_over, source)
+    reference = _reference(doc.get("reference"), source)
     defaults = _mapping_of_fields(doc.get("defaults"), source, "defaults")
     if seeds != [None] and "seed" in defaults:  # replaced by the seeds list, but still checked
         seed = defaults["seed"]
@@ -139,7 +142,17 @@ def load_suite(path: str | Path, overrides: dict | None = None,
         expansion = _expand(points, seeds, base_layer, over_layer, source)
         suite_cache.store(entry, expansion)
     return Suite(name=name, runs=expansion["runs"], slurm=slurm, source=path, run_ids=expansion["run_ids"],
-                 resolved_sparsity=expansion["resolved_sparsity"], variant_defaults=expansion["variant_defaults"])
+                 resolved_sparsity=expansion["resolved_sparsity"], variant_defaults=expansion["variant_defaults"],
+                 reference=reference)
+
+
+def _reference(block: Any, source: str) -> list[dict]:
+    from bench.reference import ReferenceError, check_reference
+
+    try:
+        return check_reference(block)
+    except ReferenceError as exc:
+        raise _err(source, exc.field, exc.message, exc.allowed) from None
 
 
 # --- reading ---------------------------------------------------------------------------------------

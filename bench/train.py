@@ -31,14 +31,6 @@ class CheckpointMismatch(RuntimeError):
     """The checkpoint in a run folder belongs to another config."""
 
 
-def pick_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def base_optimizer_class(name: str):
     """The class behind ``base.name`` (config.BASE_OPTIMIZERS lists each one's options)."""
     import torch
@@ -234,7 +226,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
     with rundir.run_lock(run_dir):
         finished, note = rundir.take_up(run_dir)
         if finished is not None:
-            return finished
+            return measure_sharpness(cfg, run_dir, finished, log)
         if note:
             log(f"[{rid}] {note}")
         write_config(run_dir, rid, suite, cfg)
@@ -247,7 +239,14 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
             raise
         result["submission"] = submission
         io.write_json(run_dir / "result.json", result)
-        return result
+        return measure_sharpness(cfg, run_dir, result, log)
+
+
+def measure_sharpness(cfg: dict, run_dir: Path, result: dict, log) -> dict:
+    """The run's ``sharpness`` measures, when its config asks and result.json lacks them (never raises)."""
+    from bench import sharpness_runs
+
+    return sharpness_runs.after_training(cfg, run_dir, result, log)
 
 
 def write_config(run_dir: Path, rid: str, suite: str | None, cfg: dict) -> None:
@@ -335,13 +334,14 @@ def build(cfg: dict) -> Setup:
     import torch
 
     import masks
-    from bench.data import DeviceLoader, load_dataset, make_loaders
-    from bench.models import create_model
+    from bench.data import DeviceLoader, load_dataset, make_loaders, with_label_noise
+    from bench.models import create_model, pick_device
     from bench.sam import SAM
 
     device = pick_device(cfg["device"])
     torch.manual_seed(cfg["seed"])
     spec = load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
+    spec = with_label_noise(spec, cfg["label_noise"], cfg["label_noise_type"], cfg["seed"])
     train_loader, test_loader = make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"],
                                              cfg["seed"], device, cfg["augment"])
     # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation; it shares

@@ -49,7 +49,7 @@ def run_id(cfg: dict) -> str:
 def write_run(root: Path, suite: str | None, cfg: dict, *, status: str | None = "done",
               test_acc: float = float("nan"), spe: float = 10.0, frac: float = 1.0,
               gamma: list | None = None, n_metrics: int | None = None, result: str = "ok",
-              suite_dir: str | None = None) -> Path:
+              suite_dir: str | None = None, sharpness: dict | None = None) -> Path:
     """result: "ok" (write result.json), "none" (unfinished), "corrupt" (half-written).
 
     As bench does: the config holds the variant options that differ from the defaults, and
@@ -81,6 +81,8 @@ def write_run(root: Path, suite: str | None, cfg: dict, *, status: str | None = 
                        train_acc=None, best_test_acc=None, epochs=0)
         if gamma is not None:
             res["norm_gamma"] = gamma
+        if sharpness is not None:
+            res["sharpness"] = sharpness
         (d / "result.json").write_text(json.dumps(res))  # NaN written as the NaN token
     elif result == "corrupt":
         (d / "result.json").write_text('{"status": "done", "run_id": "' + rid + '", "test_acc": 8')
@@ -108,15 +110,15 @@ def make_results(root: Path) -> Path:
     for seed in range(3):
         rt = {"device": f"cuda:{seed}", "data_root": f"/scratch/{seed}"}  # runtime fields differ per run
         write_run(root, s, make_cfg(variant="none", mask="none", seed=seed, **rt), test_acc=SGD[seed],
-                  spe=10.0, frac=0.0, gamma=gammas(1.1, 0.1, seed))
+                  spe=10.0, frac=0.0, gamma=gammas(1.1, 0.1, seed), sharpness=sharpness_block(2.0, seed))
         write_run(root, s, make_cfg(rho=0.05, seed=seed, **rt), test_acc=ALL_005[seed], spe=20.0,
-                  frac=1.0, gamma=gammas(1.0, 0.1, 10 + seed))
+                  frac=1.0, gamma=gammas(1.0, 0.1, 10 + seed), sharpness=sharpness_block(1.0, seed))
         write_run(root, s, make_cfg(rho=0.1, seed=seed, **rt), test_acc=ALL_01[seed], spe=20.0,
-                  frac=1.0, gamma=gammas(1.0, 0.1, 20 + seed))
+                  frac=1.0, gamma=gammas(1.0, 0.1, 20 + seed), sharpness=sharpness_block(0.8, seed))
         write_run(root, s, make_cfg(mask="norm_only", rho=0.05, seed=seed, **rt), test_acc=NORM_005[seed],
-                  spe=11.0, frac=0.003, gamma=gammas(0.8, 0.15, 30 + seed))
+                  spe=11.0, frac=0.003, gamma=gammas(0.8, 0.15, 30 + seed), sharpness=sharpness_block(3.0, seed))
         write_run(root, s, make_cfg(mask="norm_only", rho=0.1, seed=seed, **rt), test_acc=NORM_01[seed],
-                  spe=11.0, frac=0.003, gamma=gammas(0.8, 0.15, 40 + seed))
+                  spe=11.0, frac=0.003, gamma=gammas(0.8, 0.15, 40 + seed), sharpness=sharpness_block(2.5, seed))
     for seed in range(2):
         write_run(root, s, make_cfg(mask="random", sparsity=0.9, rho=0.05, seed=seed), test_acc=RANDOM_09[seed],
                   spe=19.0, frac=0.1, gamma=gammas(0.95, 0.1, 50 + seed))
@@ -156,3 +158,13 @@ def make_results(root: Path) -> Path:
 def sample_std(xs) -> float:
     m = sum(xs) / len(xs)
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def sharpness_block(eig: float, seed: int) -> dict:
+    """A result.json["sharpness"] block shaped like bench.sharpness writes it (hand-made values)."""
+    jitter = 0.01 * seed
+    return {"hessian_max_eig": eig + jitter, "hessian_trace": 10 * eig, "hessian_max_eig_norm": eig / 10,
+            "hessian_trace_norm": eig / 2, "msharp_linf_adaptive_rho0.003": 0.05 * eig + jitter,
+            "msharp_l2_standard_rho0.25": 0.2 * eig,
+            "time_s": {"hessian_max_eig": 1.5, "msharp_linf_adaptive_rho0.003": 2.0},
+            "details": {"hessian_trace_stderr": 0.1}, "settings": {"n_samples": 1024, "m": 128}}

@@ -411,3 +411,70 @@ def test_loader_on_cuda():
     assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(a, b))
     labels = torch.cat([yy for _, yy in a]).cpu()
     assert torch.equal(torch.bincount(labels, minlength=103), torch.ones(103, dtype=torch.long))
+
+
+# --- label noise -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.4, 0.8])
+@pytest.mark.parametrize("kind", ["symmetric", "asymmetric"])
+def test_label_noise_flips_exactly_the_fraction(fraction, kind):
+    spec = load_dataset("digits")
+    y = spec.train_y.clone()
+    noisy, changed = data.noisy_labels(spec.train_y, fraction, kind, 10, seed=3)
+    n = len(y)
+    assert int(changed.sum()) == round(fraction * n) == int((noisy != y).sum())   # every pick changes
+    assert torch.equal(noisy[~changed], y[~changed]) and torch.equal(spec.train_y, y)  # input kept
+    assert noisy.dtype == torch.int64 and int(noisy.min()) >= 0 and int(noisy.max()) <= 9
+    if kind == "asymmetric":                                   # class c -> c + 1 (mod 10)
+        assert torch.equal(noisy[changed], (y[changed] + 1) % 10)
+    elif fraction >= 0.4:                                      # symmetric: any other class
+        assert {int(d) for d in (noisy[changed] - y[changed]) % 10} == set(range(1, 10))
+
+
+def test_label_noise_is_seeded_and_leaves_the_test_set_alone():
+    spec = load_dataset("digits")
+    a = data.with_label_noise(spec, 0.4, "symmetric", seed=0)
+    b = data.with_label_noise(load_dataset("digits"), 0.4, "symmetric", seed=0)
+    c = data.with_label_noise(spec, 0.4, "symmetric", seed=1)
+    assert torch.equal(a.train_y, b.train_y) and not torch.equal(a.train_y, c.train_y)
+    for noisy in (a, c):
+        assert noisy.test_x is spec.test_x and noisy.test_y is spec.test_y   # the very same tensors
+        assert torch.equal(noisy.train_x, spec.train_x)
+    assert data.with_label_noise(spec, 0.0, "symmetric", seed=0) is spec
+    with pytest.raises(ValueError, match="symmetric, asymmetric"):
+        data.noisy_labels(spec.train_y, 0.1, "pairwise", 10, seed=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        data.noisy_labels(spec.train_y, 1.0, "symmetric", 10, seed=0)
+
+
+def test_label_noise_run_fields(tmp_path, monkeypatch):
+    from bench import config, train
+
+    base = config.resolve({"dataset": "digits", "model": "resnet_ci"})
+    noisy = config.resolve({"dataset": "digits", "model": "resnet_ci", "label_noise": 0.3})
+    assert config.run_id(noisy) != config.run_id(base)
+    assert config.run_id({**noisy, "label_noise_type": "asymmetric"}) != config.run_id(noisy)
+    # without noise the fields stay out of the id: ids of older runs do not change
+    assert "label_noise" not in config.experiment_part(base)
+    for bad, field in (({"label_noise": 1.0}, "label_noise"), ({"label_noise": -0.1}, "label_noise"),
+                       ({"label_noise_type": "pairs"}, "label_noise_type")):
+        with pytest.raises(config.ConfigError) as info:
+            config.resolve(bad)
+        assert info.value.field == field
+    # training sees the noisy labels (seeded by the run's seed); evaluation the clean test set
+    seen = {}
+    real = data.make_loaders
+
+    def spy(spec, *args, **kwargs):
+        seen["spec"] = spec
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(data, "make_loaders", spy)
+    cfg = {"dataset": "digits", "model": "resnet_ci", "epochs": 1, "batch_size": 512, "device": "cpu",
+           "label_noise": 0.25, "label_noise_type": "asymmetric", "seed": 4}
+    result = train.run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    clean = load_dataset("digits")
+    expected, _ = data.noisy_labels(clean.train_y, 0.25, "asymmetric", 10, seed=4)
+    assert torch.equal(seen["spec"].train_y, expected)
+    assert torch.equal(seen["spec"].test_y, clean.test_y)
+    assert result["config"]["label_noise"] == 0.25 and result["config"]["label_noise_type"] == "asymmetric"

@@ -161,16 +161,20 @@ def test_run_ids_stable(tmp_path):
     cfg = a.runs[0]
     rid = config.run_id(cfg)
     for key, value in {"device": "cpu", "data_root": "/x", "log_every": 7, "eval_batch_size": 64,
-                       "compile": True, "download": True, "save_gamma": False}.items():
+                       "compile": True, "download": True, "save_gamma": False, "sharpness": {"m": 8}}.items():
         assert config.run_id({**cfg, key: value}) == rid, key
     changed = {"dataset": "synthetic", "model": "vit_ci", "variant": "asam", "variant_opts": {"p": "inf"},
                "mask": "no_norm", "sparsity": 0.5, "mask_opts": {"x": 1}, "rho": 0.11, "rho_norm": "full",
                "freeze_bn_second": True, "epochs": 2, "batch_size": 64, "schedule": "constant",
                "warmup_epochs": 1, "label_smoothing": 0.0, "augment": False, "amp": "bf16",
-               "channels_last": True, "seed": 5, "base": {**cfg["base"], "lr": 0.2}}
-    assert set(changed) == set(config.EXPERIMENT)
+               "channels_last": True, "seed": 5, "base": {**cfg["base"], "lr": 0.2}, "label_noise": 0.2}
+    assert set(changed) | {"label_noise_type"} == set(config.EXPERIMENT)
     for key, value in changed.items():
         assert config.run_id({**cfg, key: value}) != rid, key
+    # the noise type matters once there is noise (without noise both stay out of the id)
+    noisy = {**cfg, "label_noise": 0.2}
+    assert config.run_id({**noisy, "label_noise_type": "asymmetric"}) != config.run_id(noisy)
+    assert config.run_id({**cfg, "label_noise_type": "asymmetric"}) == rid
 
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])
@@ -215,7 +219,8 @@ def nonorm_model():
     MODELS.unregister("test_nonorm")
 
 MALFORMED = {
-    "top_key": ("name: t\nfoo: 1\n", "foo: unknown key (allowed: defaults, grid, include, logging, name, seeds, slurm)"),
+    "top_key": ("name: t\nfoo: 1\n",
+                "foo: unknown key (allowed: defaults, grid, include, logging, name, reference, seeds, slurm)"),
     "defaults_key": (BASE.replace("epochs: 1", "epochs: 1, lr: 0.1"), "defaults.lr: unknown key (allowed: amp, "),
     "grid_key": (BASE + "grid: [{rho: [1]}, {mask: all, bar: [1]}]\n", "grid[1].bar: unknown key (allowed: "),
     "include_key": (BASE + "include: [{variant: none}, {foo: 1}]\n", "include[1].foo: unknown key"),
@@ -248,6 +253,23 @@ MALFORMED = {
                 "logging.wandb.mode: got 'cloud' (allowed: online, offline, disabled)"),
     "logging_base": (BASE + "grid: {rho: [1], base: {name: lion, lr: 0}}\n",
                      "grid.base.lr: must be a number > 0 for lion, got 0"),
+    "label_noise": (BASE + "grid: {label_noise: [0.2, 1.5]}\n", "grid.label_noise: must be a fraction in [0, 1)"),
+    "label_noise_type": (BASE + "include: [{label_noise: 0.2, label_noise_type: pairs}]\n",
+                         "include[0].label_noise_type: got 'pairs' (allowed: symmetric, asymmetric)"),
+    "sharpness": (BASE + "include: [{sharpness: {n_sample: 5}}]\n",
+                  "include[0].sharpness.n_sample: unknown option (allowed: batch_size, "),
+    "sharpness_radii": ("name: t\ndefaults: {dataset: digits, model: resnet_ci, sharpness: {radii: {l2: [1]}}}\n",
+                        "defaults.sharpness.radii.l2: unknown family (allowed: l2_standard, "),
+    "reference_key": (BASE + "reference: {sources: x, entries: [{mean: 1}]}\n",
+                      "reference.sources: unknown key (allowed: source, metric, entries)"),
+    "reference_mean": (BASE + "reference: {source: x, entries: [{mask: all, mean: 1}, {mask: all, std: 1}]}\n",
+                       "reference.entries[1].mean: must be a number (the published value), got None"),
+    "reference_source": (BASE + "reference: {entries: [{mask: all, mean: 1}]}\n",
+                         "reference.entries[0].source: missing: give it here or as reference.source"),
+    "reference_field": (BASE + "reference: {source: x, entries: [{mask: all, lr: 0.1, mean: 1}]}\n",
+                        "reference.entries[0].lr: not a run-config field or entry key (allowed: "),
+    "reference_mask": (BASE + "reference: {source: x, entries: [{mask: randm, mean: 1}]}\n",
+                       "reference.entries[0].mask: unknown mask 'randm' (allowed: all, "),
 }
 
 
@@ -292,3 +314,22 @@ def test_missing_file_and_error_type(tmp_path, capsys):
     with pytest.raises(SuiteError) as info:
         load_suite(write(tmp_path, "name: t\ngrid: {mask: randm}\n"))
     assert isinstance(info.value, cli.InvalidInput)
+
+
+def test_reference_block_is_checked_and_scoped(tmp_path):
+    s = load_suite(REPO / "suites" / "cifar100_rho_sweep.yaml")
+    by_label = {(e["match"].get("variant"), e["match"].get("variant_opts.adaptive"), e["match"].get("variant_opts.p"),
+                 e["match"].get("mask")): e for e in s.reference}
+    e = by_label[("asam", "elementwise", "inf", "norm_only")]
+    assert e["mean"] == 84.75 and e["match"]["rho"] == 0.1 and e["std"] is None and "rho-sweep" in e["source"]
+    assert by_label[("none", None, None, None)]["source"].startswith("Mueller et al., NeurIPS 2023 (SAM-ON), main")
+    from bench.reference import scoped
+
+    scope = scoped(s.reference, s.runs)[0]["match"]
+    assert scope["dataset"] == "cifar100" and scope["model"] == "wrn28_10" and scope["label_noise"] == 0.0
+    mixed = load_suite(write(tmp_path, BASE + """\
+        grid: {model: [resnet_ci, vit_ci]}
+        reference: {source: x, entries: [{mask: all, mean: 1}]}
+        """))
+    assert scoped(mixed.reference, mixed.runs)[0]["match"] == {"dataset": "digits", "label_noise": 0.0,
+                                                               "mask": "all"}
