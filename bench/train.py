@@ -284,6 +284,7 @@ class Setup:
     criterion: Any
     eval_criterion: Any
     amp_ctx: Any
+    step: Any = None          # bench.fast_step.FastStep (compile_step), else train_step runs
 
 
 @dataclass
@@ -359,12 +360,17 @@ def build(cfg: dict) -> Setup:
     if opt.is_sam and not opt.selection:
         mask_loader.set_epoch(0)
         opt.build_mask(mask_loader)
-    return Setup(device=device, train_loader=train_loader, test_loader=test_loader, mask_loader=mask_loader,
+    setup = Setup(device=device, train_loader=train_loader, test_loader=test_loader, mask_loader=mask_loader,
                  model=model, forward=torch.compile(model) if cfg["compile"] else model, base=base, opt=opt,
                  base_lrs=[g["lr"] for g in base.param_groups], n_params=masks.n_trainable(model),
                  criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
                  eval_criterion=torch.nn.CrossEntropyLoss(),
                  amp_ctx=amp_context(cfg["amp"] == "bf16" and device.type == "cuda"))
+    if cfg["compile_step"]:
+        from bench.fast_step import FastStep
+
+        setup.step = FastStep(model, opt, setup.criterion, setup.amp_ctx, compiled=True, forward=setup.forward)
+    return setup
 
 
 def resume(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:
@@ -422,7 +428,10 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -
         factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
         for group, lr in zip(s.base.param_groups, s.base_lrs):
             group["lr"] = lr * factor
-        out, loss = train_step(s.forward, s.opt, x, y, s.criterion, s.amp_ctx)
+        if s.step is not None:
+            out, loss = s.step(x, y)
+        else:
+            out, loss = train_step(s.forward, s.opt, x, y, s.criterion, s.amp_ctx)
         loss_sum += loss.detach().float() * y.numel()
         correct += (out.detach().argmax(1) == y).sum()
         if (i + 1) % cfg["log_every"] == 0:
@@ -486,6 +495,8 @@ def make_result(setup: Setup, cfg: dict, rid: str, status: str, last: dict, stat
         "config": cfg,
         "variant_options": config.variant_options(cfg),
     }
+    if setup.step is not None:
+        result["fast_step"] = setup.step.describe()
     if cfg["save_gamma"]:
         gammas = norm_gammas(setup.model)
         if gammas:
