@@ -77,6 +77,8 @@ class FusedUpdate:
         self.eta = getattr(variant, "eta", 0.0)
         self.scaled = scaled_positions(variant, opt._perturbed_names)
         self.scale_buffers = [torch.empty_like(self.params[i]) for i in self.scaled]
+        ids = {id(p) for p in self.params}
+        self.others = [p for _, p in opt._trainable if id(p) not in ids]  # no gradient in the ascent
 
     def _scales(self) -> list[torch.Tensor]:
         """T = |w| + eta on the rescaled tensors, written into the buffers (three foreach launches)."""
@@ -118,8 +120,10 @@ class FastStep:
     """A callable ``(x, y) -> (logits, loss)``: bench.train.train_step, faster where it can be.
 
     ``forward``: what the reference steps call (the model, or its torch.compile wrapper);
-    ``compiled``: the SAM step under torch.compile (the plain model inside it) with ``backend``
-    (tests use "aot_eager": the same graphs and graph breaks, no code generation).
+    ``compiled``: the two passes of a SAM step under torch.compile (the plain model inside) with
+    ``backend`` (default ``BACKEND``; tests also use "aot_eager": the same graphs, no code generation).
+    During the clean forward only the perturbed tensors require a gradient, so a compiled backward,
+    which computes every gradient its graph was built for, stays as short as the eager one.
     """
 
     def __init__(self, model, opt, criterion, amp_ctx: Callable[[], Any], compiled: bool = False,
@@ -130,14 +134,15 @@ class FastStep:
         self.reason = unsupported(opt)
         self.update: FusedUpdate | None = None
         self._inner = model if compiled else self.forward
-        self._passes = self._two_passes
+        self._ascent, self._descent = self._ascent_pass, self._descent_pass
         if compiled:
             import torch._dynamo
 
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             backend = backend or BACKEND
-            self._passes = torch.compile(self._two_passes, backend=backend,
-                                         mode=COMPILE_MODE if backend == "inductor" else None)
+            mode = COMPILE_MODE if backend == "inductor" else None
+            self._ascent = torch.compile(self._ascent_pass, backend=backend, mode=mode)
+            self._descent = torch.compile(self._descent_pass, backend=backend, mode=mode)
 
     @property
     def fused(self) -> bool:
@@ -159,20 +164,30 @@ class FastStep:
                 raise RuntimeError("the mask is not built yet: call build_mask(data) first")
             self.update = FusedUpdate(opt)
         opt.zero_grad(set_to_none=True)
-        out, loss = self._passes(x, y, opt.variant.radius(opt.rho))
+        frozen = self.update.others
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            out, loss = self._ascent(x, y, opt.variant.radius(opt.rho))
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        self._descent(x, y)
         opt.second_step(zero_grad=True)  # bookkeeping (LR schedulers, step counter) and the base step
         return out, loss
 
-    def _two_passes(self, x, y, rho: float):
-        """Steps 1-4 of the module docstring but the base step; (logits, loss) of the clean forward."""
-        update = self.update
+    def _ascent_pass(self, x, y, rho: float):
+        """Steps 1-2: the clean forward, g on the perturbed tensors, w <- w + e; (logits, loss)."""
         with self.amp_ctx():
             out = self._inner(x)
             loss = self.criterion(out, y)
-        grads = torch.autograd.grad(loss, update.params, allow_unused=True)
-        update.perturb(list(grads), rho)
-        with self.amp_ctx():
-            loss_perturbed = self.criterion(self._inner(x), y)
-        loss_perturbed.backward()
-        update.restore()
+        grads = torch.autograd.grad(loss, self.update.params, allow_unused=True)
+        self.update.perturb(list(grads), rho)
         return out, loss
+
+    def _descent_pass(self, x, y) -> None:
+        """Steps 3-4 but the base step: forward and backward at w + e into .grad, then restore w."""
+        with self.amp_ctx():
+            loss = self.criterion(self._inner(x), y)
+        loss.backward()
+        self.update.restore()
