@@ -190,3 +190,25 @@ def test_bad_compile_step_exits_2_naming_the_field(tmp_path, capsys, args):
     assert code == 2, err
     assert "compile_step" in err and "true" in err.lower() and "false" in err.lower()
     assert not (tmp_path / "r").exists()  # validated before anything is written
+
+
+def test_perf_times_the_compiled_step_beside_the_reference(monkeypatch):
+    """``--configs ...:fused/:compiled`` items and ``--compile-step`` rows; records name their step."""
+    from bench.perf import parse_configs, time_steps, with_compiled
+
+    items = parse_configs("sam:norm_only:compiled,asam:norm_only:eta=0.1:fused,sam:all")
+    assert [(c.label, c.variant, c.mask, c.step) for c in items[1:]] == [
+        ("sam:norm_only:compiled", "sam", "norm_only", "compiled"),
+        ("asam:norm_only:eta=0.1:fused", "asam", "norm_only", "fused"), ("sam:all", "sam", "all", "reference")]
+    assert items[2].variant_opts == {"eta": 0.1} and items[2].mask_opts == {}
+    rows = with_compiled(parse_configs("sam:norm_only,gsam:all"))
+    assert [(c.label, c.step) for c in rows] == [
+        ("sgd", "reference"), ("sam:norm_only", "reference"), ("sam:norm_only compiled", "compiled"),
+        ("gsam:all", "reference"), ("gsam:all compiled", "compiled")]
+    monkeypatch.setattr(fast_step, "BACKEND", "aot_eager")
+    recs = time_steps("resnet_ci", 16, "cpu", False, rows, steps=1, warmup=1, dataset="digits")
+    # gsam is not fused: its compiled row is skipped, not timed as something else
+    assert [(r["label"], r["step"]) for r in recs] == [
+        ("sgd", "reference"), ("sam:norm_only", "reference"), ("sam:norm_only compiled", "compiled"),
+        ("gsam:all", "reference")]
+    assert all(r["ms"] > 0 for r in recs)
