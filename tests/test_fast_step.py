@@ -26,10 +26,11 @@ CASES = {  # (variant, mask, rho, variant options)
 }
 
 
-def _setup(case, model_name="resnet_ci", seed=0):
+def _setup(case, model_name="resnet_ci", seed=0, device="cpu"):
     variant, mask, rho, opts = CASES[case]
     torch.manual_seed(seed)
     model = create_model_for(model_name, "digits") if isinstance(model_name, str) else model_name()
+    model.to(device)
     base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     return model, SAM(model, base, rho=rho, variant=variant, mask=mask, **opts)
 
@@ -99,8 +100,7 @@ def test_compiled_step_with_inductor_equals_the_reference():
 @pytest.mark.parametrize("case", ["sam/norm_only", "asam/norm_only"])
 def test_compiled_step_cuda_bf16_equals_the_reference(case):
     crit, amp = nn.CrossEntropyLoss(), amp_context(True)
-    (ref_model, ref_opt), (model, opt) = _setup(case), _setup(case)
-    ref_model.cuda(), model.cuda()
+    (ref_model, ref_opt), (model, opt) = _setup(case, device="cuda"), _setup(case, device="cuda")
     fast = FastStep(model, opt, crit, amp, compiled=True)
     x, y = (t.cuda() for t in _batch())
     for _ in range(3):
