@@ -3,7 +3,7 @@
 Tolerances: the eager fused step runs the same per-tensor arithmetic as the reference, so its
 weights after 3 steps are equal bit for bit; under torch.compile the graphs are the same
 (backend aot_eager: equal bit for bit as well) and inductor's generated kernels reorder sums, so
-its weights agree to rtol 1e-4, atol 1e-5 (float32; bf16 on CUDA: rtol 2e-2, atol 2e-3).
+its weights agree to rtol 1e-4, atol 1e-5 (float32; bf16 autocast on CUDA: rtol 5e-2, atol 5e-3).
 """
 import shutil
 
@@ -107,7 +107,7 @@ def test_compiled_step_cuda_bf16_equals_the_reference(case):
         train_step(ref_model, ref_opt, x, y, crit, amp)
         fast(x, y)
     for (name, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
-        torch.testing.assert_close(b.float(), a.float(), rtol=2e-2, atol=2e-3, msg=name)
+        torch.testing.assert_close(b.float(), a.float(), rtol=5e-2, atol=5e-3, msg=name)
 
 
 def _two_tensor_sam(variant, rho, **opts):
