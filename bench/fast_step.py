@@ -7,7 +7,8 @@ allocated once, and optionally the whole step under ``torch.compile``.
 The reference is :func:`bench.train.train_step` with :class:`bench.sam.SAM` (eager, one formula per
 line); this is the same step in fewer kernels (tests/test_fast_step.py holds them equal):
 
-1. clean forward and ``autograd.grad`` of the loss w.r.t. the perturbed tensors P only;
+1. clean forward, with only the perturbed tensors P requiring a gradient, and ``autograd.grad``
+   of the loss w.r.t. P (a compiled backward computes every gradient its graph was built for);
 2. ``FusedUpdate.perturb``: g masked (one ``_foreach_mul_``), ASAM's T = |w| + eta into a buffer
    made once, e = rho T (T g) / ||T g|| (p = 2) or rho T sign(g) (p = inf) in place on g, the
    backup of P (SAM's own buffers) and w <- w + e: a handful of foreach launches, no allocation
@@ -16,10 +17,11 @@ line); this is the same step in fewer kernels (tests/test_fast_step.py holds the
 4. ``FusedUpdate.restore`` (one ``_foreach_copy_``), then ``SAM.second_step``: its bookkeeping and
    the base optimizer's step (torch's foreach implementation on CUDA).
 
-``compiled=True`` wraps steps 1-4 but the base step in ``torch.compile`` (inductor, default
-mode: ``max-autotune`` spends minutes on WRN-28-10, and CUDA graphs do not hold a step that
-changes the parameters in place between its graph breaks at the two backward passes); the base
-step stays eager because its learning rate changes every step. What the fast path does not
+``compiled=True`` wraps steps 1-2 and 3-4 (but the base step) in ``torch.compile``: inductor in
+its default mode (``COMPILE_MODE``; max-autotune's kernel search costs minutes on a large model,
+and CUDA graphs ("reduce-overhead") are not tried: the step changes the parameters in place and
+breaks its graphs at the two backward passes). The base step stays eager because its learning
+rate changes every step (a constant of a compiled graph). What the fast path does not
 cover (``unsupported``: other variants, m-sharpness, rho_norm="full", freeze_bn_second,
 layerwise ASAM) and every step that does not perturb run the reference ``train_step``.
 """
