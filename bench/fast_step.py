@@ -1,8 +1,8 @@
 """The fast SAM step: the update math between the passes in fused foreach ops on buffers
 allocated once, and optionally the whole step under ``torch.compile``.
 
-    step = FastStep(model, opt, criterion, amp_ctx, compiled=True)
-    logits, loss = step(x, y)          # the same step as bench.train.train_step(model, opt, x, y, ...)
+    step = FastStep(model, opt, criterion, amp_ctx, reference, compiled=True)
+    logits, loss = step(x, y)          # the same step as reference(x, y): bench.train.train_step
 
 The reference is :func:`bench.train.train_step` with :class:`bench.sam.SAM` (eager, one formula per
 line); this is the same step in fewer kernels (tests/test_fast_step.py holds them equal):
@@ -121,16 +121,19 @@ class FusedUpdate:
 class FastStep:
     """A callable ``(x, y) -> (logits, loss)``: bench.train.train_step, faster where it can be.
 
-    ``forward``: what the reference steps call (the model, or its torch.compile wrapper);
+    ``reference``: ``(x, y) -> (logits, loss)``, the step it stands in for (bench.train.train_step
+    on the same model and optimizer), run where the fast path does not apply;
+    ``forward``: the model, or its torch.compile wrapper (what the eager fused passes call);
     ``compiled``: the two passes of a SAM step under torch.compile (the plain model inside) with
     ``backend`` (default ``BACKEND``; tests also use "aot_eager": the same graphs, no code generation).
     During the clean forward only the perturbed tensors require a gradient, so a compiled backward,
     which computes every gradient its graph was built for, stays as short as the eager one.
     """
 
-    def __init__(self, model, opt, criterion, amp_ctx: Callable[[], Any], compiled: bool = False,
-                 forward=None, backend: str | None = None):
+    def __init__(self, model, opt, criterion, amp_ctx: Callable[[], Any], reference: Callable[[Any, Any], Any],
+                 compiled: bool = False, forward=None, backend: str | None = None):
         self.model, self.opt, self.criterion, self.amp_ctx = model, opt, criterion, amp_ctx
+        self.reference = reference
         self.forward = model if forward is None else forward
         self.compiled = compiled
         self.reason = unsupported(opt)
@@ -156,11 +159,9 @@ class FastStep:
         return {"compiled": self.compiled and self.fused, "fused": self.fused, "reason": self.reason}
 
     def __call__(self, x, y):
-        from bench.train import train_step
-
         opt = self.opt
         if self.reason is not None or not opt.sam_now:
-            return train_step(self.forward, opt, x, y, self.criterion, self.amp_ctx)
+            return self.reference(x, y)
         if self.update is None or self.update.backup is not opt._backup:  # a new selection
             if not opt._perturbed:
                 raise RuntimeError("the mask is not built yet: call build_mask(data) first")

@@ -10,6 +10,7 @@ and loops over tensors, with full gradients in both passes (what most public cod
 """
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
@@ -178,9 +179,10 @@ def _make_step(cfg: PerfConfig, model, forward, criterion, amp_ctx, x, y):
 
 def _one_step(cfg: PerfConfig, model, forward, opt, criterion, amp_ctx):
     """The step a configuration times: the reference train_step, or bench.fast_step's."""
+    reference = functools.partial(train_step, forward, opt, criterion=criterion, amp_ctx=amp_ctx)
     if cfg.step == "reference":
-        return lambda x, y: train_step(forward, opt, x, y, criterion, amp_ctx)
-    fast = FastStep(model, opt, criterion, amp_ctx, compiled=cfg.step == "compiled", forward=forward)
+        return reference
+    fast = FastStep(model, opt, criterion, amp_ctx, reference, compiled=cfg.step == "compiled", forward=forward)
     if not fast.fused:
         raise ValueError(f"the fast step does not cover {fast.reason}")
     return fast

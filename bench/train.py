@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import sys
 import time
@@ -369,7 +370,10 @@ def build(cfg: dict) -> Setup:
     if cfg["compile_step"]:
         from bench.fast_step import FastStep
 
-        setup.step = FastStep(model, opt, setup.criterion, setup.amp_ctx, compiled=True, forward=setup.forward)
+        reference = functools.partial(train_step, setup.forward, opt, criterion=setup.criterion,
+                                      amp_ctx=setup.amp_ctx)
+        setup.step = FastStep(model, opt, setup.criterion, setup.amp_ctx, reference, compiled=True,
+                              forward=setup.forward)
     return setup
 
 

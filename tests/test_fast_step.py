@@ -48,12 +48,17 @@ def _state(model, opt):
     return out
 
 
+def _reference(model, opt, crit, amp):
+    return lambda x, y: train_step(model, opt, x, y, crit, amp)
+
+
 def _three_steps(case, step_kind, model_name="resnet_ci", **fast_opts):
     """(reference state, fast state, reference losses, fast losses) after 3 steps on 3 batches."""
     crit, amp = nn.CrossEntropyLoss(label_smoothing=0.1), amp_context(False)
     ref_model, ref_opt = _setup(case, model_name)
     model, opt = _setup(case, model_name)
-    fast = FastStep(model, opt, crit, amp, compiled=step_kind != "fused", **fast_opts)
+    fast = FastStep(model, opt, crit, amp, _reference(model, opt, crit, amp), compiled=step_kind != "fused",
+                    **fast_opts)
     assert fast.fused, fast.reason
     ref_losses, losses = [], []
     for seed in range(3):
@@ -101,7 +106,7 @@ def test_compiled_step_with_inductor_equals_the_reference():
 def test_compiled_step_cuda_bf16_equals_the_reference(case):
     crit, amp = nn.CrossEntropyLoss(), amp_context(True)
     (ref_model, ref_opt), (model, opt) = _setup(case, device="cuda"), _setup(case, device="cuda")
-    fast = FastStep(model, opt, crit, amp, compiled=True)
+    fast = FastStep(model, opt, crit, amp, _reference(model, opt, crit, amp), compiled=True)
     x, y = (t.cuda() for t in _batch())
     for _ in range(3):
         train_step(ref_model, ref_opt, x, y, crit, amp)
