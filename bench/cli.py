@@ -73,13 +73,17 @@ TRAIN_FLAGS = {  # flag -> config path
     "weight_decay": "base.weight_decay", "seed": "seed", "label_smoothing": "label_smoothing",
     "schedule": "schedule", "warmup_epochs": "warmup_epochs", "amp": "amp", "device": "device",
     "data_root": "data_root", "eval_batch_size": "eval_batch_size", "log_every": "log_every",
+    "nproc": "nproc", "nodes": "nodes", "ascent": "ascent", "accumulate": "accumulate",
+    "data_workers": "data_workers",
 }
 TRAIN_TYPES = {"rho": float, "epochs": int, "batch_size": int, "lr": float, "momentum": float,
                "weight_decay": float, "seed": int, "label_smoothing": float, "warmup_epochs": int,
-               "eval_batch_size": int, "log_every": int}
+               "eval_batch_size": int, "log_every": int, "nproc": int, "nodes": int, "accumulate": int,
+               "data_workers": int}
 BOOL_FLAGS = {"freeze_bn_second": "freeze_bn_second", "channels_last": "channels_last",
               "download": "download", "compile": "compile"}
-RESERVED = set(TRAIN_FLAGS) | set(BOOL_FLAGS) | {"no_augment", "mask_opt", "variant_opt", "set", "out", "help"}
+RESERVED = set(TRAIN_FLAGS) | set(BOOL_FLAGS) | {"no_augment", "no_sync_bn", "mask_opt", "variant_opt", "set", "out",
+                                                 "help"}
 
 
 def _scalar(text: str):
@@ -115,6 +119,8 @@ def train_overrides(args) -> dict:
             over[f"variant_opts.{option}"] = value
     if args.no_augment:
         over["augment"] = False
+    if args.no_sync_bn:
+        over["sync_bn"] = False
     if over.get("base.name") == "adamw":
         over["base"] = {"name": "adamw", "lr": over.pop("base.lr", 1e-3), "weight_decay": 0.05}
         over.pop("base.name")
@@ -145,11 +151,17 @@ def flag_of(field: str, args) -> str:
 
 
 def cmd_train(args) -> int:
-    from bench import config, train
+    """One run: in this process; in N processes it starts (``--nproc N``); or as one rank of a group
+    started by torchrun (RANK/WORLD_SIZE set: every rank runs this command, rank 0 reports)."""
+    from bench import config, distributed, train
     from bench.data import DataError, check_available
 
+    over = train_overrides(args)
+    launched = distributed.launched()
+    if launched:
+        over.update(_world_of_launcher(over, args))
     try:
-        cfg = config.resolve(train_overrides(args))
+        cfg = config.resolve(over)
     except config.ConfigError as exc:
         raise InvalidInput(f"{flag_of(exc.field, args)} ({exc.render()})") from None
     if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
@@ -160,11 +172,52 @@ def cmd_train(args) -> int:
         raise InvalidInput(f"--data-root / dataset {cfg['dataset']!r}: {exc}") from None
     out = creatable_dir(args.out, "--out") if args.out else Path("results") / "train" / config.run_id(cfg)
     with signals_interrupt():
-        result = train.run(cfg, out, progress=True)
+        if launched:
+            distributed.init_from_env(cfg["device"])
+            try:
+                result = train.run(cfg, out, progress=distributed.is_main())
+            finally:
+                distributed.destroy()
+            if not distributed.is_main():
+                return EXIT_OK if result["status"] == "done" else EXIT_FAIL
+        elif config.world_size(cfg) > 1:
+            result = _train_processes(cfg, out)
+        else:
+            result = train.run(cfg, out, progress=True)
     print(f"{result['status']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} epochs, "
           f"{result['wall_time_s']:.1f} s, perturbed fraction {result['perturbed_fraction']:.6f} -> {out}"
-          if result["test_acc"] is not None else f"{result['status']} -> {out}")
+          if result.get("test_acc") is not None else
+          f"{result['status']}{': ' + result['error'] if result.get('error') else ''} -> {out}")
     return EXIT_OK if result["status"] == "done" else EXIT_FAIL
+
+
+def _world_of_launcher(over: dict, args) -> dict:
+    """Under torchrun: nproc and nodes are what it started (a different --nproc/--nodes is an error)."""
+    from bench import distributed
+
+    nproc, nodes = distributed.env_world()
+    for key, have in (("nproc", nproc), ("nodes", nodes)):
+        if key in over and over[key] != have:
+            raise InvalidInput(f"--{key} {over[key]}: this process is one of {nproc * nodes} started by a launcher "
+                               f"(WORLD_SIZE={nproc * nodes}, LOCAL_WORLD_SIZE={nproc}); leave --{key} out")
+    return {"nproc": nproc, "nodes": nodes}
+
+
+def _train_processes(cfg: dict, out: Path) -> dict:
+    """``--nproc N``: N processes of this run on this machine (bench.launch)."""
+    from bench import config, launch, rundir, train
+
+    if cfg["nodes"] > 1:
+        raise InvalidInput(f"--nodes {cfg['nodes']}: `sambench train --nproc` starts processes on this machine only; "
+                           "start each node with torchrun, or run a suite with --executor slurm")
+    rid = config.run_id(cfg)
+    rundir.check_owner(out, rid)
+    out.mkdir(parents=True, exist_ok=True)
+    train.write_config(out, rid, None, cfg)
+    try:
+        return launch.train_run(out, cfg["nproc"])
+    except rundir.RunLocked as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 # --- list -----------------------------------------------------------------------------------------
@@ -272,6 +325,10 @@ def cmd_perf(args) -> int:
             raise InvalidInput(f"{flag}: must be >= {low}, got {value}")
     config.check_device(args.device, "--device")
     json_path = creatable_file(args.json, "--json") if args.json else None
+    if args.nproc < 1:
+        raise InvalidInput(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.nproc > 1:
+        return _perf_processes(args, perf, json_path)
     if args.fisher:
         rec = perf.time_fisher(args.model, args.dataset or "fashion_mnist", args.device, args.fisher_samples)
         print(f"fisher mask, {rec['num_samples']} samples, {args.model} on {args.device}: batched "
@@ -308,6 +365,40 @@ def _perf_steps(args, perf) -> list[dict]:
               f"sum of step times {ep['sum_step_s']:.3f} s, ratio {ep['ratio']:.3f}")
         recs.append({"benchmark": "epoch", **ep})
     return recs
+
+
+def _perf_processes(args, perf, json_path: Path | None) -> int:
+    """``--nproc N``: this command again in N processes of one group (bench.launch); rank 0 reports."""
+    from bench import distributed, launch
+
+    if args.fisher or args.epoch:
+        raise InvalidInput("--nproc times training steps only (not --fisher or --epoch)")
+    if not distributed.launched():
+        import os
+
+        from bench.executors import cpu_count
+
+        threads = max(1, cpu_count() // args.nproc)
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        if omp.isdigit() and int(omp) > 0:
+            threads = min(threads, int(omp))
+        failure = launch.start_and_watch([sys.executable, "-m", "bench", *args.argv], args.nproc, threads)
+        if failure is not None:
+            raise RunFailed(f"perf --nproc {args.nproc}: {failure.describe()}")
+        return EXIT_OK
+    comm = distributed.init_from_env(args.device)
+    try:
+        configs = perf.parse_configs("ddp" if args.configs == "default" else args.configs)
+        records = perf.time_steps_ddp(args.model, args.batch_size, args.device, args.amp, configs, comm,
+                                      steps=args.steps, warmup=args.warmup, dataset=args.dataset)
+    finally:
+        distributed.destroy()
+    if comm.is_main:
+        perf.print_ddp_table(records)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(records, indent=2))
+    return EXIT_OK
 
 
 class RunFailed(Exception):
@@ -376,6 +467,8 @@ def build_parser(with_variant_flags: bool = False) -> argparse.ArgumentParser:
                                default=None, metavar="VALUE", help=f"a variant option (default {default!r})")
     p.set_defaults(variant_flag_names=names)
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-sync-bn", action="store_true",
+                   help="across processes: BatchNorm statistics per process (needed on CPU)")
     p.add_argument("--variant-opt", action="append", metavar="KEY=VALUE", help="a variant option")
     p.add_argument("--mask-opt", action="append", metavar="KEY=VALUE", help="a mask option")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field")
@@ -398,6 +491,9 @@ def build_parser(with_variant_flags: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--fisher-samples", type=int, default=1024)
     p.add_argument("--epoch", action="store_true", help="also time a full epoch against its steps")
     p.add_argument("--json", help="write the records to this file")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="time the step in N processes (DDP; default configs: SGD, SAM all / norm_only with "
+                        "ascent synced and local) and report the bytes all-reduced per step")
     p.set_defaults(func=cmd_perf)
 
     p = sub.add_parser("list", help="the registries")
@@ -417,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # variant options become train flags only for `train` (reading them imports torch)
     args = build_parser(with_variant_flags="train" in argv[:1]).parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except InvalidInput as exc:
