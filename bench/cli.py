@@ -173,12 +173,12 @@ def cmd_train(args) -> int:
     out = creatable_dir(args.out, "--out") if args.out else Path("results") / "train" / config.run_id(cfg)
     with signals_interrupt():
         if launched:
-            distributed.init_from_env(cfg["device"])
+            main = distributed.init_from_env(cfg["device"]).is_main
             try:
-                result = train.run(cfg, out, progress=distributed.is_main())
+                result = train.run(cfg, out, progress=main)
             finally:
                 distributed.destroy()
-            if not distributed.is_main():
+            if not main:  # rank 0 reports
                 return EXIT_OK if result["status"] == "done" else EXIT_FAIL
         elif config.world_size(cfg) > 1:
             result = _train_processes(cfg, out)
@@ -374,15 +374,7 @@ def _perf_processes(args, perf, json_path: Path | None) -> int:
     if args.fisher or args.epoch:
         raise InvalidInput("--nproc times training steps only (not --fisher or --epoch)")
     if not distributed.launched():
-        import os
-
-        from bench.executors import cpu_count
-
-        threads = max(1, cpu_count() // args.nproc)
-        omp = os.environ.get("OMP_NUM_THREADS", "")
-        if omp.isdigit() and int(omp) > 0:
-            threads = min(threads, int(omp))
-        failure = launch.start_and_watch([sys.executable, "-m", "bench", *args.argv], args.nproc, threads)
+        failure = launch.start_and_watch([sys.executable, "-m", "bench", *args.argv], args.nproc)
         if failure is not None:
             raise RunFailed(f"perf --nproc {args.nproc}: {failure.describe()}")
         return EXIT_OK

@@ -60,7 +60,22 @@ class Failure:
         return f"process {self.rank} ended with {how}"
 
 
+def default_threads(nproc: int) -> int:
+    """CPU threads per process: this machine's cores shared by the processes (at most
+    $OMP_NUM_THREADS when that is set)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // nproc)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(threads, int(omp)) if omp.isdigit() and int(omp) > 0 else threads
+
+
 def start(argv: list[str], nproc: int, threads: int | None = None) -> list[subprocess.Popen]:
+    """The processes, each with its rank's environment and ``threads`` CPU threads (default: the
+    cores shared among them)."""
+    threads = threads or default_threads(nproc)
     port = free_port()
     return [subprocess.Popen(argv, env=rank_env(r, nproc, port, threads)) for r in range(nproc)]
 

@@ -308,8 +308,7 @@ def _make_ddp_step(cfg: PerfConfig, model, comm, device, criterion, amp_ctx, x, 
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in replica.modules())
     if sync_bn and has_bn:
         replica = nn.SyncBatchNorm.convert_sync_batchnorm(replica)
-    ddp = DistributedDataParallel(replica, device_ids=[device.index] if device.type == "cuda" else None,
-                                  broadcast_buffers=has_bn and not sync_bn)
+    ddp = DistributedDataParallel(replica, device_ids=[device.index] if device.type == "cuda" else None)
     counter = {"bytes": 0}
     ddp.register_comm_hook(counter, _counting_hook)
     base = torch.optim.SGD(replica.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)

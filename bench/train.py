@@ -491,8 +491,8 @@ def build(cfg: dict, comm=None) -> Setup:
     if comm is not None:
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                          broadcast_buffers=has_bn and not cfg["sync_bn"])
+        # (buffers: rank 0's BatchNorm running statistics go to every process at each forward, DDP's default)
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["compile"]:
         ascent_forward = torch.compile(model)
         forward = ascent_forward if forward is model else torch.compile(forward)

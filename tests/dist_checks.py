@@ -18,10 +18,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
-from bench import distributed
+from bench import distributed, io, train
 from bench.amp import LossScaler
 from bench.data import plan_steps
-from bench.models import create_model
+from bench.models import create_model, create_model_for
 from bench.sam import SAM
 from bench.train import amp_context, train_step
 
@@ -197,6 +197,44 @@ def bytes_per_step(comm, report):
     report["sizes"] = sizes
 
 
+def bytes_of_paper_models(comm, report):
+    """The ascent all-reduce of SAM-ON (norm_only) against dense SAM (all) on resnet20 and wrn28_10:
+    one synced ascent each, from .grad (no forward needed), bytes counted by the Comm."""
+    for name, dataset in (("resnet20", "cifar10"), ("wrn28_10", "cifar100")):
+        torch.manual_seed(0)
+        model = create_model_for(name, dataset)
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        for mask in ("all", "norm_only"):
+            opt = SAM(model, sgd(model), rho=0.5, mask=mask, comm=comm)
+            opt.build_mask()
+            distributed.reset_counts()
+            opt.first_step()
+            opt.unperturb()
+            report[f"bytes/{name}/{mask}"] = {"ascent": distributed.counts().get("ascent", 0),
+                                              "perturbed": opt.n_perturbed}
+        report[f"bytes/{name}/params"] = sum(p.numel() for p in model.parameters())
+        del model
+
+
+TINY_RUN = {"dataset": "digits", "model": "vit_ci", "epochs": 1, "variant": "sam", "mask": "norm_only",
+            "rho": 0.5, "augment": False, "device": "cpu", "batch_size": 64, "nproc": 2}
+
+
+def files_written(comm, report, run_dir: Path):
+    """A whole run (bench.train.run) in both processes: which files each process writes."""
+    written = []
+    for fn in ("write_json", "write_jsonl", "save_checkpoint"):
+        real = getattr(io, fn)
+
+        def spy(path, *args, _real=real, **kw):
+            written.append(str(path))
+            return _real(path, *args, **kw)
+        setattr(io, fn, spy)
+    result = train.run(TINY_RUN, run_dir, progress=False, log=lambda m: None)
+    report["files"] = {"written": sorted(set(written)), "status": result["status"]}
+
+
 class Poisoned(nn.Module):
     """The model with an inf in its output: an overflow in the pass that runs through it."""
 
@@ -234,7 +272,7 @@ def batchnorm_per_process(comm, report):
     model = create_model("resnet_ci", num_classes=10, in_chans=1, img_size=8)
     g = torch.Generator().manual_seed(2)
     batches = [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(2)]
-    ddp = DistributedDataParallel(model, broadcast_buffers=True)
+    ddp = DistributedDataParallel(model)
     opt = SAM(model, sgd(model), rho=0.5, mask="norm_only", comm=comm)
     for x, y in batches:
         lo, hi = comm.rank * 8, comm.rank * 8 + 8
@@ -248,9 +286,10 @@ def main(out: str) -> None:
     torch.set_num_threads(1)
     report: dict = {"rank": comm.rank, "world": comm.world}
     for check in (synced_equals_one_process, local_equals_m_sharpness, accumulation, bytes_per_step,
-                  fp16_overflow, batchnorm_per_process):
+                  bytes_of_paper_models, fp16_overflow, batchnorm_per_process):
         check(comm, report)
         comm.barrier()
+    files_written(comm, report, Path(out) / "run")
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{comm.rank}.json").write_text(json.dumps(report))
     distributed.destroy()

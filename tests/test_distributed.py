@@ -1,0 +1,247 @@
+"""Runs across 2 processes through real torch.distributed process groups (gloo on CPU).
+
+- tests/dist_checks.py, started as 2 ranks by bench.launch: SAM with ``ascent: synced`` across the
+  2 processes equals one-process SAM on the global batch (every variant, masks all and norm_only);
+  ``ascent: local`` equals one process with m-sharpness m = per-process batch (and SAM's rule written
+  out shard by shard); ``accumulate: 2`` at batch B equals one step at batch 2B; an fp16 overflow in
+  one rank's ascent skips the step on both, weights bit-equal; the ascent all-reduce carries only
+  the perturbed tensors, in one call per step; only rank 0 writes a run's files.
+- whole runs: ``sambench train --nproc 2`` ends with the parameters and test_loss of the one-process
+  run; a killed rank fails the run within 120 s and the re-run resumes it to the same parameters;
+  the README's torchrun command; a suite with ``nproc: 2`` through the local executor.
+
+Budget: about 1.5 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import config, io, launch, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# a LayerNorm ViT without dropout, fp32, augmentation on: keyed to the sample, so 1 and 2 processes agree
+RUN = ["--dataset", "digits", "--model", "vit_ci", "--variant", "sam", "--mask", "norm_only", "--rho", "0.5",
+       "--lr", "0.05", "--epochs", "3", "--batch-size", "64", "--device", "cpu"]
+RUN_CFG = {"dataset": "digits", "model": "vit_ci", "variant": "sam", "mask": "norm_only", "rho": 0.5,
+           "base.lr": 0.05, "epochs": 3, "batch_size": 64, "device": "cpu"}
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-5, atol=1e-6), (name, float((a[name] - b[name]).abs().max()))
+
+
+# --- the checks inside 2 ranks ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """The reports of the 2 ranks of tests/dist_checks.py."""
+    out = tmp_path_factory.mktemp("dist")
+    env_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.environ["PYTHONPATH"] = env_path  # the ranks import this checkout
+    failure = launch.start_and_watch([sys.executable, str(ROOT / "tests" / "dist_checks.py"), str(out)], 2, 1)
+    assert failure is None, failure.describe()
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)], out
+
+
+def test_synced_ascent_is_one_process_sam_of_the_global_batch(ranks):
+    reports, _ = ranks
+    keys = [k for k in reports[0] if k.startswith("synced/")]
+    assert len(keys) == 16  # 8 variants x masks all, norm_only
+    for k in keys:
+        for rep in reports:
+            assert rep[k]["close"], (k, rep[k]["max_diff"])  # allclose rtol 1e-5, atol 1e-6, after 3 steps
+        assert reports[0][k]["params"] == reports[1][k]["params"], k  # both ranks hold the same weights
+
+
+def test_local_ascent_is_m_sharpness_with_m_the_per_process_batch(ranks):
+    reports, _ = ranks
+    for k in ("local/sam", "local/fsam", "local/gsam", "local/looksam", "local/sam/hand"):
+        for rep in reports:
+            assert rep[k]["close"], (k, rep[k]["max_diff"])
+    assert reports[0]["local/sam"]["params"] == reports[1]["local/sam"]["params"]
+
+
+def test_accumulate_2_at_batch_b_is_one_step_at_batch_2b(ranks):
+    reports, _ = ranks
+    for k in ("accumulate/sam", "accumulate/fsam", "accumulate/looksam"):
+        for rep in reports:
+            assert rep[k]["close"], (k, rep[k]["max_diff"])
+
+
+def test_fp16_overflow_in_one_ranks_ascent_skips_the_step_everywhere(ranks):
+    reports, _ = ranks
+    for rep in reports:
+        for ascent in ("synced", "local"):
+            r = rep[f"fp16/ascent_overflow/{ascent}"]
+            assert r["bit_equal"] and r["base_state_empty"] and r["variant_state_empty"], (ascent, r)
+            assert r["skipped"] == 1 and r["scale"] == 2.0 ** 15  # backed off from 2^16
+        assert rep["fp16/no_overflow"]["close"], rep["fp16/no_overflow"]["max_diff"]  # scaling is exact
+        assert rep["batchnorm"]["finite"]
+    assert reports[0]["batchnorm"]["params"] == reports[1]["batchnorm"]["params"]
+
+
+def test_ascent_all_reduces_only_the_perturbed_tensors(ranks):
+    rep = ranks[0][0]
+    sizes = rep["sizes"]
+    assert rep["bytes/norm_only/synced"] == {"ascent": 4 * (sizes["norm.weight"] + sizes["norm.bias"]),
+                                             "calls": 3, "steps": 3}  # one call per step
+    assert rep["bytes/all/synced"]["ascent"] == 4 * sum(sizes.values())
+    assert rep["bytes/all/local"] == {"ascent": 0, "calls": 0, "steps": 3}
+    for name in ("resnet20", "wrn28_10"):
+        dense, sam_on = rep[f"bytes/{name}/all"], rep[f"bytes/{name}/norm_only"]
+        assert dense["ascent"] == 4 * rep[f"bytes/{name}/params"]
+        assert sam_on["ascent"] == 4 * sam_on["perturbed"]
+    ratio = rep["bytes/wrn28_10/norm_only"]["ascent"] / rep["bytes/wrn28_10/all"]["ascent"]
+    assert ratio <= 0.002, ratio  # SAM-ON on wrn28_10: ~0.05% of dense SAM's ascent bytes
+
+
+def test_only_rank_0_writes_the_run_files(ranks):
+    reports, out = ranks
+    assert reports[1]["files"] == {"written": [], "status": "done"}
+    assert reports[0]["files"]["status"] == "done"
+    assert {Path(p).name for p in reports[0]["files"]["written"]} == {"config.json", "metrics.jsonl",
+                                                                      "checkpoint.pt", "result.json"}
+    assert io.read_json(out / "run" / "result.json")["world_size"] == 2
+
+
+# --- whole runs -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """RUN trained by ``sambench train --nproc 2`` (uninterrupted)."""
+    out = tmp_path_factory.mktemp("nproc2") / "run"
+    proc = sambench("train", *RUN, "--nproc", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def sambench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "bench", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_two_processes_end_where_one_process_ends(two_process_run, tmp_path):
+    one = train.run(dict(RUN_CFG), tmp_path / "one", progress=False, log=lambda m: None)
+    two = io.read_json(two_process_run / "result.json")
+    assert one["status"] == two["status"] == "done"
+    assert one["run_id"] == two["run_id"]  # synced: the number of processes is not in the run id
+    assert (one["world_size"], two["world_size"], two["backend"]) == (1, 2, "gloo")
+    assert math.isclose(one["test_loss"], two["test_loss"], rel_tol=1e-5), (one["test_loss"], two["test_loss"])
+    assert math.isclose(one["train_loss"], two["train_loss"], rel_tol=1e-5)
+    before = weights(tmp_path / "one")
+    assert_same_weights(before, weights(two_process_run))
+    assert sorted(p.name for p in two_process_run.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def ranks_of(pid: int, n: int, timeout: float = 60) -> dict[int, int]:
+    """{rank: pid} of the processes a launcher started."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        found = {}
+        for kid in kids:
+            env = Path(f"/proc/{kid}/environ").read_bytes().split(b"\0")
+            rank = [e for e in env if e.startswith(b"RANK=")]
+            if rank:
+                found[int(rank[0][5:])] = int(kid)
+        if len(found) == n:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"the launcher {pid} did not start {n} processes")
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, tmp_path, victim):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="2", SAMBENCH_DIST_TIMEOUT_S="60")
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "train", *RUN, "--nproc", "2", "--out", str(out)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids = ranks_of(proc.pid, 2)
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+            assert time.time() < deadline and proc.poll() is None, "no epoch finished"
+            time.sleep(0.05)
+        os.kill(pids[victim], signal.SIGKILL)
+        t_kill = time.time()
+        output, _ = proc.communicate(timeout=120)
+        waited = time.time() - t_kill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output[-3000:]
+    assert waited < 120, waited
+    result = io.read_json(out / "result.json")
+    assert result["status"] == "failed", result
+    assert f"process {victim} ended with signal SIGKILL" in result["error"], result["error"]
+    assert (out / "checkpoint.pt").exists()
+
+    again = sambench("train", *RUN, "--nproc", "2", "--out", str(out))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert re.search(r"resuming after epoch [12]/3", again.stdout), again.stdout
+    assert io.read_json(out / "result.json")["status"] == "done"
+    assert [m["epoch"] for m in io.read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert_same_weights(weights(out), weights(two_process_run))  # every rank resumed from the same checkpoint
+    print(f"rank {victim} killed: the run ended as failed {waited:.1f} s later")
+
+
+def readme_torchrun_command() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    line = next(ln for ln in text.splitlines() if "torchrun --standalone --nproc_per_node=2 -m bench train" in ln)
+    return shlex.split(line.split("#")[0])
+
+
+def test_the_readme_torchrun_command_runs(tmp_path):
+    argv = readme_torchrun_command()
+    assert argv[0].endswith("torchrun")
+    argv[0] = str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path / "run"
+    argv[argv.index("--out") + 1] = str(out)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = io.read_json(out / "result.json")
+    assert result["status"] == "done" and result["world_size"] == 2 and result["backend"] == "gloo"
+    assert proc.stdout.count("done: test accuracy") == 1  # rank 0 reports
+
+
+def test_local_executor_runs_a_suite_of_two_process_runs(tmp_path, write_file):
+    suite = write_file("s.yaml", """
+        name: ddp
+        defaults: {dataset: digits, model: vit_ci, epochs: 1, batch_size: 64, variant: sam, mask: norm_only,
+                   rho: 0.5, device: cpu, nproc: 2}
+        grid: {ascent: [synced, local]}
+    """)
+    proc = sambench("run", str(suite), "--executor", "local", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = [io.read_json(p) for p in sorted((tmp_path / "out" / "ddp").glob("*/result.json"))]
+    assert len(results) == 2
+    assert all(r["status"] == "done" and r["world_size"] == 2 and r["backend"] == "gloo" for r in results)
+    by_ascent = {r["config"]["ascent"]: r["run_id"] for r in results}
+    synced = config.resolve({**RUN_CFG, "epochs": 1, "batch_size": 64, "base.lr": 0.1})
+    local = {**synced, "ascent": "local"}
+    assert by_ascent["synced"] == config.run_id(synced)  # the world size is not in a synced run's id
+    assert by_ascent["local"] != config.run_id(local)    # but in a local one's (m = batch / processes)
+    assert by_ascent["local"] == config.run_id({**local, "nproc": 2})
