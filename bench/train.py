@@ -322,7 +322,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
     check_world(cfg, comm)
     if comm is not None and not comm.is_main:
         finished = distributed.follow(comm, KNOWN_ERRORS)
-        return finished if finished is not None else _train(cfg, rid, run_dir, False, _silent, comm)
+        return finished if finished is not None else _train(cfg, rid, run_dir, False, _silent)
     log = log or _print
     with contextlib.ExitStack() as held:
         try:
@@ -340,7 +340,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
             log(f"[{rid}] {note}")
         write_config(run_dir, rid, suite, cfg)
         try:
-            result = _train(cfg, rid, run_dir, progress, log, comm)
+            result = _train(cfg, rid, run_dir, progress, log)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
             io.write_json(run_dir / "result.json", {
                 "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
@@ -416,9 +416,14 @@ class TrainState:
     threads_used: list[int] = field(default_factory=list)
 
 
-def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log, comm=None) -> dict:
-    """Set up, resume, train the remaining epochs; return the result (not yet written)."""
+def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log) -> dict:
+    """Set up, resume, train the remaining epochs; return the result (not yet written). In a
+    process group, this process's part of the run."""
     import torch
+
+    from bench import distributed
+
+    comm = distributed.current()
 
     t_start = time.perf_counter()
     setup = build(cfg, comm)
