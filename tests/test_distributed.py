@@ -8,9 +8,10 @@
   the perturbed tensors, in one call per step; only rank 0 writes a run's files.
 - whole runs: ``sambench train --nproc 2`` ends with the parameters and test_loss of the one-process
   run; a killed rank fails the run within 120 s and the re-run resumes it to the same parameters;
-  the README's torchrun command; a suite with ``nproc: 2`` through the local executor.
+  the README's torchrun command; a suite with ``nproc: 2`` through the local executor; (SLURM) a
+  2-process run as one job of 2 tasks.
 
-Budget: about 1.5 minutes on 2 cores.
+Budget: about 2.5 minutes on 2 cores (without the SLURM test).
 """
 from __future__ import annotations
 
@@ -170,8 +171,9 @@ def ranks_of(pid: int, n: int, timeout: float = 60) -> dict[int, int]:
     raise AssertionError(f"the launcher {pid} did not start {n} processes")
 
 
-@pytest.mark.parametrize("victim", [0, 1])
-def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, tmp_path, victim):
+def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, tmp_path):
+    """Rank 0 (the one that writes result.json) is killed after the first epoch's checkpoint."""
+    victim = 0
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="2", SAMBENCH_DIST_TIMEOUT_S="60")
@@ -231,17 +233,40 @@ def test_local_executor_runs_a_suite_of_two_process_runs(tmp_path, write_file):
     suite = write_file("s.yaml", """
         name: ddp
         defaults: {dataset: digits, model: vit_ci, epochs: 1, batch_size: 64, variant: sam, mask: norm_only,
-                   rho: 0.5, device: cpu, nproc: 2}
-        grid: {ascent: [synced, local]}
+                   rho: 0.5, device: cpu, nproc: 2, ascent: local}
     """)
     proc = sambench("run", str(suite), "--executor", "local", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = [io.read_json(p) for p in sorted((tmp_path / "out" / "ddp").glob("*/result.json"))]
-    assert len(results) == 2
-    assert all(r["status"] == "done" and r["world_size"] == 2 and r["backend"] == "gloo" for r in results)
-    by_ascent = {r["config"]["ascent"]: r["run_id"] for r in results}
-    synced = config.resolve({**RUN_CFG, "epochs": 1, "batch_size": 64, "base.lr": 0.1})
-    local = {**synced, "ascent": "local"}
-    assert by_ascent["synced"] == config.run_id(synced)  # the world size is not in a synced run's id
-    assert by_ascent["local"] != config.run_id(local)    # but in a local one's (m = batch / processes)
-    assert by_ascent["local"] == config.run_id({**local, "nproc": 2})
+    (result,) = [io.read_json(p) for p in (tmp_path / "out" / "ddp").glob("*/result.json")]
+    assert result["status"] == "done" and result["world_size"] == 2 and result["backend"] == "gloo", result
+    local = config.resolve({**RUN_CFG, "epochs": 1, "batch_size": 64, "base.lr": 0.1, "ascent": "local"})
+    assert result["run_id"] == config.run_id({**local, "nproc": 2})
+    assert result["run_id"] != config.run_id(local)  # a local ascent's m = batch / processes: in the id
+    synced = {**local, "ascent": "synced"}
+    assert config.run_id({**synced, "nproc": 2}) == config.run_id(synced)  # a synced one's is not
+
+
+@pytest.mark.slurm
+def test_slurm_trains_a_two_process_run_as_one_job_of_two_tasks(slurm_cluster, tmp_path, write_file):
+    """``nproc: 2`` through --executor slurm: ONE job of 2 tasks (submitit), whose tasks join one
+    gloo group from submitit's job environment and train the run together."""
+    suite = write_file("s.yaml", """
+        name: ddp-slurm
+        defaults: {dataset: digits, model: vit_ci, epochs: 1, batch_size: 64, variant: sam, mask: norm_only,
+                   rho: 0.5, device: cpu, nproc: 2, ascent: local}
+        slurm: {nodes: 1, cpus_per_task: 1, timeout_min: 10}
+    """)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 2))
+    out = tmp_path / "out"
+    proc = sambench("run", str(suite), "--executor", "slurm", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = [d for d in (out / "ddp-slurm").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    result = io.read_json(run_dir / "result.json")
+    assert result["status"] == "done" and result["world_size"] == 2 and result["backend"] == "gloo", result
+    assert io.read_json(run_dir / "job.json")["executor"] == "slurm"
+    jobs = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID", "-S", since, "--name", "sambench-ddp-slurm"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    assert len(jobs) == 1, jobs  # one job for the run
+    steps = subprocess.run(["sacct", "-n", "-P", "-o", "JobID,NTasks,State", "-j", jobs[0]], capture_output=True,
+                           text=True, timeout=30, check=True).stdout.splitlines()
+    assert any(line.split("|")[1] == "2" and line.split("|")[2] == "COMPLETED" for line in steps), steps  # 2 tasks
