@@ -270,3 +270,23 @@ def test_slurm_trains_a_two_process_run_as_one_job_of_two_tasks(slurm_cluster, t
     steps = subprocess.run(["sacct", "-n", "-P", "-o", "JobID,NTasks,State", "-j", jobs[0]], capture_output=True,
                            text=True, timeout=30, check=True).stdout.splitlines()
     assert any(line.split("|")[1] == "2" and line.split("|")[2] == "COMPLETED" for line in steps), steps  # 2 tasks
+
+
+def test_perf_nproc_2_reports_ms_and_bytes_per_step(tmp_path):
+    out = tmp_path / "perf.json"
+    proc = sambench("perf", "--nproc", "2", "--device", "cpu", "--model", "resnet_ci", "--dataset", "digits",
+                    "--steps", "2", "--warmup", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ascent all-reduce" in proc.stdout and proc.stdout.count("model resnet_ci") == 1  # rank 0 prints
+    records = {r["label"]: r for r in json.loads(out.read_text())}
+    assert set(records) == {"sgd", "sam all synced", "sam all local", "sam norm_only synced", "sam norm_only local"}
+    from bench.models import create_model_for
+
+    model = create_model_for("resnet_ci", "digits")
+    total = sum(p.numel() for p in model.parameters())
+    norms = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters())
+    assert all(r["nproc"] == 2 and r["ms"] > 0 and r["descent_bytes"] == 4 * total for r in records.values())
+    assert records["sam all synced"]["ascent_bytes"] == 4 * total
+    assert records["sam norm_only synced"]["ascent_bytes"] == 4 * norms
+    assert records["sam all local"]["ascent_bytes"] == records["sam norm_only local"]["ascent_bytes"] == 0
+    assert records["sgd"]["ascent_bytes"] == 0
