@@ -290,3 +290,29 @@ def test_perf_nproc_2_reports_ms_and_bytes_per_step(tmp_path):
     assert records["sam norm_only synced"]["ascent_bytes"] == 4 * norms
     assert records["sam all local"]["ascent_bytes"] == records["sam norm_only local"]["ascent_bytes"] == 0
     assert records["sgd"]["ascent_bytes"] == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--nproc", "2", "--batch-size", "63", "--model", "vit_ci"], "batch_size: must be divisible by the number"),
+    (["--nproc", "2", "--model", "resnet_ci"], "sync_bn: 'resnet_ci' has BatchNorm, and SyncBatchNorm runs on CUDA"),
+    (["--nproc", "2", "--model", "vit_ci", "--variant-opt", "m=48"], "variant_opts.m: must divide the per-process"),
+    (["--nproc", "0"], "nproc"),
+])
+def test_bad_process_settings_exit_2_before_anything_is_written(tmp_path, capsys, args, needle):
+    from bench import cli
+
+    out = tmp_path / "out"
+    assert cli.main(["train", "--dataset", "digits", "--device", "cpu", "--epochs", "1", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_runs_over_several_nodes_need_slurm(tmp_path, capsys, write_file):
+    from bench import cli
+
+    suite = write_file("s.yaml", "name: n\ndefaults: {dataset: digits, model: vit_ci, epochs: 1, nproc: 2, "
+                                 "batch_size: 64}\nslurm: {nodes: 2}\n")
+    assert cli.main(["run", str(suite), "--out", str(tmp_path / "out"), "--executor", "local"]) == 2
+    assert "need --executor slurm" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
