@@ -32,9 +32,25 @@ import torch
 from bench import config, io, launch, train
 
 ROOT = Path(__file__).resolve().parents[1]
-# a LayerNorm ViT without dropout, fp32, augmentation on: keyed to the sample, so 1 and 2 processes agree
-RUN = ["--dataset", "digits", "--model", "vit_ci", "--variant", "sam", "--mask", "norm_only", "--rho", "0.5",
-       "--lr", "0.05", "--epochs", "3", "--batch-size", "64", "--device", "cpu"]
+
+
+def readme_torchrun_command() -> list[str]:
+    """The README's ``torchrun --standalone --nproc_per_node=2 -m bench train ...`` line."""
+    text = (ROOT / "README.md").read_text()
+    line = next(ln for ln in text.splitlines() if "torchrun --standalone --nproc_per_node=2 -m bench train" in ln)
+    return shlex.split(line.split("#")[0])
+
+
+def train_args(argv: list[str]) -> list[str]:
+    """The arguments after ``train``, without ``--out DIR``."""
+    args = argv[argv.index("train") + 1:]
+    at = args.index("--out")
+    return args[:at] + args[at + 2:] + ["--device", "cpu"]
+
+
+# the README's run: a LayerNorm ViT without dropout, fp32, augmentation on (keyed to the sample, so 1 and
+# 2 processes agree); RUN_CFG is the same run as a config (the tests check that the run ids agree)
+RUN = train_args(readme_torchrun_command())
 RUN_CFG = {"dataset": "digits", "model": "vit_ci", "variant": "sam", "mask": "norm_only", "rho": 0.5,
            "base.lr": 0.05, "epochs": 3, "batch_size": 64, "device": "cpu"}
 
@@ -127,11 +143,17 @@ def test_only_rank_0_writes_the_run_files(ranks):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
-    """RUN trained by ``sambench train --nproc 2`` (uninterrupted)."""
-    out = tmp_path_factory.mktemp("nproc2") / "run"
-    proc = sambench("train", *RUN, "--nproc", "2", "--out", str(out))
+    """The README's torchrun command, run as it stands (its --out replaced): (run folder, process)."""
+    argv = readme_torchrun_command()
+    assert argv[0].endswith("torchrun")
+    argv[0] = str(Path(sys.executable).parent / "torchrun")
+    out = tmp_path_factory.mktemp("torchrun") / "run"
+    argv[argv.index("--out") + 1] = str(out)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+    return out, proc
 
 
 def sambench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -142,16 +164,17 @@ def sambench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def test_two_processes_end_where_one_process_ends(two_process_run, tmp_path):
+    torchrun_dir, _ = two_process_run
     one = train.run(dict(RUN_CFG), tmp_path / "one", progress=False, log=lambda m: None)
-    two = io.read_json(two_process_run / "result.json")
+    two = io.read_json(torchrun_dir / "result.json")
     assert one["status"] == two["status"] == "done"
     assert one["run_id"] == two["run_id"]  # synced: the number of processes is not in the run id
     assert (one["world_size"], two["world_size"], two["backend"]) == (1, 2, "gloo")
     assert math.isclose(one["test_loss"], two["test_loss"], rel_tol=1e-5), (one["test_loss"], two["test_loss"])
     assert math.isclose(one["train_loss"], two["train_loss"], rel_tol=1e-5)
     before = weights(tmp_path / "one")
-    assert_same_weights(before, weights(two_process_run))
-    assert sorted(p.name for p in two_process_run.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert_same_weights(before, weights(torchrun_dir))
+    assert sorted(p.name for p in torchrun_dir.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
 
 
 def ranks_of(pid: int, n: int, timeout: float = 60) -> dict[int, int]:
@@ -172,7 +195,9 @@ def ranks_of(pid: int, n: int, timeout: float = 60) -> dict[int, int]:
 
 
 def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, tmp_path):
-    """Rank 0 (the one that writes result.json) is killed after the first epoch's checkpoint."""
+    """``sambench train --nproc 2``: rank 0 (the one that writes result.json) is killed after the first
+    epoch's checkpoint; the re-run ends where the uninterrupted torchrun run ended."""
+    torchrun_dir, _ = two_process_run
     victim = 0
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -204,26 +229,12 @@ def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, t
     assert re.search(r"resuming after epoch [12]/3", again.stdout), again.stdout
     assert io.read_json(out / "result.json")["status"] == "done"
     assert [m["epoch"] for m in io.read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
-    assert_same_weights(weights(out), weights(two_process_run))  # every rank resumed from the same checkpoint
+    assert_same_weights(weights(out), weights(torchrun_dir))  # every rank resumed from the same checkpoint
     print(f"rank {victim} killed: the run ended as failed {waited:.1f} s later")
 
 
-def readme_torchrun_command() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    line = next(ln for ln in text.splitlines() if "torchrun --standalone --nproc_per_node=2 -m bench train" in ln)
-    return shlex.split(line.split("#")[0])
-
-
-def test_the_readme_torchrun_command_runs(tmp_path):
-    argv = readme_torchrun_command()
-    assert argv[0].endswith("torchrun")
-    argv[0] = str(Path(sys.executable).parent / "torchrun")
-    out = tmp_path / "run"
-    argv[argv.index("--out") + 1] = str(out)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_the_readme_torchrun_command_runs(two_process_run):
+    out, proc = two_process_run
     result = io.read_json(out / "result.json")
     assert result["status"] == "done" and result["world_size"] == 2 and result["backend"] == "gloo"
     assert proc.stdout.count("done: test accuracy") == 1  # rank 0 reports
