@@ -6,7 +6,6 @@ the environment variable ``SAMBENCH_MASK_PATH`` (``os.pathsep``-separated).
 """
 from __future__ import annotations
 
-
 from masks.base import (  # noqa: F401
     MASKS,
     Mask,
