@@ -70,11 +70,17 @@ def signals_interrupt():
 
 
 def cmd_train(args) -> int:
-    from bench import config, flags, train
+    """One run: in this process; in N processes it starts (``--nproc N``); or as one rank of a group
+    started by torchrun (RANK/WORLD_SIZE set: every rank runs this command, rank 0 reports)."""
+    from bench import config, distributed, flags, train
     from bench.data import DataError, check_available
 
+    over = flags.train_overrides(args)
+    launched = distributed.launched()
+    if launched:
+        over.update(_world_of_launcher(over, args))
     try:
-        cfg = config.resolve(flags.train_overrides(args))
+        cfg = config.resolve(over)
     except config.ConfigError as exc:
         raise InvalidInput(f"{flags.option_for(exc.field)} ({exc.render()})") from None
     if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
@@ -85,11 +91,52 @@ def cmd_train(args) -> int:
         raise InvalidInput(f"--data-root / dataset {cfg['dataset']!r}: {exc}") from None
     out = creatable_dir(args.out, "--out") if args.out else Path("results") / "train" / config.run_id(cfg)
     with signals_interrupt():
-        result = train.run(cfg, out, progress=True)
+        if launched:
+            main = distributed.init_from_env(cfg["device"]).is_main
+            try:
+                result = train.run(cfg, out, progress=main)
+            finally:
+                distributed.destroy()
+            if not main:  # rank 0 reports
+                return EXIT_OK if result["status"] == "done" else EXIT_FAIL
+        elif config.world_size(cfg) > 1:
+            result = _train_processes(cfg, out)
+        else:
+            result = train.run(cfg, out, progress=True)
     print(f"{result['status']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} epochs, "
           f"{result['wall_time_s']:.1f} s, perturbed fraction {result['perturbed_fraction']:.6f} -> {out}"
-          if result["test_acc"] is not None else f"{result['status']} -> {out}")
+          if result.get("test_acc") is not None else
+          f"{result['status']}{': ' + result['error'] if result.get('error') else ''} -> {out}")
     return EXIT_OK if result["status"] == "done" else EXIT_FAIL
+
+
+def _world_of_launcher(over: dict, args) -> dict:
+    """Under torchrun: nproc and nodes are what it started (a different --nproc/--nodes is an error)."""
+    from bench import distributed
+
+    nproc, nodes = distributed.env_world()
+    for key, have in (("nproc", nproc), ("nodes", nodes)):
+        if key in over and over[key] != have:
+            raise InvalidInput(f"--{key} {over[key]}: this process is one of {nproc * nodes} started by a launcher "
+                               f"(WORLD_SIZE={nproc * nodes}, LOCAL_WORLD_SIZE={nproc}); leave --{key} out")
+    return {"nproc": nproc, "nodes": nodes}
+
+
+def _train_processes(cfg: dict, out: Path) -> dict:
+    """``--nproc N``: N processes of this run on this machine (bench.launch)."""
+    from bench import config, launch, rundir, train
+
+    if cfg["nodes"] > 1:
+        raise InvalidInput(f"--nodes {cfg['nodes']}: `sambench train --nproc` starts processes on this machine only; "
+                           "start each node with torchrun, or run a suite with --executor slurm")
+    rid = config.run_id(cfg)
+    rundir.check_owner(out, rid)
+    out.mkdir(parents=True, exist_ok=True)
+    train.write_config(out, rid, None, cfg)
+    try:
+        return launch.train_run(out, cfg["nproc"])
+    except rundir.RunLocked as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 # --- list -----------------------------------------------------------------------------------------
@@ -238,11 +285,16 @@ def cmd_perf(args) -> int:
             raise InvalidInput(f"{flag}: must be >= {low}, got {value}")
     config.check_device(args.device, "--device")
     json_path = creatable_file(args.json, "--json") if args.json else None
+    if args.nproc < 1:
+        raise InvalidInput(f"--nproc: must be >= 1, got {args.nproc}")
+    if args.nproc > 1:
+        return _perf_processes(args, perf, json_path)
     if args.fisher:
         rec = perf.time_fisher(args.model, args.dataset or "fashion_mnist", args.device, args.fisher_samples)
         print(f"fisher mask, {rec['num_samples']} samples, {args.model} on {args.device}: batched "
               f"{rec['batched_s']:.2f} s, sample-by-sample loop {rec['loop_s']:.2f} s, "
-              f"{rec['ratio']:.1f}x faster batched")
+              f"{rec['ratio']:.1f}x faster batched; {rec['batched_vs_floor']:.2f}x its floor "
+              f"(one batched forward+backward, {rec['floor_s']:.2f} s)")
         records = [rec]
     else:
         records = _perf_steps(args, perf)
@@ -294,6 +346,32 @@ def _perf_orchestration(args) -> int:
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(records, indent=2))
+    return EXIT_OK
+
+
+def _perf_processes(args, perf, json_path: Path | None) -> int:
+    """``--nproc N``: this command again in N processes of one group (bench.launch); rank 0 reports."""
+    from bench import distributed, launch
+
+    if args.fisher or args.epoch:
+        raise InvalidInput("--nproc times training steps only (not --fisher or --epoch)")
+    if not distributed.launched():
+        failure = launch.start_and_watch([sys.executable, "-m", "bench", *args.argv], args.nproc)
+        if failure is not None:
+            raise RunFailed(f"perf --nproc {args.nproc}: {failure.describe()}")
+        return EXIT_OK
+    comm = distributed.init_from_env(args.device)
+    try:
+        configs = perf.parse_configs("ddp" if args.configs == "default" else args.configs)
+        records = perf.time_steps_ddp(args.model, args.batch_size, args.device, args.amp, configs, comm,
+                                      steps=args.steps, warmup=args.warmup, dataset=args.dataset)
+    finally:
+        distributed.destroy()
+    if comm.is_main:
+        perf.print_ddp_table(records)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(records, indent=2))
     return EXIT_OK
 
 
@@ -447,6 +525,9 @@ def _perf_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--orchestration", metavar="N[,N...]",
                    help="instead: time the dry run, SLURM submission (when a controller answers), status and "
                         "collect of a generated suite of N runs (a multiple of 100), e.g. 1000,10000")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="time the step in N processes (DDP; default configs: SGD, SAM all / norm_only with "
+                        "ascent synced and local) and report the bytes all-reduced per step")
     p.add_argument("--json", metavar="FILE", help="write the records to this file")
     p.set_defaults(func=cmd_perf)
 
@@ -465,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     # train's run-config flags only for `train` (the variant registry imports torch)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(train_flags=command == "train").parse_args(argv)
+    args.argv = argv
     try:
         with plain_warnings():
             return args.func(args)

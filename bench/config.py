@@ -42,15 +42,20 @@ EXPERIMENT: dict[str, Any] = {
     "warmup_epochs": 0,
     "label_smoothing": 0.1,
     "augment": True,
-    "amp": "none",             # none | bf16 (autocast on CUDA)
+    "amp": "none",             # none | bf16 (autocast on CUDA) | fp16 (autocast on CUDA + loss scaler)
     "channels_last": False,
     "label_noise": 0.0,        # fraction of training labels replaced (bench.data.noisy_labels)
     "label_noise_type": "symmetric",  # symmetric | asymmetric (class c -> c+1 mod K)
     "seed": 0,
+    "ascent": "synced",        # across processes: synced (ascent gradient averaged: the one-process
+                               # perturbation of the global batch) | local (each process perturbs with
+                               # its own shard's gradient: m-sharpness with m = batch_size / processes)
+    "sync_bn": True,           # across processes: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)
+    "accumulate": 1,           # micro-batches of batch_size per optimizer step (gradient accumulation)
 }
-# experiment fields left out of the run id while they hold these values (no label noise), so
-# the ids of runs made before the fields existed do not change
-ID_OMITTED_AT_DEFAULT = {"label_noise": 0.0, "label_noise_type": "symmetric"}
+# fields added after run ids existed: left out of the run id while at their default, so every
+# earlier run keeps its id (and the noise type while there is no label noise: it changes nothing)
+ID_OMITS_DEFAULT = ("label_noise", "label_noise_type", "ascent", "sync_bn", "accumulate")
 
 RUNTIME: dict[str, Any] = {
     "device": "auto",          # auto | cpu | cuda | cuda:N
@@ -63,6 +68,9 @@ RUNTIME: dict[str, Any] = {
     "save_gamma": True,        # store final norm-layer weights in result.json
     "logging": {"tensorboard": True, "wandb": False, "mlflow": False},  # bench.loggers
     "sharpness": None,         # {} or options: measure sharpness after training (bench.sharpness)
+    "nproc": 1,                # processes per node (one per GPU); batch_size is the global batch
+    "nodes": 1,                # nodes (SLURM suites, torchrun); world size = nproc x nodes
+    "data_workers": None,      # DataLoader workers per process for image-folder data (null: cores / nproc, <= 8)
 }
 
 # one help line per field (the `sambench train` flags and their --help come from these)
@@ -88,7 +96,14 @@ FIELD_HELP: dict[str, str] = {
     "warmup_epochs": "epochs of linear learning-rate warm-up",
     "label_smoothing": "label smoothing of the training loss, in [0, 1)",
     "augment": "random crop and flip of the training images",
-    "amp": "mixed precision: bf16 autocast on CUDA",
+    "amp": "mixed precision on CUDA: bf16 autocast, or fp16 autocast with a loss scaler",
+    "ascent": "across processes: synced (the one-process perturbation of the global batch) or local "
+              "(each process its own shard's: m-sharpness with m = batch_size / processes)",
+    "sync_bn": "across processes: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA)",
+    "accumulate": "batches of batch_size per optimizer step (gradient accumulation)",
+    "nproc": "processes per node (one per GPU); batch_size is the global batch",
+    "nodes": "nodes (SLURM suites, torchrun); world size = nproc x nodes",
+    "data_workers": "DataLoader workers per process for image-folder data (default: cores / nproc, at most 8)",
     "channels_last": "channels-last memory format",
     "label_noise": "fraction of training labels replaced by wrong ones, in [0, 1)",
     "label_noise_type": "symmetric (a uniformly drawn other class) or asymmetric (class c -> c+1 mod K)",
@@ -115,9 +130,12 @@ BASE_OPTIMIZERS = {
 CHOICES = {
     "rho_norm": ["subset", "full"],
     "schedule": ["cosine", "constant"],
-    "amp": ["none", "bf16"],
+    "amp": ["none", "bf16", "fp16"],
+    "ascent": ["synced", "local"],
 }
-FLAGS = ("freeze_bn_second", "augment", "channels_last", "download", "compile", "compile_step", "save_gamma")
+FLAGS = ("freeze_bn_second", "augment", "channels_last", "download", "compile", "compile_step", "save_gamma",
+         "sync_bn")
+MAX_PROCESSES = 65_536
 MAX_EPOCHS = 100_000
 
 
@@ -201,11 +219,28 @@ def resolve(overrides: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def world_size(cfg: dict[str, Any]) -> int:
+    """Processes a run spans: nproc x nodes."""
+    return int(cfg["nproc"]) * int(cfg["nodes"])
+
+
+def world_changes_result(cfg: dict[str, Any]) -> bool:
+    """Whether the number of processes changes what a run computes: a local ascent perturbs with
+    batch_size / world samples, and BatchNorm without sync_bn normalizes over them (sync_bn false
+    counts whether or not the model has BatchNorm). A synced run is the one-process run."""
+    return world_size(cfg) > 1 and (cfg["ascent"] == "local" or not cfg["sync_bn"])
+
+
 def experiment_part(cfg: dict[str, Any]) -> dict[str, Any]:
-    part = {k: cfg[k] for k in EXPERIMENT}
-    if not part.get("label_noise"):  # no noise: the noise type changes nothing
-        for k in ID_OMITTED_AT_DEFAULT:
-            part.pop(k, None)
+    """What the run id hashes: the experiment fields (those of ID_OMITS_DEFAULT only when not at
+    their default; the noise type only with label noise), and ``world_size`` when it changes the
+    result."""
+    part = {k: cfg[k] for k in EXPERIMENT
+            if not (k in ID_OMITS_DEFAULT and _same_value(cfg.get(k, EXPERIMENT[k]), EXPERIMENT[k]))}
+    if not part.get("label_noise"):
+        part.pop("label_noise_type", None)
+    if world_changes_result(cfg):
+        part["world_size"] = world_size(cfg)
     return part
 
 
@@ -218,7 +253,8 @@ def _short_hash(text: str) -> str:
 
 
 def run_id(cfg: dict[str, Any]) -> str:
-    """Short hash of the canonical experiment config (runtime fields excluded)."""
+    """Short hash of the canonical experiment config (runtime fields excluded, except the world size
+    when it changes the result)."""
     return _short_hash(_canonical(experiment_part(cfg)))
 
 
@@ -563,3 +599,40 @@ def _mask_opts(cfg: dict) -> None:
     except (TypeError, ValueError) as exc:
         fallback = "mask_opts" if cfg["mask_opts"] else ("sparsity" if cfg["sparsity"] is not None else "mask")
         raise ConfigError(_blame(build, given) or fallback, str(exc)) from None
+
+
+@step
+def _processes(cfg: dict) -> None:
+    _require_int(cfg, "nproc", 1, MAX_PROCESSES)
+    _require_int(cfg, "nodes", 1, MAX_PROCESSES)
+    _require_int(cfg, "accumulate", 1)
+    workers = cfg["data_workers"]
+    if workers is not None and not (_is_int(workers) and workers >= 0):
+        raise ConfigError("data_workers", f"must be an integer >= 0 or null, got {show(workers)}")
+
+
+@step
+def _world(cfg: dict) -> None:
+    """The global batch splits evenly over the processes, m-sharpness groups stay within one, and
+    SyncBatchNorm (CUDA only) is not asked for on CPU."""
+    world = world_size(cfg)
+    if world == 1:
+        return
+    if cfg["batch_size"] % world:
+        raise ConfigError("batch_size", f"must be divisible by the number of processes (nproc x nodes = "
+                                        f"{world}), got {cfg['batch_size']}")
+    m = cfg["variant_opts"].get("m")
+    per_process = cfg["batch_size"] // world
+    if m is not None and per_process % m:
+        raise ConfigError("variant_opts.m", f"must divide the per-process batch (batch_size / processes = "
+                                            f"{per_process}) so that groups stay within a process, got {m}")
+    if cfg["sync_bn"] and cfg["device"] == "cpu" and _has_batchnorm(cfg):
+        raise ConfigError("sync_bn", f"{cfg['model']!r} has BatchNorm, and SyncBatchNorm runs on CUDA only: "
+                                     f"on CPU set sync_bn: false (BatchNorm statistics per process)", [False])
+
+
+def _has_batchnorm(cfg: dict) -> bool:
+    """Whether the run's model has a BatchNorm layer (built once per model and data set, on the meta device)."""
+    from bench.models import has_batchnorm
+
+    return has_batchnorm(cfg["model"], cfg["dataset"])

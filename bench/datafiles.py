@@ -157,3 +157,36 @@ def _cifar_locator(fmt: CifarFormat):
 
 LOCATORS["cifar10"] = _cifar_locator(CIFAR10)
 LOCATORS["cifar100"] = _cifar_locator(CIFAR100)
+
+
+# --- image folders (ImageNet layout) -------------------------------------------------------------
+
+def _has_classes(d: Path) -> bool:
+    return d.is_dir() and any(p.is_dir() for p in d.iterdir())
+
+
+def _candidates(root: str | None) -> list[Path]:
+    out: list[Path] = []
+    for base in default_roots(root):
+        for d in (base, base / "imagenet"):
+            if d not in out:
+                out.append(d)
+    return out
+
+
+def find_root(root: str | None) -> Path:
+    """The first candidate folder holding train/<class>/ and val/<class>/; DataError naming what is missing."""
+    tried = []
+    for d in _candidates(root):
+        missing = [sub for sub in ("train", "val") if not _has_classes(d / sub)]
+        if not missing:
+            return d
+        tried.append(f"{d}: no {' and no '.join(str(d / m) + '/<class>/' for m in missing)}")
+    raise DataError("imagefolder: no image folder found; expected <root>/train/<class>/* and "
+                    "<root>/val/<class>/*. Looked in:\n  " + "\n  ".join(tried)
+                    + "\nPoint --data-root (or $SAMBENCH_DATA_ROOT) at the folder holding train/ and val/.")
+
+
+@locator("imagefolder")
+def _locate_imagefolder(root: str | None = None, download: bool = False) -> None:
+    find_root(root)

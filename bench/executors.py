@@ -13,10 +13,11 @@ to the Submission):
   them running; no worker holds the command's output;
 - :func:`submit_slurm`: SLURM job arrays of ``slurm.runs_per_job`` runs per task.
 
-Each run spans one process today. Runs of N processes (``nproc``; ``slurm.nodes``) belong in
-:func:`submit_local` (N tasks per worker: ``tasks_per_node=N``, one GPU each) and
-:func:`submit_slurm` (``nodes`` and ``tasks_per_node=gpus_per_node`` per array task); the
-job function then sees its rank in submitit's JobEnvironment.
+A run of N processes (``nproc``, ``nodes``): :func:`submit_local` gives each worker N GPUs (when
+there are GPUs) and the worker starts the run's N processes itself (:mod:`bench.launch`);
+:func:`submit_slurm` makes each such run ONE SLURM job of nodes x nproc tasks
+(``nodes=K, tasks_per_node=N``, N GPUs per node when the suite asks for GPUs, srun
+``--kill-on-bad-exit``), whose tasks join one process group from submitit's job environment.
 """
 from __future__ import annotations
 
@@ -87,12 +88,15 @@ def submit_debug(request: Request, sub: Submission) -> None:
 def submit_local(request: Request, sub: Submission) -> None:
     import submitit
 
+    from bench.config import world_size
     from bench.job import RunJob
 
     dirs = resolved_dirs([st.dir for st in request.runs])
     rids = [st.rid for st in request.runs]
     n_gpus = gpu_count()
-    workers = request.max_parallel or (n_gpus if n_gpus else min(cpu_count(), MAX_CPU_WORKERS))
+    per_run = max(world_size(st.cfg) for st in request.runs)  # processes of the largest run
+    workers = request.max_parallel or (max(1, n_gpus // per_run) if n_gpus
+                                       else max(1, min(cpu_count() // per_run, MAX_CPU_WORKERS)))
     workers = max(1, min(workers, len(dirs)))
     threads = max(1, cpu_count() // workers)
     omp = os.environ.get("OMP_NUM_THREADS", "")
@@ -101,17 +105,32 @@ def submit_local(request: Request, sub: Submission) -> None:
     ex = submitit.LocalExecutor(folder=request.folder)
     with _controllers_detached(request.folder):
         for k in range(workers):
-            params: dict[str, Any] = {"timeout_min": LOCAL_TIMEOUT_MIN}  # tasks_per_node: 1 process per run
+            params: dict[str, Any] = {"timeout_min": LOCAL_TIMEOUT_MIN}  # a run of N processes starts them itself
             if n_gpus:
-                params.update(gpus_per_node=1, visible_gpus=(k % n_gpus,))
+                params.update(gpus_per_node=per_run,
+                              visible_gpus=tuple((k * per_run + i) % n_gpus for i in range(per_run)))
             ex.update_parameters(**params)
             sub.jobs.append(ex.submit(RunJob(), dirs, request.suite, threads, request.submission, (k, workers)))
             sub.runs_of_job.append(rids)
     sub.note = (f"local: {workers} worker process(es), {threads} thread(s) each"
-                + (f", one GPU each ({n_gpus} visible)" if n_gpus else ""))
+                + (f", {per_run} GPU(s) each ({n_gpus} visible)" if n_gpus else "")
+                + (f"; runs of {per_run} processes share their worker's threads" if per_run > 1 and not n_gpus else ""))
 
 
 def submit_slurm(request: Request, sub: Submission) -> None:
+    """Job arrays of ``runs_per_job`` runs per task; runs of several processes (nproc x nodes) go in
+    arrays of their own, one job of nodes x nproc tasks per run group."""
+    from bench.config import world_size
+
+    groups: dict[tuple[int, int], list[RunState]] = {}
+    for st in request.runs:
+        shape = (1, 1) if world_size(st.cfg) == 1 else (st.cfg["nproc"], st.cfg["nodes"])
+        groups.setdefault(shape, []).append(st)
+    for (nproc, nodes), runs in groups.items():
+        _submit_slurm_group(request, sub, runs, nproc, nodes)
+
+
+def _submit_slurm_group(request: Request, sub: Submission, runs: list[RunState], nproc: int, nodes: int) -> None:
     import submitit
 
     from bench.job import RunJob
@@ -132,9 +151,11 @@ def submit_slurm(request: Request, sub: Submission) -> None:
         "slurm_array_parallelism": request.max_parallel or s.get("array_parallelism"),
         "slurm_additional_parameters": s.get("additional_parameters"),
     }
+    if nproc * nodes > 1:  # one task per process; one GPU per process when the suite asks for GPUs
+        params.update(nodes=nodes, tasks_per_node=nproc, gpus_per_node=nproc if s.get("gpus_per_node") else None,
+                      slurm_srun_args=["--kill-on-bad-exit=1"])
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     per_job = s.get("runs_per_job", 1)
-    runs = request.runs
     dirs = resolved_dirs([st.dir for st in runs])
     chunks = [range(i, min(i + per_job, len(runs))) for i in range(0, len(runs), per_job)]
     for start in range(0, len(chunks), MAX_ARRAY):

@@ -23,7 +23,8 @@ and CUDA graphs ("reduce-overhead") are not tried: the step changes the paramete
 breaks its graphs at the two backward passes). The base step stays eager because its learning
 rate changes every step (a constant of a compiled graph). What the fast path does not
 cover (``unsupported``: other variants, m-sharpness, rho_norm="full", freeze_bn_second,
-layerwise ASAM) and every step that does not perturb run the reference ``train_step``.
+layerwise ASAM, fp16 loss scaling, several processes; bench.train also keeps steps of several
+micro-batches on the reference) and every step that does not perturb run the reference.
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def unsupported(opt) -> str | None:
         return f"rho_norm={opt.rho_norm}"
     if opt.freeze_bn_second:
         return "freeze_bn_second"
+    if getattr(opt, "scaler", None) is not None:
+        return "fp16 loss scaling"
+    if getattr(opt, "comm", None) is not None:
+        return "several processes"
     if isinstance(variant, ASAMVariant) and variant.adaptive != "elementwise":
         return f"asam adaptive={variant.adaptive}"
     return None

@@ -4,6 +4,11 @@
 result.json). It is ``submitit.helpers.Checkpointable``: on a timeout or preemption
 submitit requeues it with the same runs, and each resumes from its checkpoint.pt (written
 every epoch); finished ones return at once.
+
+A run of several processes (``nproc`` x ``nodes``): in a SLURM job of that many tasks every task
+runs this job, joins the process group from submitit's job environment and trains with the
+others (rank 0 decides and writes; a failure ends the job, and srun the other tasks); in a job of
+one process (the local executor) the job starts the run's processes itself (:mod:`bench.launch`).
 """
 from __future__ import annotations
 
@@ -65,21 +70,33 @@ class RunJob(_Checkpointable):
             torch.set_num_threads(int(threads))
         if worker is not None:
             _stop_on_sigterm()
+        from bench import distributed
+
+        comm = distributed.from_submitit(_first_device(run_dirs))
         order = work_order([Path(d) for d in run_dirs], worker)
         outcomes = []
-        for i, (run_dir, own) in enumerate(order):
-            outcome = self.run_one(run_dir, suite, submission, retry_locked=own, label=f"{i + 1}/{len(order)}")
-            if outcome is not None:
-                outcomes.append(outcome)
+        try:
+            for i, (run_dir, own) in enumerate(order):
+                outcome = self.run_one(run_dir, suite, submission, retry_locked=own, label=f"{i + 1}/{len(order)}",
+                                       comm=comm, threads=threads)
+                if outcome is not None:
+                    outcomes.append(outcome)
+                    if comm is not None and outcome["status"] == "failed":
+                        raise RuntimeError(f"run {outcome['run_id']} failed in a job of {comm.world} processes: "
+                                           f"{outcome['error']}; the job ends (its other runs stay to do)")
+        finally:
+            distributed.destroy()
         return outcomes
 
     @staticmethod
     def run_one(run_dir: Path, suite: str | None, submission: str | None, retry_locked: bool = True,
-                label: str = "") -> dict | None:
-        from bench import train
-
+                label: str = "", comm=None, threads: int | None = None) -> dict | None:
+        main = comm is None or comm.is_main
         done = rundir.read_result(run_dir)
-        if submission is not None and done.data is not None and done.data.get("submission") == submission:
+        handled = submission is not None and done.data is not None and done.data.get("submission") == submission
+        if comm is not None:
+            handled = comm.share(handled)  # rank 0's view, so every process takes the same runs
+        if handled:
             return None
         rid = run_dir.name
         try:
@@ -90,13 +107,15 @@ class RunJob(_Checkpointable):
             if rundir.lock_held(run_dir):  # another process is (re)writing the folder: its run
                 print(f"[sambench] run {rid}: locked by another process, left to it", flush=True)
                 return {"run_id": rid, "status": "locked", "error": None}
-            return _record_failure(run_dir, rid, exc, submission)
-        print(f"[sambench] {label} run {rid}: {config.describe(cfg)}", flush=True)
+            return _record_failure(run_dir, rid, exc, submission) if main else _failed(rid, exc)
+        if main:
+            print(f"[sambench] {label} run {rid}: {config.describe(cfg)}", flush=True)
         attempts = LOCK_RETRIES if retry_locked else 1
         for attempt in range(attempts):
             try:
-                result = train.run(cfg, run_dir, suite=suite, progress=False, submission=submission)
-                print(f"[sambench] run {rid}: {result['status']}", flush=True)
+                result = _train(cfg, run_dir, suite, submission, comm, threads)
+                if main:
+                    print(f"[sambench] run {rid}: {result['status']}", flush=True)
                 return {"run_id": rid, "status": result["status"], "error": result.get("error")}
             except rundir.RunLocked:
                 if attempt + 1 < attempts:
@@ -108,7 +127,7 @@ class RunJob(_Checkpointable):
                 print(f"[sambench] run {rid} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 traceback.print_exc()
                 sys.stderr.flush()
-                return _record_failure(run_dir, rid, exc, submission)
+                return _record_failure(run_dir, rid, exc, submission) if main else _failed(rid, exc)
         return None
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -117,6 +136,31 @@ class RunJob(_Checkpointable):
 
         print("[sambench] checkpoint: requeueing; runs resume from their last epoch", flush=True)
         return DelayedSubmission(self, *args, **kwargs)
+
+
+def _train(cfg: dict, run_dir: Path, suite: str | None, submission: str | None, comm, threads: int | None) -> dict:
+    """Train one run: in this process (joined to the job's process group, if any), or with the
+    processes it asks for, started here (a job of one process, a run of several)."""
+    from bench import config, launch, train
+
+    world = config.world_size(config.resolve(cfg))
+    if comm is None and world > 1:
+        per_process = max(1, (threads or 0) // world) if threads else None
+        return launch.train_run(run_dir, world, suite=suite, submission=submission, threads=per_process)
+    return train.run(cfg, run_dir, suite=suite, progress=False, submission=submission)
+
+
+def _first_device(run_dirs: list[str]) -> str:
+    """The device the runs of this job ask for (the process group's backend follows it)."""
+    try:
+        return io.read_json(Path(run_dirs[0]) / "config.json")["config"].get("device", "auto")
+    except Exception:  # noqa: BLE001 -- an unreadable config fails later, with its own message
+        return "auto"
+
+
+def _failed(rid: str, exc: BaseException) -> dict:
+    """A failure seen by a process other than rank 0 (rank 0 records it)."""
+    return {"run_id": rid, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _record_failure(run_dir: Path, rid: str, exc: BaseException, submission: str | None) -> dict:

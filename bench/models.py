@@ -10,6 +10,7 @@ timm is imported lazily, only when a ViT or a ``timm:`` model is built.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -290,6 +291,14 @@ def vit_s(num_classes: int, in_chans: int = 3, img_size: int = 32) -> nn.Module:
     return _vit(num_classes, in_chans, img_size, dim=384, depth=12, heads=6, patch=4)
 
 
+@MODELS.register("vit_s32")
+def vit_s32(num_classes: int, in_chans: int = 3, img_size: int = 224) -> nn.Module:
+    """ViT-S/32 via timm (dim 384, depth 12, 6 heads, patch 32, LayerNorm; timm's
+    vit_small_patch32_224 shape), the SAM-ON paper's ImageNet model; the patch is the largest size
+    <= 32 that divides img_size."""
+    return _vit(num_classes, in_chans, img_size, dim=384, depth=12, heads=6, patch=32)
+
+
 @MODELS.register("resnet_ci")
 def resnet_ci(num_classes: int, in_chans: int = 3, img_size: int = 32) -> nn.Module:
     """Tiny BatchNorm ResNet for CI (1 BasicBlock per stage, widths 8/16/32)."""
@@ -365,3 +374,11 @@ def describe_models() -> list[tuple[str, str]]:
     out.append(("wrn<depth>_<width>", "any Wide ResNet with depth = 6n+4 >= 10, e.g. wrn40_2"))
     out.append(("timm:<name>", "any timm model, built without pretrained weights"))
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def has_batchnorm(name: str, dataset: str) -> bool:
+    """Whether the model has a BatchNorm layer (built on the meta device: no memory, no init cost)."""
+    with torch.device("meta"):
+        model = create_model_for(name, dataset)
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -7,6 +7,11 @@ median is reported. On CUDA each step is timed with CUDA events.
 
 ``loop_sam`` is an in-repo baseline: the straightforward SAM that clones every parameter
 and loops over tensors, with full gradients in both passes (what most public code does).
+
+``--nproc N`` (:func:`time_steps_ddp`): the same step in N processes of one process group, the
+model in DDP, each process on its shard of the batch, SAM with ``ascent`` synced or local; it
+reports ms/step and the bytes all-reduced per step: the ascent (SAM's one bucketed call, the
+perturbed tensors only) and the descent (DDP's gradient buckets, counted by a comm hook).
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ class PerfConfig:
     mask_opts: dict = field(default_factory=dict)
     variant_opts: dict = field(default_factory=dict)
     rho: float = 0.05
+    ascent: str = "synced"
     step: str = "reference"   # reference (bench.train.train_step) | fused | compiled (bench.fast_step)
 
 
@@ -76,6 +82,13 @@ def _variants_preset() -> list[PerfConfig]:
 
 
 PRESETS["variants"] = _variants_preset()
+PRESETS["ddp"] = [  # --nproc: both ascent modes, dense SAM and SAM-ON
+    PerfConfig("sgd", "none", "none"),
+    PerfConfig("sam all synced", "sam", "all"),
+    PerfConfig("sam all local", "sam", "all", ascent="local"),
+    PerfConfig("sam norm_only synced", "sam", "norm_only", rho=0.5),
+    PerfConfig("sam norm_only local", "sam", "norm_only", rho=0.5, ascent="local"),
+]
 PRESETS["paper"] = PRESETS["default"] + [
     PerfConfig("sam no_norm", "sam", "no_norm"),
     PerfConfig("sam random@match:norm_only", "sam", "random", mask_opts={"sparsity": "match:norm_only"}),
@@ -88,9 +101,10 @@ def parse_configs(text: str) -> list[PerfConfig]:
     """A preset name, or ``variant:mask[:key=value;key=value][:fused|:compiled]`` items separated
     by commas.
 
-    Options the variant takes (its registered signature) go to the variant, the rest to the
-    mask. ``:fused`` / ``:compiled``: the step through bench.fast_step (eager / under
-    torch.compile) instead of the reference train_step. An unknown variant or mask raises
+    Options the variant takes (its registered signature) go to the variant, ``ascent`` (synced or
+    local, for --nproc) to the step, the rest to the mask. ``:fused`` / ``:compiled``: the step
+    through bench.fast_step (eager / under torch.compile) instead of the reference train_step.
+    An unknown variant or mask raises
     InvalidInput.
     """
     import masks
@@ -121,8 +135,12 @@ def parse_configs(text: str) -> list[PerfConfig]:
                 opts[k] = yaml.safe_load(v)
         names = variant_options(variant) if variant in VARIANTS else {}
         vopts = {k: opts.pop(k) for k in list(opts) if k in names}
+        ascent = opts.pop("ascent", "synced")  # --nproc: synced or local
+        if ascent not in ("synced", "local"):
+            raise InvalidInput(f"{item!r}: ascent={ascent!r}", field="--configs", allowed=["synced", "local"])
         if (variant, mask) != ("none", "none"):
-            out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts, step=kind))
+            out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts, ascent=ascent,
+                                  step=kind))
     return out
 
 
@@ -337,3 +355,119 @@ def time_fisher(model_name: str, dataset: str, device: str, num_samples: int) ->
     batches = [(xs[i:i + 128], ys[i:i + 128]) for i in range(0, num_samples, 128)]
     out = benchmark(model, batches, num_samples=num_samples)
     return {"benchmark": "fisher", "model": model_name, "device": device, "num_samples": num_samples, **out}
+
+
+# --- several processes ----------------------------------------------------------------------------
+
+def _counting_hook(state: dict, bucket):
+    """DDP's own all-reduce of a gradient bucket, counting its bytes."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    buf = bucket.buffer()
+    state["bytes"] += buf.numel() * buf.element_size()
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def _make_ddp_step(cfg: PerfConfig, model, comm, device, criterion, amp_ctx, x, y, sync_bn: bool):
+    import copy
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    import masks
+
+    replica = copy.deepcopy(model)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in replica.modules())
+    if sync_bn and has_bn:
+        replica = nn.SyncBatchNorm.convert_sync_batchnorm(replica)
+    ddp = DistributedDataParallel(replica, device_ids=[device.index] if device.type == "cuda" else None)
+    counter = {"bytes": 0}
+    ddp.register_comm_hook(counter, _counting_hook)
+    base = torch.optim.SGD(replica.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    mask = "none" if cfg.variant == "none" else masks.create_mask(cfg.mask, **cfg.mask_opts)
+    opt = SAM(replica, base, rho=cfg.rho, variant=cfg.variant, mask=mask, comm=comm, ascent=cfg.ascent,
+              **cfg.variant_opts)
+    if opt.is_sam and not opt.selection:
+        opt.build_mask([(x, y)])
+    total = len(y) * comm.world
+
+    def step():
+        train_step(ddp, opt, x, y, criterion, amp_ctx, total=total)
+    return step, counter, opt.perturbed_fraction
+
+
+def time_steps_ddp(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
+                   comm, steps: int = 20, warmup: int = 3, dataset: str | None = None) -> list[dict]:
+    """Median ms/step of each configuration across ``comm.world`` processes (interleaved; every
+    process on its shard of one global batch), and the bytes all-reduced per step."""
+    from bench import distributed
+    from bench.data import shard_bounds
+
+    dev = distributed.device_for(device)
+    num_classes, in_chans, img_size = dataset_shape(dataset or "cifar100")
+    torch.manual_seed(0)  # the same model and batch on every process
+    model = create_model_for(model_name, dataset or "cifar100").to(dev)
+    model.train()
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    lo, hi = shard_bounds(batch_size, comm.rank, comm.world)
+    x, y = x[lo:hi], y[lo:hi]
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    amp_ctx = amp_context(amp and dev.type == "cuda")
+    sync_bn = dev.type == "cuda"
+    made = [_make_ddp_step(c, model, comm, dev, criterion, amp_ctx, x, y, sync_bn) for c in configs]
+    times: list[list[float]] = [[] for _ in configs]
+    sent = [{"ascent": 0, "clean": 0, "flags": 0, "descent": 0} for _ in configs]
+    for rep in range(warmup + steps):
+        for i, (fn, counter, _) in enumerate(made):
+            comm.barrier()
+            before, ddp_before = distributed.counts(), counter["bytes"]
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            ms = (time.perf_counter() - t0) * 1e3
+            if rep >= warmup:
+                times[i].append(ms)
+                after = distributed.counts()
+                for tag in ("ascent", "clean", "flags"):
+                    sent[i][tag] += after.get(tag, 0) - before.get(tag, 0)
+                sent[i]["descent"] += counter["bytes"] - ddp_before
+    medians = torch.tensor([statistics.median(t) for t in times], dtype=torch.float64, device=dev)
+    comm.sum_(medians, tag="perf")  # the mean over processes of each median
+    medians = (medians / comm.world).tolist()
+    sgd = next((m for c, m in zip(configs, medians) if c.variant == "none"), None)
+    return [
+        {"model": model_name, "batch_size": batch_size, "device": str(dev), "amp": bool(amp), "nproc": comm.world,
+         "backend": comm.backend, "variant": c.variant, "mask": c.mask, "ascent": c.ascent, "label": c.label,
+         "ms": round(m, 3), "ratio_vs_sgd": round(m / sgd, 3) if sgd else None, "perturbed_fraction": frac,
+         "ascent_bytes": (b["ascent"] + b["clean"]) // steps, "descent_bytes": b["descent"] // steps,
+         "other_bytes": b["flags"] // steps, "sync_bn": sync_bn,
+         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+         "threads": torch.get_num_threads(), "steps": steps}
+        for c, m, b, (_, _, frac) in zip(configs, medians, sent, made)
+    ]
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def print_ddp_table(records: list[dict]) -> None:
+    width = max(len(r["label"]) for r in records)
+    head = records[0]
+    print(f"model {head['model']}, global batch {head['batch_size']}, {head['nproc']} processes ({head['backend']}), "
+          f"{head['device_name']} ({head['device']}), {'bf16' if head['amp'] else 'fp32'}, {head['threads']} "
+          f"thread(s) each, BatchNorm {'synced' if head['sync_bn'] else 'per process'}, median of {head['steps']} "
+          f"interleaved steps (mean over processes)")
+    print(f"{'configuration':<{width}}  {'ms/step':>9}  {'x SGD':>6}  {'ascent all-reduce':>17}  "
+          f"{'descent (DDP)':>13}  {'ascent/descent':>14}")
+    for r in records:
+        ratio = f"{r['ratio_vs_sgd']:.2f}" if r["ratio_vs_sgd"] else "-"
+        share = f"{100 * r['ascent_bytes'] / r['descent_bytes']:.4f}%" if r["descent_bytes"] else "-"
+        print(f"{r['label']:<{width}}  {r['ms']:>9.2f}  {ratio:>6}  {_bytes(r['ascent_bytes']):>17}  "
+              f"{_bytes(r['descent_bytes']):>13}  {share:>14}")

@@ -50,7 +50,7 @@ class LazyRegistry(Registry):
         return super().items()
 
 
-DATASETS = LazyRegistry("dataset", ["bench.data"])
+DATASETS = LazyRegistry("dataset", ["bench.data", "bench.imagefolder"])
 MODELS = LazyRegistry("model", ["bench.models"])
 VARIANTS = LazyRegistry("variant", ["bench.variants:load_all"])
 _BY_KIND = {"dataset": DATASETS, "model": MODELS, "variant": VARIANTS}

@@ -86,7 +86,7 @@ def log_tail(run_dir: Path, rid: str, n: int = 5) -> list[str]:
 
 def table(states: list[RunState], resolved_sparsity: dict[str, float]) -> str:
     """The dry run's table: one row per run."""
-    rows = [("id", "dataset", "model", "variant", "mask", "sparsity", "rho", "seed", "state")]
+    rows = [("id", "dataset", "model", "base", "variant", "mask", "sparsity", "rho", "seed", "state")]
     for st in states:
         cfg = st.cfg
         baseline = config.is_baseline(cfg)
@@ -99,7 +99,7 @@ def table(states: list[RunState], resolved_sparsity: dict[str, float]) -> str:
             sparsity = f"{sp}={resolved_sparsity[st.rid]:.4f}"
         else:
             sparsity = str(sp)
-        rows.append((st.rid, cfg["dataset"], cfg["model"], variant, "-" if baseline else cfg["mask"], sparsity,
+        rows.append((st.rid, cfg["dataset"], cfg["model"], cfg["base"]["name"], variant, "-" if baseline else cfg["mask"], sparsity,
                      "-" if baseline else f"{cfg['rho']:g}", str(cfg["seed"]), st.state))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)

@@ -81,6 +81,14 @@ def check_data(runs: list[RunState]) -> None:
             raise InvalidInput(f"dataset {key[0]!r} (run {st.rid}): {exc}") from None
 
 
+def check_executor(kind: str, runs: list[RunState]) -> None:
+    """Runs over several nodes need SLURM (InvalidInput otherwise, before anything is written)."""
+    multi = [st for st in runs if st.cfg.get("nodes", 1) > 1]
+    if multi and kind != "slurm":
+        raise InvalidInput(f"run {multi[0].rid} asks for nodes: {multi[0].cfg['nodes']}; runs over several nodes "
+                           f"need --executor slurm (or torchrun on each node with `sambench train`)")
+
+
 def prepare_folders(suite, runs: list[RunState]) -> None:
     """Refuse folders that hold another run (nothing written), then write each config.json."""
     for st in runs:
@@ -118,11 +126,13 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
         print(report.table(states, suite.resolved_sparsity))
         try:
             check_data(todo)
+            check_executor(kind, todo)
         except InvalidInput as exc:
             print(f"warning: {exc}", file=sys.stderr)
         print(line + " (dry run: nothing written)")
         return EXIT_OK
     check_data(todo)
+    check_executor(kind, todo)
     print(f"{suite.name}: {line}", flush=True)
     write_reference(suite, root)  # the suite's published numbers, for table and plot
     sub = Submission(kind, uuid.uuid4().hex[:16])

@@ -22,6 +22,16 @@ One step, for every variant (bench/variants holds each variant's rule):
 3. the descent gradient at w + e: the caller's backward (``.grad``);
 4. ``second_step``: restore w, the variant's correction of the descent gradient, the base
    optimizer's step.
+
+Across processes (``comm``, a :class:`bench.distributed.Comm`), ``ascent="synced"`` averages g over
+the processes before step 2 in ONE bucketed all-reduce of the ascent tensors only (for SAM-ON a
+few KB), so e is the one-process perturbation of the global batch; ``ascent="local"`` perturbs
+with each process's own g (m-sharpness with m = the per-process batch). The clean gradient a
+variant keeps is the global-batch average in both modes (averaged at step 4 when the ascent was
+not). With a loss scaler (``amp: fp16``) both passes are scaled; g is unscaled before step 2, and
+an inf/NaN in either pass (agreed across processes) skips the step: w restored, no correction,
+no base step, the scale backed off. Gradient accumulation: ``accumulate_ascent(loss, weight)``
+once per micro-batch, then ``first_step()`` perturbs once with their sum.
 """
 from __future__ import annotations
 
@@ -48,12 +58,16 @@ class SAM(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  variant: str | Variant = "sam", mask: str | masks.Mask = "all",
-                 rho_norm: str = "subset", freeze_bn_second: bool = False, **variant_opts: Any):
+                 rho_norm: str = "subset", freeze_bn_second: bool = False, comm: Any = None,
+                 ascent: str = "synced", scaler: Any = None, **variant_opts: Any):
         if rho < 0:
             raise ValueError(f"rho={rho}: must be >= 0")
         if rho_norm not in ("subset", "full"):
             raise ValueError(f"rho_norm={rho_norm!r}: allowed values are subset, full")
+        if ascent not in ("synced", "local"):
+            raise ValueError(f"ascent={ascent!r}: allowed values are synced, local")
         self.model, self.base_optimizer = model, base_optimizer
+        self.comm, self.ascent_mode, self.scaler = comm, ascent, scaler
         self.rho, self.rho_norm, self.freeze_bn_second = float(rho), rho_norm, freeze_bn_second
         self.variant = make_variant(variant, mask, **variant_opts)
         self.mask = masks.create_mask(mask) if self.variant.perturbs else None
@@ -78,6 +92,8 @@ class SAM(torch.optim.Optimizer):
         self._perturbed_now = False
         self._clean: dict[str, torch.Tensor] | None = None  # the clean gradient, kept for the variant
         self._groups = 0                             # ascents taken in this step (m-sharpness groups)
+        self._acc: list[torch.Tensor] | None = None  # the ascent gradient summed over micro-batches
+        self._overflow = False                       # fp16: this process's ascent gradient overflowed
         self.epoch = 0                               # set by on_epoch_start (late-phase SAM)
         self.sam_steps = 0                           # steps taken in the SAM phase (LookSAM's counter)
         self.variant.bind(self)
@@ -148,6 +164,21 @@ class SAM(torch.optim.Optimizer):
         """Whether the coming step perturbs (LookSAM: only every k-th step of the SAM phase)."""
         return self.in_sam_phase and self.variant.sam_step(self.sam_steps)
 
+    @property
+    def world(self) -> int:
+        """Processes the run spans (1 without a comm)."""
+        return 1 if self.comm is None else self.comm.world
+
+    @property
+    def sync_ascent(self) -> bool:
+        """Whether g is averaged over the processes before the perturbation: ascent synced, more
+        than one process, and one group per step (m-sharpness groups lie within a process)."""
+        return self.world > 1 and self.ascent_mode == "synced" and self.variant.m is None
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to differentiate: times the loss scale under fp16, else itself."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
     def groups(self, batch_size: int) -> list[slice]:
         """The groups of m samples a step perturbs separately (m-sharpness; one group by default)."""
         m = self.variant.m
@@ -156,16 +187,46 @@ class SAM(torch.optim.Optimizer):
         return [slice(i, min(i + m, batch_size)) for i in range(0, batch_size, m)]
 
     # --- 1. the ascent gradient ----------------------------------------------------------
-    def _ascent_gradient(self, loss: torch.Tensor | None) -> list[torch.Tensor]:
-        """g on the ascent tensors: autograd.grad of ``loss`` restricted to them (no other tensor
-        is differentiated), or a copy of their .grad (filled by the caller's backward)."""
-        params = self._ascent
-        if loss is not None:
-            with torch.enable_grad():
-                grads = list(torch.autograd.grad(loss, params, allow_unused=True))
+    def _loss_gradient(self, loss: torch.Tensor, weight: float = 1.0) -> list[torch.Tensor]:
+        """autograd.grad of weight x the (scaled) loss restricted to the ascent tensors: no other
+        tensor is differentiated."""
+        with torch.enable_grad():
+            loss = self.scale_loss(loss if weight == 1.0 else loss * weight)
+            grads = torch.autograd.grad(loss, self._ascent, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, self._ascent)]
+
+    @torch.no_grad()
+    def accumulate_ascent(self, loss: torch.Tensor, weight: float = 1.0) -> None:
+        """Add ``weight`` x the gradient of ``loss`` on the ascent tensors to this step's ascent
+        gradient (gradient accumulation: once per micro-batch, then ``first_step()`` perturbs once).
+        The first call of a step clears .grad, so the descent backward starts clean."""
+        if self._groups == 0 and self._acc is None:
+            self.zero_grad(set_to_none=True)
+        if not (self.sam_now and self.variant.ascent):
+            return
+        if not self._perturbed:
+            raise RuntimeError("the mask is not built yet: call build_mask(data) first")
+        g = self._loss_gradient(loss, weight)
+        if self._acc is None:
+            self._acc = g
         else:
-            grads = [None if p.grad is None else p.grad.clone() for p in params]
-        return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+            torch._foreach_add_(self._acc, g)
+
+    def _ascent_gradient(self) -> list[torch.Tensor] | None:
+        """g on the ascent tensors: the accumulated gradient of the losses handed over (fast path),
+        else a copy of their .grad (filled by the caller's backward); then averaged over the
+        processes in one bucketed all-reduce (ascent synced) and unscaled (fp16). None when it
+        holds an inf/NaN (the step will be skipped)."""
+        if self._acc is not None:
+            grads, self._acc = self._acc, None
+        else:
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in self._ascent]
+        if self.sync_ascent:
+            self.comm.average_(grads, tag="ascent")
+        if self.scaler is not None and self.scaler.unscale_(grads):
+            self._overflow = True
+            return None
+        return grads
 
     def _keep_clean(self, grads: list[torch.Tensor], weight: float) -> None:
         """Accumulate weight * g: the clean gradient averaged over the step's groups."""
@@ -222,25 +283,27 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False, loss: torch.Tensor | None = None, weight: float = 1.0) -> None:
-        """The ascent: g (from ``loss`` on the fast path, else from .grad), then w <- w + e on the
-        masked parameters only. Nothing happens at steps that do not perturb (see ``sam_now``).
+        """The ascent: g (from ``loss`` on the fast path, from the micro-batches handed to
+        ``accumulate_ascent``, else from .grad), then w <- w + e on the masked parameters only.
+        Nothing happens at steps that do not perturb (see ``sam_now``).
 
         ``weight``: this group's share of the batch when a step has several (m-sharpness); the
         clean gradient a variant keeps is their weighted sum. On the fast path the first group
         of a step clears .grad, so the descent backward starts clean.
         """
-        if loss is not None and self._groups == 0:
-            self.zero_grad(set_to_none=True)
+        if loss is not None:
+            self.accumulate_ascent(loss)
         if self.sam_now:
             if not self._perturbed:
                 raise RuntimeError("the mask is not built yet: call build_mask(data) first")
-            grads = self._ascent_gradient(loss) if self.variant.ascent else None
-            if grads is not None and self.variant.keeps_gradient:
-                self._keep_clean(grads, weight)
-            self._perturb(grads)
+            grads = self._ascent_gradient() if self.variant.ascent else None
             self._groups += 1
-            if self._perturbed_now and self.freeze_bn_second and self.variant.ascent:
-                self._freeze_bn()  # (MSAM has one pass only: its statistics are kept)
+            if not self._overflow:  # after an overflow w stays: the step will be skipped
+                if grads is not None and self.variant.keeps_gradient:
+                    self._keep_clean(grads, weight)
+                self._perturb(grads)
+                if self._perturbed_now and self.freeze_bn_second and self.variant.ascent:
+                    self._freeze_bn()  # (MSAM has one pass only: its statistics are kept)
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -257,21 +320,40 @@ class SAM(torch.optim.Optimizer):
     def _descent_grads(self) -> dict[str, torch.Tensor]:
         return {n: p.grad for n, p in self._trainable if p.grad is not None}
 
+    def _overflowed(self) -> bool:
+        """fp16: unscale the descent gradient in .grad and say whether either pass of this step
+        overflowed, on every process alike (the descent gradient is averaged by DDP; a local
+        ascent's overflow is shared in one all-reduce of a flag)."""
+        if self.scaler is None:
+            return False
+        overflow = self.scaler.unscale_([p.grad for _, p in self._trainable if p.grad is not None])
+        ascent = self._overflow
+        if self.world > 1 and not self.sync_ascent and self.variant.perturbs and self.variant.ascent:
+            ascent = self.comm.any(ascent, device=self._trainable[0][1].device)
+        return overflow or ascent
+
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
-        """Restore w, the variant's correction of the descent gradient, the base optimizer's step."""
+        """Restore w, the variant's correction of the descent gradient, the base optimizer's step
+        (fp16: the whole step skipped after an overflow in either pass, the scale backed off)."""
         self.unperturb()
-        if self.in_sam_phase:
-            rule = type(self.variant)
-            if self.variant.sam_step(self.sam_steps):
-                if rule.correct_descent is not Variant.correct_descent:
-                    self.variant.correct_descent(self._descent_grads(), self._clean)
-            elif rule.correct_plain is not Variant.correct_plain:
-                self.variant.correct_plain(self._descent_grads())
-            self.sam_steps += 1
-        self._clean, self._groups = None, 0
-        self.base_optimizer.step()
-        self._opt_called = True  # tells torch's LR schedulers that this optimizer has stepped
+        overflow = self._overflowed()
+        if not overflow:
+            if self.in_sam_phase:
+                rule = type(self.variant)
+                if self.variant.sam_step(self.sam_steps):
+                    if rule.correct_descent is not Variant.correct_descent:
+                        if self._clean is not None and self.world > 1 and not self.sync_ascent:
+                            self.comm.average_(list(self._clean.values()), tag="clean")
+                        self.variant.correct_descent(self._descent_grads(), self._clean)
+                elif rule.correct_plain is not Variant.correct_plain:
+                    self.variant.correct_plain(self._descent_grads())
+                self.sam_steps += 1
+            self.base_optimizer.step()
+            self._opt_called = True  # tells torch's LR schedulers that this optimizer has stepped
+        if self.scaler is not None:
+            self.scaler.update(overflow)
+        self._clean, self._groups, self._acc, self._overflow = None, 0, None, False
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
@@ -296,6 +378,9 @@ class SAM(torch.optim.Optimizer):
             return self.base_optimizer.step(closure)
         if closure is None:
             raise ValueError("SAM.step needs a closure that runs forward and backward and returns the loss")
+        if self.scaler is not None:
+            raise ValueError("fp16 loss scaling scales each backward pass, which a closure hides: use "
+                             "bench.train.train_step")
         if self.variant.m is not None:
             raise ValueError(f"m={self.variant.m} (m-sharpness) splits the batch, which a closure hides: "
                              "use bench.train.train_step, or first_step/unperturb per group and second_step")
@@ -341,6 +426,8 @@ class SAM(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         state = {"base": self.base_optimizer.state_dict(), "rho": self.rho, "sam_steps": self.sam_steps,
                  "variant": self.variant.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         if self.mask is not None and (self.mask.needs_data or self.mask.update_every):
             state["selection"] = {n: m.cpu() for n, m in self.selection.items()}
         return state
@@ -353,3 +440,5 @@ class SAM(torch.optim.Optimizer):
             self.set_selection({n: m.to(device) for n, m in state_dict["selection"].items()})
         self.sam_steps = int(state_dict.get("sam_steps", 0))
         self.variant.load_state_dict(state_dict.get("variant", {}), device)
+        if self.scaler is not None and "scaler" in state_dict:
+            self.scaler.load_state_dict(state_dict["scaler"])

@@ -11,7 +11,8 @@ Format (see the README's "Suite files")::
                               # a list of mappings = union of their products
     include: [{...}, ...]     # single extra runs (defaults + that mapping)
     seeds: [0, 1, 2]          # crossed with every run (default: the runs' own seed field)
-    slurm: {...}              # executor settings (partition, cpus_per_task, runs_per_job, ...)
+    slurm: {...}              # executor settings (partition, cpus_per_task, runs_per_job, ...);
+                              # slurm.nodes is the default of the run field nodes
     logging: {...}            # loggers for every run (bench.loggers; runtime: run ids unchanged)
 
 A list value in a grid mapping is an axis; to give a list-valued field one value, wrap it:
@@ -58,6 +59,7 @@ SLURM_KEYS: dict[str, tuple[Any, str]] = {
     "constraint": (str, "a node constraint"),
     "array_parallelism": ("int1", "an integer >= 1"),
     "runs_per_job": ("int1", "an integer >= 1"),
+    "nodes": ("int1", "an integer >= 1 (the default of the run field nodes)"),
     "additional_parameters": (dict, "a mapping of extra sbatch options"),
 }
 _SLURM_CHECKS: dict[Any, Callable[[Any], bool]] = {
@@ -123,6 +125,8 @@ def load_suite(path: str | Path, overrides: dict | None = None,
     slurm = _slurm_settings(doc, top_over, slurm_over, source)
     reference = _reference(doc.get("reference"), source)
     defaults = _mapping_of_fields(doc.get("defaults"), source, "defaults")
+    if "nodes" in slurm and "nodes" not in defaults:  # slurm.nodes: every run's nodes unless it says otherwise
+        defaults = {**defaults, "nodes": slurm["nodes"]}
     if seeds != [None] and "seed" in defaults:  # replaced by the seeds list, but still checked
         seed = defaults["seed"]
         if not (config._is_int(seed) and seed >= 0):

@@ -6,12 +6,6 @@ the environment variable ``SAMBENCH_MASK_PATH`` (``os.pathsep``-separated).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import pkgutil
-import sys
-
 from masks.base import (  # noqa: F401
     MASKS,
     Mask,
@@ -34,7 +28,7 @@ from masks.base import (
 from masks.base import (
     list_masks as _list_masks,
 )
-from masks.registry import UnknownNameError  # noqa: F401
+from masks.registry import UnknownNameError, import_modules  # noqa: F401
 
 _loaded = False
 
@@ -44,20 +38,7 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in ("base", "registry") and not info.name.startswith("_"):
-            importlib.import_module(f"masks.{info.name}")
-    for folder in filter(None, os.environ.get("SAMBENCH_MASK_PATH", "").split(os.pathsep)):
-        for info in pkgutil.iter_modules([folder]):
-            mod_name = f"sambench_user_masks.{info.name}"
-            if mod_name in sys.modules:
-                continue
-            spec = importlib.util.spec_from_file_location(mod_name, os.path.join(folder, info.name + ".py"))
-            if spec is None or spec.loader is None:
-                continue
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
+    import_modules("masks", __path__, ("base", "registry"), "SAMBENCH_MASK_PATH", "sambench_user_masks")
     _loaded = True  # only once every module imported: a failed import is retried, not half-loaded
 
 

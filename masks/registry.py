@@ -55,3 +55,28 @@ class Registry:
 
     def items(self):
         return sorted(self._entries.items())
+
+
+def import_modules(package: str, path, skip: tuple[str, ...], plugin_env: str, plugin_prefix: str) -> None:
+    """Import every module of ``package`` (its ``__path__``) but ``skip`` and private ones, then every
+    module file in the folders listed in ``$plugin_env`` (as ``plugin_prefix.<name>``, once)."""
+    import importlib
+    import importlib.util
+    import os
+    import pkgutil
+    import sys
+
+    for info in pkgutil.iter_modules(path):
+        if info.name not in skip and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+    for folder in filter(None, os.environ.get(plugin_env, "").split(os.pathsep)):
+        for info in pkgutil.iter_modules([folder]):
+            mod_name = f"{plugin_prefix}.{info.name}"
+            if mod_name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(mod_name, os.path.join(folder, info.name + ".py"))
+            if spec is None or spec.loader is None:
+                continue
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            spec.loader.exec_module(module)

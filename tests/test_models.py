@@ -18,7 +18,7 @@ SHAPES = [(1, 8), (3, 32)]
 # forward on CPU at both shapes; the big ones only build there and run forward on 8x8
 FAST = ["resnet20", "resnet32", "resnet56", "wrn16_4", "resnet_ci", "vit_ci", "vit_t", "wrn10_1",
         "timm:resnet18"]
-BIG = ["wrn28_10", "resnext29_32x4d", "vit_s"]
+BIG = ["wrn28_10", "resnext29_32x4d", "vit_s", "vit_s32"]
 
 # exact counts of this implementation (10 classes, 3 input channels)
 PARAMS = {
@@ -70,6 +70,18 @@ def test_big_models_build(name):
     m = create_model(name, num_classes=10, in_chans=1, img_size=8).eval()
     with torch.no_grad():
         assert m(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_vit_s32_is_timms_vit_small_patch32_224():
+    """The paper's ImageNet model: the shapes of timm's vit_small_patch32_224 (22.9M parameters)."""
+    import timm
+
+    with torch.device("meta"):
+        ours = meta("vit_s32", 1000, 3, 224)
+        timms = timm.create_model("vit_small_patch32_224", pretrained=False)
+    shapes = [(n, tuple(p.shape)) for n, p in ours.named_parameters()]
+    assert shapes == [(n, tuple(p.shape)) for n, p in timms.named_parameters()]
+    assert n_params(ours) == 22_878_952
 
 
 @pytest.mark.parametrize("name,count", sorted(PARAMS.items()))

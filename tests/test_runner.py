@@ -94,7 +94,8 @@ def test_debug_end_to_end_resubmit_failure_and_status(tmp_path, capsys, monkeypa
         assert cli.main(["run", str(suite), "--out", str(folder), "--dry-run", "--set", "log_every=5"]) == 0
         text = capsys.readouterr().out
         lines = text.strip().splitlines()
-        assert lines[0].split() == ["id", "dataset", "model", "variant", "mask", "sparsity", "rho", "seed", "state"]
+        assert lines[0].split() == ["id", "dataset", "model", "base", "variant", "mask", "sparsity", "rho", "seed",
+                                   "state"]
         rows = {ln.split()[0]: ln.split() for ln in lines[1:5]}
         assert set(rows) == set(ids) and all(r[-1] == state for r in rows.values())
         assert "dry run: nothing written" in lines[-1]

@@ -161,13 +161,15 @@ def test_run_ids_stable(tmp_path):
     cfg = a.runs[0]
     rid = config.run_id(cfg)
     for key, value in {"device": "cpu", "data_root": "/x", "log_every": 7, "eval_batch_size": 64,
-                       "compile": True, "download": True, "save_gamma": False, "sharpness": {"m": 8}}.items():
+                       "compile": True, "download": True, "save_gamma": False, "sharpness": {"m": 8},
+                       "nproc": 2, "nodes": 3, "data_workers": 4}.items():
         assert config.run_id({**cfg, key: value}) == rid, key
     changed = {"dataset": "synthetic", "model": "vit_ci", "variant": "asam", "variant_opts": {"p": "inf"},
                "mask": "no_norm", "sparsity": 0.5, "mask_opts": {"x": 1}, "rho": 0.11, "rho_norm": "full",
                "freeze_bn_second": True, "epochs": 2, "batch_size": 64, "schedule": "constant",
                "warmup_epochs": 1, "label_smoothing": 0.0, "augment": False, "amp": "bf16",
-               "channels_last": True, "seed": 5, "base": {**cfg["base"], "lr": 0.2}, "label_noise": 0.2}
+               "channels_last": True, "seed": 5, "base": {**cfg["base"], "lr": 0.2}, "label_noise": 0.2,
+               "ascent": "local", "sync_bn": False, "accumulate": 2}
     assert set(changed) | {"label_noise_type"} == set(config.EXPERIMENT)
     for key, value in changed.items():
         assert config.run_id({**cfg, key: value}) != rid, key
@@ -221,7 +223,7 @@ def nonorm_model():
 MALFORMED = {
     "top_key": ("name: t\nfoo: 1\n",
                 "foo: unknown key (allowed: defaults, grid, include, logging, name, reference, seeds, slurm)"),
-    "defaults_key": (BASE.replace("epochs: 1", "epochs: 1, lr: 0.1"), "defaults.lr: unknown key (allowed: amp, "),
+    "defaults_key": (BASE.replace("epochs: 1", "epochs: 1, lr: 0.1"), "defaults.lr: unknown key (allowed: accumulate, amp, ascent, "),
     "grid_key": (BASE + "grid: [{rho: [1]}, {mask: all, bar: [1]}]\n", "grid[1].bar: unknown key (allowed: "),
     "include_key": (BASE + "include: [{variant: none}, {foo: 1}]\n", "include[1].foo: unknown key"),
     "mask": (BASE + "grid:\n  - {mask: all}\n  - {mask: norm_only}\n  - {mask: randm}\n",

@@ -350,12 +350,21 @@ MASK_CFG = {"all": {}, "norm_only": {}, "random": {"sparsity": "match:norm_only"
 
 
 def watch(model, opt):
-    """Record which parameter gradients autograd computes inside first_step (the ascent)."""
+    """Record which parameter gradients autograd computes inside accumulate_ascent and first_step
+    (the ascent)."""
     seen, phase = [], {"now": None}
     for n, p in model.named_parameters():
         p.register_hook(lambda g, n=n: seen.append(n) if phase["now"] == "ascent" else None)
-    first_step = opt.first_step
+    first_step, accumulate = opt.first_step, opt.accumulate_ascent
     record = {}
+
+    def accumulate_wrapped(*args, **kw):
+        phase["now"] = "ascent"
+        try:
+            accumulate(*args, **kw)
+        finally:
+            phase["now"] = None
+    opt.accumulate_ascent = accumulate_wrapped
 
     def wrapped(*args, **kw):
         before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -11,15 +11,11 @@ modules can be named in the environment variable ``SAMBENCH_VARIANT_PATH``
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-import pkgutil
-import sys
 from typing import Any
 
 from bench.registries import VARIANTS, variant_options
 from bench.variants.base import Variant, register_variant  # noqa: F401
+from masks.registry import import_modules
 
 _loaded = False
 
@@ -29,20 +25,7 @@ def load_all() -> None:
     global _loaded
     if _loaded:
         return
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
-            importlib.import_module(f"bench.variants.{info.name}")
-    for folder in filter(None, os.environ.get("SAMBENCH_VARIANT_PATH", "").split(os.pathsep)):
-        for info in pkgutil.iter_modules([folder]):
-            mod_name = f"sambench_user_variants.{info.name}"
-            if mod_name in sys.modules:
-                continue
-            spec = importlib.util.spec_from_file_location(mod_name, os.path.join(folder, info.name + ".py"))
-            if spec is None or spec.loader is None:
-                continue
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
+    import_modules("bench.variants", __path__, ("base",), "SAMBENCH_VARIANT_PATH", "sambench_user_variants")
     _loaded = True  # only once every module imported: a failed import is retried, not half-loaded
 
 
