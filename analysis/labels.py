@@ -13,8 +13,8 @@ from typing import Any
 
 # --- column roles ----------------------------------------------------------------------
 
-RUNTIME_FIELDS = ("device", "data_root", "download", "eval_batch_size", "log_every", "compile", "save_gamma",
-                  "sharpness_config")
+RUNTIME_FIELDS = ("device", "data_root", "download", "eval_batch_size", "log_every", "compile", "compile_step",
+                  "save_gamma", "sharpness_config")
 RUNTIME_PREFIXES = ("logging.",)  # runtime option maps, flattened (logging.tensorboard, logging.wandb.mode)
 # result.json["sharpness"] measures become "sharpness.<key>" columns, their wall times
 # "sharpness_time.<key>" (see bench/sharpness.py for the keys)

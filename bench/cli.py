@@ -306,6 +306,8 @@ def cmd_perf(args) -> int:
 
 def _perf_steps(args, perf) -> list[dict]:
     configs = perf.parse_configs(args.configs)
+    if args.compile_step:
+        configs = perf.with_compiled(configs)
     dataset = args.dataset or "digits"
     if args.epoch:
         from bench.data import DataError, check_available
@@ -510,6 +512,9 @@ def _perf_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile-step", action="store_true",
+                   help="time each SAM configuration also through the compiled step (bench.fast_step), "
+                        "labelled '<configuration> compiled'")
     p.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed steps first")
     p.add_argument("--configs", default="default",

@@ -64,6 +64,7 @@ RUNTIME: dict[str, Any] = {
     "eval_batch_size": 1024,
     "log_every": 50,           # steps between progress updates (no per-step host sync)
     "compile": False,
+    "compile_step": False,     # the SAM step fused and under torch.compile (bench.fast_step)
     "save_gamma": True,        # store final norm-layer weights in result.json
     "logging": {"tensorboard": True, "wandb": False, "mlflow": False},  # bench.loggers
     "sharpness": None,         # {} or options: measure sharpness after training (bench.sharpness)
@@ -113,6 +114,8 @@ FIELD_HELP: dict[str, str] = {
     "eval_batch_size": "batch size for evaluation",
     "log_every": "steps between progress updates",
     "compile": "torch.compile the model",
+    "compile_step": "run SAM steps through bench.fast_step: fused update, whole step under torch.compile "
+                    "(sam and asam; other steps run the reference)",
     "save_gamma": "store the final norm-layer weights in result.json",
     "logging": "loggers: tensorboard, wandb, mlflow (bench.loggers)",
     "sharpness": "measure sharpness after training: {} or options (bench.sharpness)",
@@ -130,7 +133,8 @@ CHOICES = {
     "amp": ["none", "bf16", "fp16"],
     "ascent": ["synced", "local"],
 }
-FLAGS = ("freeze_bn_second", "augment", "channels_last", "download", "compile", "save_gamma", "sync_bn")
+FLAGS = ("freeze_bn_second", "augment", "channels_last", "download", "compile", "compile_step", "save_gamma",
+         "sync_bn")
 MAX_PROCESSES = 65_536
 MAX_EPOCHS = 100_000
 

@@ -15,10 +15,11 @@ perturbed tensors only) and the descent (DDP's gradient buckets, counted by a co
 """
 from __future__ import annotations
 
+import functools
 import gc
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 
 from bench.data import dataset_shape, load_dataset, make_loaders
 from bench.errors import InvalidInput
+from bench.fast_step import FastStep
 from bench.models import create_model, create_model_for
 from bench.sam import SAM
 from bench.train import amp_context, train_step
@@ -40,6 +42,20 @@ class PerfConfig:
     variant_opts: dict = field(default_factory=dict)
     rho: float = 0.05
     ascent: str = "synced"
+    step: str = "reference"   # reference (bench.train.train_step) | fused | compiled (bench.fast_step)
+
+
+STEP_KINDS = ("fused", "compiled")  # the suffixes of a --configs item: sam:norm_only:compiled
+
+
+def with_compiled(configs: list[PerfConfig]) -> list[PerfConfig]:
+    """Each SAM configuration followed by the same one through the compiled step (``--compile-step``)."""
+    out = []
+    for c in configs:
+        out.append(c)
+        if c.variant not in ("none", "loop") and c.step == "reference":
+            out.append(replace(c, label=f"{c.label} compiled", step="compiled"))
+    return out
 
 
 PRESETS = {
@@ -82,10 +98,13 @@ PRESETS["paper"] = PRESETS["default"] + [
 
 
 def parse_configs(text: str) -> list[PerfConfig]:
-    """A preset name, or ``variant:mask[:key=value;key=value]`` items separated by commas.
+    """A preset name, or ``variant:mask[:key=value;key=value][:fused|:compiled]`` items separated
+    by commas.
 
     Options the variant takes (its registered signature) go to the variant, ``ascent`` (synced or
-    local, for --nproc) to the step, the rest to the mask. An unknown variant or mask raises
+    local, for --nproc) to the step, the rest to the mask. ``:fused`` / ``:compiled``: the step
+    through bench.fast_step (eager / under torch.compile) instead of the reference train_step.
+    An unknown variant or mask raises
     InvalidInput.
     """
     import masks
@@ -95,7 +114,9 @@ def parse_configs(text: str) -> list[PerfConfig]:
         return list(PRESETS[text])
     out = [PerfConfig("sgd", "none", "none")]
     for item in filter(None, (t.strip() for t in text.split(","))):
-        parts = item.split(":", 2)
+        body, _, kind = item.rpartition(":")
+        kind = kind if body and kind in STEP_KINDS else "reference"
+        parts = (body if kind != "reference" else item).split(":", 2)
         variant, mask = parts[0], parts[1] if len(parts) > 1 else "all"
         if variant not in VARIANTS and variant != "loop":
             raise InvalidInput(f"{item!r}: unknown variant {variant!r}", field="--configs",
@@ -118,7 +139,8 @@ def parse_configs(text: str) -> list[PerfConfig]:
         if ascent not in ("synced", "local"):
             raise InvalidInput(f"{item!r}: ascent={ascent!r}", field="--configs", allowed=["synced", "local"])
         if (variant, mask) != ("none", "none"):
-            out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts, ascent=ascent))
+            out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts, ascent=ascent,
+                                  step=kind))
     return out
 
 
@@ -164,12 +186,24 @@ def _make_step(cfg: PerfConfig, model, forward, criterion, amp_ctx, x, y):
     if opt.is_sam and not opt.selection:
         opt.build_mask([(x, y)])
     cycle = getattr(opt.variant, "k", 1)  # LookSAM: time a whole cycle (one SAM step, k - 1 others)
+    one_step = _one_step(cfg, model, forward, opt, criterion, amp_ctx)
 
     def steps():
         for _ in range(cycle):
-            train_step(forward, opt, x, y, criterion, amp_ctx)
+            one_step(x, y)
     steps.cycle = cycle
     return steps, opt.perturbed_fraction
+
+
+def _one_step(cfg: PerfConfig, model, forward, opt, criterion, amp_ctx):
+    """The step a configuration times: the reference train_step, or bench.fast_step's."""
+    reference = functools.partial(train_step, forward, opt, criterion=criterion, amp_ctx=amp_ctx)
+    if cfg.step == "reference":
+        return reference
+    fast = FastStep(model, opt, criterion, amp_ctx, reference, compiled=cfg.step == "compiled", forward=forward)
+    if not fast.fused:
+        raise ValueError(f"the fast step does not cover {fast.reason}")
+    return fast
 
 
 def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
@@ -237,7 +271,7 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
     sgd = next((m for c, m in zip(configs, medians) if c.variant == "none"), None)
     return [
         {"model": model_name, "batch_size": batch_size, "device": str(dev), "amp": bool(amp),
-         "variant": c.variant, "mask": c.mask, "label": c.label, "ms": round(m, 3),
+         "variant": c.variant, "mask": c.mask, "label": c.label, "step": c.step, "ms": round(m, 3),
          "ratio_vs_sgd": round(m / sgd, 3) if sgd else None, "perturbed_fraction": frac,
          "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
          "threads": torch.get_num_threads(), "steps": steps,

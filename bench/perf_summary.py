@@ -18,6 +18,10 @@ COLUMNS = [  # (file, column title)
     ("vit_s_bf16.json", "ViT-S/4 bf16"),
     ("vit_s_fp32.json", "ViT-S/4 fp32"),
 ]
+COMPILED_COLUMNS = [  # the bf16 steps through bench.fast_step's compiled step, beside their reference
+    ("wrn28_bf16_compiled.json", "WRN-28-10 bf16+CL"),
+    ("vit_s_bf16_compiled.json", "ViT-S/4 bf16"),
+]
 EPOCH_FILE, FISHER_FILE = "epoch_fmnist.json", "fisher_wrn28.json"
 
 # the targets: (column, configuration label, bound on the ratio to SGD)
@@ -27,6 +31,7 @@ STEP_TARGETS = [
     ("WRN-28-10 bf16+CL", "sam all", 1.90),
     ("ViT-S/4 bf16", "sam all", 1.90),
 ]
+COMPILED_TARGETS = [(title, f"{label.replace(' ', ':')} compiled", bound) for title, label, bound in STEP_TARGETS]
 EPOCH_TARGET = 1.05                       # epoch time / sum of its step times
 FISHER_SPEEDUP, FISHER_FLOOR = 10.0, 3.0  # x faster than the per-sample loop; x its floor
 
@@ -88,12 +93,18 @@ def _check(ok: bool | None, text: str) -> str:
     return f"- [{'x' if ok else ' '}] {text}" + ("" if ok is not None else " (not measured)")
 
 
-def target_lines(by_title: dict[str, list[dict] | None], epoch: dict | None, fisher: dict | None) -> list[str]:
+def step_target_lines(by_title: dict[str, list[dict] | None], targets: list[tuple[str, str, float]]) -> list[str]:
     out = []
-    for title, label, bound in STEP_TARGETS:
+    for title, label, bound in targets:
         r = _ratio(by_title.get(title), label)
         out.append(_check(None if r is None else r <= bound,
                           f"{title} {label} <= {bound:.2f}x SGD" + ("" if r is None else f": {r:.2f}x")))
+    return out
+
+
+def target_lines(by_title: dict[str, list[dict] | None], epoch: dict | None, fisher: dict | None,
+                 compiled: dict[str, list[dict] | None] | None = None) -> list[str]:
+    out = step_target_lines(by_title, STEP_TARGETS) + step_target_lines(compiled or {}, COMPILED_TARGETS)
     r = epoch.get("ratio") if epoch else None
     out.append(_check(None if r is None else r <= EPOCH_TARGET,
                       f"epoch <= {EPOCH_TARGET:.2f}x the sum of its steps" + ("" if r is None else f": {r:.3f}x")))
@@ -123,6 +134,14 @@ def summarize(outdir: str | Path) -> str:
     parts = [f"Measured on {env} with `bash bench/gpu_checks.sh OUTDIR` (batch 128; ratios to SGD "
              f"in the same process, medians of {steps or '?'} interleaved steps).", "",
              step_table(titles, columns), "", memory_table(titles, columns), ""]
+    compiled_titles = [t for _, t in COMPILED_COLUMNS]
+    compiled = [load_records(outdir / f) for f, _ in COMPILED_COLUMNS]
+    if any(compiled):
+        parts += ["The compiled step (bench.fast_step, `sambench perf --compile-step`), each beside its "
+                  "reference rows in one process:", "", step_table(compiled_titles, compiled), "",
+                  memory_table(compiled_titles, compiled), ""]
+    else:
+        parts += ["Compiled step: not measured.", ""]
     if epoch:
         parts.append(f"Epoch of {epoch['dataset']} ({epoch['model']}, SAM-ON, {'bf16' if epoch['amp'] else 'fp32'}, "
                      f"{epoch['steps']} steps): {epoch['epoch_s']:.2f} s, sum of its step times "
@@ -138,7 +157,8 @@ def summarize(outdir: str | Path) -> str:
                      f"largest difference to the loop {fisher['max_rel_diff']:.1e} of the largest score.")
     else:
         parts.append("Fisher check: not measured.")
-    parts += ["", "Targets:", *target_lines(dict(zip(titles, columns)), epoch, fisher)]
+    parts += ["", "Targets:", *target_lines(dict(zip(titles, columns)), epoch, fisher,
+                                            dict(zip(compiled_titles, compiled)))]
     return "\n".join(parts) + "\n"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import sys
 import time
@@ -411,6 +412,7 @@ class Setup:
     eval_criterion: Any
     amp_ctx: Any
     comm: Any = None          # bench.distributed.Comm across processes, else None
+    step: Any = None          # bench.fast_step.FastStep (compile_step), else train_step runs
 
 
 @dataclass
@@ -520,11 +522,19 @@ def build(cfg: dict, comm=None) -> Setup:
     if cfg["compile"]:
         ascent_forward = torch.compile(model)
         forward = ascent_forward if forward is model else torch.compile(forward)
-    return Setup(device=device, train_loader=train_loader, test_loader=test_loader, mask_loader=mask_loader,
-                 model=model, forward=forward, ascent_forward=ascent_forward, base=base, opt=opt,
-                 base_lrs=[g["lr"] for g in base.param_groups], n_params=masks.n_trainable(model),
-                 criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
-                 eval_criterion=torch.nn.CrossEntropyLoss(), amp_ctx=autocast_factory(cfg["amp"], device), comm=comm)
+    setup = Setup(device=device, train_loader=train_loader, test_loader=test_loader, mask_loader=mask_loader,
+                  model=model, forward=forward, ascent_forward=ascent_forward, base=base, opt=opt,
+                  base_lrs=[g["lr"] for g in base.param_groups], n_params=masks.n_trainable(model),
+                  criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
+                  eval_criterion=torch.nn.CrossEntropyLoss(), amp_ctx=autocast_factory(cfg["amp"], device), comm=comm)
+    if cfg["compile_step"]:
+        from bench.fast_step import FastStep
+
+        reference = functools.partial(train_step, forward, opt, criterion=setup.criterion, amp_ctx=setup.amp_ctx,
+                                      ascent_model=ascent_forward)
+        setup.step = FastStep(model, opt, setup.criterion, setup.amp_ctx, reference, compiled=True,
+                              forward=ascent_forward)
+    return setup
 
 
 def share_selection(opt, comm) -> None:
@@ -622,8 +632,11 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -
         factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
         for group, lr in zip(s.base.param_groups, s.base_lrs):
             group["lr"] = lr * factor
-        out, loss = train_step(s.forward, s.opt, x, y, s.criterion, s.amp_ctx, sizes, total,
-                               ascent_model=s.ascent_forward)
+        if s.step is not None and (sizes is None or len(sizes) == 1):  # one micro-batch
+            out, loss = s.step(x, y)
+        else:
+            out, loss = train_step(s.forward, s.opt, x, y, s.criterion, s.amp_ctx, sizes, total,
+                                   ascent_model=s.ascent_forward)
         sums[0] += loss.detach().double() * y.numel()
         sums[1] += (out.detach().argmax(1) == y).sum()
         seen += total
@@ -701,6 +714,8 @@ def make_result(setup: Setup, cfg: dict, rid: str, status: str, last: dict, stat
     }
     if setup.opt.scaler is not None:
         result["skipped_steps"] = setup.opt.scaler.skipped  # fp16 steps skipped for an overflow
+    if setup.step is not None:
+        result["fast_step"] = setup.step.describe()
     if cfg["save_gamma"]:
         gammas = norm_gammas(setup.model)
         if gammas:
