@@ -132,5 +132,6 @@ def test_time_epoch_against_its_steps():
 
     rec = time_epoch("resnet_ci", "digits", 512, "cpu", False)
     assert rec["steps"] == 3 and rec["epoch_s"] > 0 and rec["sum_step_s"] > 0
-    assert rec["ratio"] == round(rec["epoch_s"] / rec["sum_step_s"], 3)
+    # the ratio of the unrounded times; the times themselves are stored rounded to 0.1 ms
+    assert abs(rec["ratio"] - rec["epoch_s"] / rec["sum_step_s"]) <= 0.01 * rec["ratio"]
     assert 0 < rec["loader_s"] < rec["epoch_s"]
