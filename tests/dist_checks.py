@@ -13,6 +13,7 @@ import math
 import sys
 from pathlib import Path
 
+import tiny_models  # tests/ is on the path: this file runs as a script from there
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -32,26 +33,8 @@ CRITERION = nn.CrossEntropyLoss()
 NO_AMP = amp_context(False)
 
 
-class LNNet(nn.Module):
-    """Linear -> LayerNorm -> ReLU -> Linear: no dropout, no batch statistics."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Linear(5, 6)
-        self.norm = nn.LayerNorm(6)
-        self.out = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.norm(self.inp(x))))
-
-
 def ln_net() -> nn.Module:
-    torch.manual_seed(0)
-    model = LNNet()
-    with torch.no_grad():
-        model.norm.weight.uniform_(0.5, 1.5)
-        model.norm.bias.uniform_(-0.3, 0.3)
-    return model
+    return tiny_models.ln_net(width=6)
 
 
 def data(n: int, steps: int = STEPS, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -6,7 +6,7 @@ import math
 import pytest
 import pytorch_optimizer as po  # pinned in the test extra
 import torch
-from tiny_models import TinyResNet, TinyViT, batches, make
+from tiny_models import TinyResNet, TinyViT, batches, ln_net, make
 from torch import nn
 from torch.func import functional_call
 
@@ -19,27 +19,6 @@ LR, MU, WD = 0.1, 0.9, 5e-4
 EPS = 1e-12
 
 
-class LNNet(nn.Module):
-    """Linear -> LayerNorm -> ReLU -> Linear: a LayerNorm model whose gradients do not depend on
-    running statistics, so the formulas below need no buffers."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Linear(5, 4)
-        self.norm = nn.LayerNorm(4)
-        self.out = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.norm(self.inp(x))))
-
-
-def ln_net():
-    torch.manual_seed(0)
-    model = LNNet()
-    with torch.no_grad():
-        model.norm.weight.uniform_(0.5, 1.5)
-        model.norm.bias.uniform_(-0.3, 0.3)
-    return model
 
 
 def data(steps=3, n=8, seed=1):

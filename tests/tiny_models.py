@@ -291,3 +291,27 @@ class NoTaps(nn.Module):
 
     def forward(self, x):
         return torch.tanh(x.flatten(1)) @ self.w + self.b
+
+
+class LNNet(nn.Module):
+    """Linear -> LayerNorm -> ReLU -> Linear: a LayerNorm model whose gradients do not depend on
+    running statistics (no buffers, no dropout), for checks against written-out formulas."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.inp = nn.Linear(5, width)
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.norm(self.inp(x))))
+
+
+def ln_net(width: int = 4) -> LNNet:
+    """An LNNet with seeded weights and a LayerNorm away from its identity initialization."""
+    torch.manual_seed(0)
+    model = LNNet(width)
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+        model.norm.bias.uniform_(-0.3, 0.3)
+    return model
