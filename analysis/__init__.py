@@ -39,7 +39,7 @@ _EXPORTS = {
     "plot_norm_gamma": "plots",
     "PlotPaths": "plots",
     "table": "tables",
-    "write_report": "report",
+    "write_report": "html_report",
     "add_labels": "labels",
     "mask_color": "labels",
     "mask_marker": "labels",

@@ -3,7 +3,7 @@
 #   bash bench/gpu_checks.sh OUTDIR            (at most 10 minutes; see GPU_CHECKS_BUDGET)
 # - the four step-time tables (WRN-28-10 bf16+channels_last and fp32, ViT-S/4 bf16 and fp32),
 #   ratios to SGD and the peak memory of each configuration;
-# - the bf16 SAM and SAM-ON steps compiled (bench.fast_step, `sambench perf --compile-step`) beside
+# - the bf16 SAM and SAM-ON steps compiled (bench.engine.fast_step, `sambench perf --compile-step`) beside
 #   the reference steps, WRN-28-10 and ViT-S/4;
 # - an epoch of Fashion-MNIST (wrn16_4, SAM-ON, bf16) against the sum of its step times;
 # - the Fisher mask on wrn28_10 (1,024 samples): batched vs the per-sample loop, and its floor.
@@ -61,7 +61,7 @@ part 75 "ViT-S/4 bf16" --model vit_s --batch-size 128 --amp --configs default --
   --json "$out/vit_s_bf16.json"
 part 75 "ViT-S/4 fp32" --model vit_s --batch-size 128 --configs default --steps 20 \
   --json "$out/vit_s_fp32.json"
-# the same bf16 steps through the compiled step (bench.fast_step) beside the reference, one process each
+# the same bf16 steps through the compiled step (bench.engine.fast_step) beside the reference, one process each
 part 120 "WRN-28-10 bf16+CL compiled step" --model wrn28_10 --batch-size 128 --amp --channels-last \
   --configs sam:all,sam:norm_only --compile-step --steps 30 --json "$out/wrn28_bf16_compiled.json"
 part 120 "ViT-S/4 bf16 compiled step" --model vit_s --batch-size 128 --amp --configs sam:all,sam:norm_only \
@@ -83,5 +83,5 @@ elif "$py" -c "import pytest" 2>/dev/null; then
     tests/test_fast_step.py -k "cuda or peak_memory" 2>&1 | tail -5 | tee "$out/cuda_tests.txt" | tee -a "$out/log.txt" || failed=1
 fi
 
-"$py" -m bench.perf_summary "$out" > "$out/summary.md" && cat "$out/summary.md"
+"$py" -m bench.perf.summary "$out" > "$out/summary.md" && cat "$out/summary.md"
 exit $failed

@@ -1,7 +1,7 @@
 """The registries of bench (datasets, models, variants), the model-name rule and variant options.
 
-Masks keep their own registry in masks/. The modules that register entries (bench.data,
-bench.models, bench.variants) import this module; this module imports none of them: each
+Masks keep their own registry in masks/. The modules that register entries (bench.data.datasets,
+bench.models, bench.engine.variants) import this module; this module imports none of them: each
 registry names its provider modules and imports them by name on first lookup, the way
 masks.load_all discovers mask modules. So there is no import cycle, and a lookup from
 anywhere sees every registered entry.
@@ -50,9 +50,9 @@ class LazyRegistry(Registry):
         return super().items()
 
 
-DATASETS = LazyRegistry("dataset", ["bench.data", "bench.imagefolder"])
+DATASETS = LazyRegistry("dataset", ["bench.data.datasets", "bench.data.imagefolder"])
 MODELS = LazyRegistry("model", ["bench.models"])
-VARIANTS = LazyRegistry("variant", ["bench.variants:load_all"])
+VARIANTS = LazyRegistry("variant", ["bench.engine.variants:load_all"])
 _BY_KIND = {"dataset": DATASETS, "model": MODELS, "variant": VARIANTS}
 
 

@@ -161,7 +161,7 @@ def sample_std(xs) -> float:
 
 
 def sharpness_block(eig: float, seed: int) -> dict:
-    """A result.json["sharpness"] block shaped like bench.sharpness writes it (hand-made values)."""
+    """A result.json["sharpness"] block shaped like bench.measure.sharpness writes it (hand-made values)."""
     jitter = 0.01 * seed
     return {"hessian_max_eig": eig + jitter, "hessian_trace": 10 * eig, "hessian_max_eig_norm": eig / 10,
             "hessian_trace_norm": eig / 2, "msharp_linf_adaptive_rho0.003": 0.05 * eig + jitter,

@@ -5,7 +5,7 @@ import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-if "SAMBENCH_CACHE_DIR" not in os.environ:  # validated suites (bench.suite_cache): not in ~/.cache
+if "SAMBENCH_CACHE_DIR" not in os.environ:  # validated suites (bench.orchestration.suite_cache): not in ~/.cache
     os.environ["SAMBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="sambench-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SAMBENCH_CACHE_DIR"], True)
 

@@ -1,4 +1,4 @@
-"""One rank of the distributed checks (tests/test_distributed.py starts 2 of them with bench.launch).
+"""One rank of the distributed checks (tests/test_distributed.py starts 2 of them with bench.orchestration.launch).
 
 Each rank runs every scenario twice where it can: across the process group (DDP, its shard of each
 batch, SAM with the ascent mode) and as the one-process reference on the whole batch, in this same
@@ -19,12 +19,13 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
-from bench import distributed, io, train
-from bench.amp import LossScaler
-from bench.data import plan_steps
+from bench import io
+from bench.data.datasets import plan_steps
+from bench.engine import distributed, train
+from bench.engine.amp import LossScaler
+from bench.engine.sam import SAM
+from bench.engine.train import amp_context, train_step
 from bench.models import create_model, create_model_for
-from bench.sam import SAM
-from bench.train import amp_context, train_step
 
 B = 8                     # global batch of one forward pass
 STEPS = 3
@@ -205,7 +206,7 @@ TINY_RUN = {"dataset": "digits", "model": "vit_ci", "epochs": 1, "variant": "sam
 
 
 def files_written(comm, report, run_dir: Path):
-    """A whole run (bench.train.run) in both processes: which files each process writes."""
+    """A whole run (bench.engine.train.run) in both processes: which files each process writes."""
     written = []
     for fn in ("write_json", "write_jsonl", "save_checkpoint"):
         real = getattr(io, fn)

@@ -325,7 +325,7 @@ def test_paired_difference_has_intervals(df):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_compare_command(results, capsys):
-    from bench.cli import main
+    from bench.cli.app import main
 
     assert main(["table", str(results), "--compare", "norm_only@0.05", "all@0.1"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -454,8 +454,8 @@ def test_import_is_light():
 
 def test_published_column_for_the_reference_suite(tmp_path):
     import analysis
-    from bench.reference import write_reference
-    from bench.suite import load_suite
+    from bench.orchestration.reference import write_reference
+    from bench.orchestration.suite import load_suite
 
     suite = load_suite(REPO / "suites" / "cifar100_wrn28.yaml")
     accs = {("none", None): [80.5, 81.0, 80.0], ("all", 0.2): [83.0, 83.5, 82.5],

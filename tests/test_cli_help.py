@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, config, flags, registries
+from bench import config, registries
+from bench.cli import app as cli
+from bench.cli import flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,4 +1,4 @@
-"""bench.data: datasets (digits, synthetic, Fashion-MNIST idx files, CIFAR pickles) and DeviceLoader."""
+"""bench.data.datasets: datasets (digits, synthetic, Fashion-MNIST idx files, CIFAR pickles) and DeviceLoader."""
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -13,8 +13,9 @@ import pytest
 import torch
 import torchvision
 
-from bench import data, datafiles
-from bench.data import DataError, DataSpec, DeviceLoader, augment_batch, load_dataset, make_loaders
+from bench.data import datasets as data
+from bench.data import files as datafiles
+from bench.data.datasets import DataError, DataSpec, DeviceLoader, augment_batch, load_dataset, make_loaders
 from bench.registries import DATASETS, UnknownNameError
 
 torch.set_num_threads(2)
@@ -448,7 +449,8 @@ def test_label_noise_is_seeded_and_leaves_the_test_set_alone():
 
 
 def test_label_noise_run_fields(tmp_path, monkeypatch):
-    from bench import config, train
+    from bench import config
+    from bench.engine import train
 
     base = config.resolve({"dataset": "digits", "model": "resnet_ci"})
     noisy = config.resolve({"dataset": "digits", "model": "resnet_ci", "label_noise": 0.3})

@@ -1,6 +1,6 @@
 """Runs across 2 processes through real torch.distributed process groups (gloo on CPU).
 
-- tests/dist_checks.py, started as 2 ranks by bench.launch: SAM with ``ascent: synced`` across the
+- tests/dist_checks.py, started as 2 ranks by bench.orchestration.launch: SAM with ``ascent: synced`` across the
   2 processes equals one-process SAM on the global batch (every variant, masks all and norm_only);
   ``ascent: local`` equals one process with m-sharpness m = per-process batch (and SAM's rule written
   out shard by shard); ``accumulate: 2`` at batch B equals one step at batch 2B; an fp16 overflow in
@@ -29,7 +29,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import config, io, launch, train
+from bench import config, io
+from bench.engine import train
+from bench.orchestration import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -315,7 +317,7 @@ def test_perf_nproc_2_reports_ms_and_bytes_per_step(tmp_path):
     (["--nproc", "0"], "nproc"),
 ])
 def test_bad_process_settings_exit_2_before_anything_is_written(tmp_path, capsys, args, needle):
-    from bench import cli
+    from bench.cli import app as cli
 
     out = tmp_path / "out"
     assert cli.main(["train", "--dataset", "digits", "--device", "cpu", "--epochs", "1", *args, "--out", str(out)]) == 2
@@ -325,7 +327,7 @@ def test_bad_process_settings_exit_2_before_anything_is_written(tmp_path, capsys
 
 
 def test_runs_over_several_nodes_need_slurm(tmp_path, capsys, write_file):
-    from bench import cli
+    from bench.cli import app as cli
 
     suite = write_file("s.yaml", "name: n\ndefaults: {dataset: digits, model: vit_ci, epochs: 1, nproc: 2, "
                                  "batch_size: 64}\nslurm: {nodes: 2}\n")

@@ -1,4 +1,4 @@
-"""The fast SAM step (bench.fast_step) against the reference train_step and the formula.
+"""The fast SAM step (bench.engine.fast_step) against the reference train_step and the formula.
 
 Tolerances: the eager fused step runs the same per-tensor arithmetic as the reference, so its
 weights after 3 steps are equal bit for bit; under torch.compile the graphs are the same
@@ -11,12 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from bench import cli, config, fast_step, io, train
-from bench.fast_step import FastStep, FusedUpdate
+from bench import config, io
+from bench.cli import app as cli
+from bench.engine import fast_step, train
+from bench.engine.fast_step import FastStep, FusedUpdate
+from bench.engine.sam import SAM
+from bench.engine.train import amp_context, train_step
+from bench.engine.variants.base import EPS
 from bench.models import create_model_for
-from bench.sam import SAM
-from bench.train import amp_context, train_step
-from bench.variants.base import EPS
 
 CASES = {  # (variant, mask, rho, variant options)
     "sam/all": ("sam", "all", 0.05, {}),
@@ -199,7 +201,7 @@ def test_bad_compile_step_exits_2_naming_the_field(tmp_path, capsys, args):
 
 def test_perf_times_the_compiled_step_beside_the_reference(monkeypatch):
     """``--configs ...:fused/:compiled`` items and ``--compile-step`` rows; records name their step."""
-    from bench.perf import parse_configs, time_steps, with_compiled
+    from bench.perf.timing import parse_configs, time_steps, with_compiled
 
     items = parse_configs("sam:norm_only:compiled,asam:norm_only:eta=0.1:fused,sam:all")
     assert [(c.label, c.variant, c.mask, c.step) for c in items[1:]] == [

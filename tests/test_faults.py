@@ -15,8 +15,11 @@ import torch
 from analysis_fixtures import make_cfg, write_run
 
 import analysis
-from bench import cli, config, io, rundir, suite, train
-from bench.suite import load_suite
+from bench import config, io, rundir
+from bench.cli import app as cli
+from bench.engine import train
+from bench.orchestration import suite
+from bench.orchestration.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "name: f\ndefaults: {dataset: digits, model: resnet_ci, epochs: 1, mask: norm_only, rho: 0.5, device: cpu}\n"
@@ -315,7 +318,7 @@ def with_suppress_kill(pid: int) -> None:
 
 
 def cli_status_groups(folder: Path):
-    from bench import runner
+    from bench.orchestration import runner
 
     return runner.status_groups(folder, folder)
 

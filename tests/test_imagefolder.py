@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench import cli, train
-from bench.data import DataError, load_dataset
-from bench.imagefolder import IMG_SIZE
-from bench.suite import load_suite
+from bench.cli import app as cli
+from bench.data.datasets import DataError, load_dataset
+from bench.data.imagefolder import IMG_SIZE
+from bench.engine import train
+from bench.orchestration.suite import load_suite
 
 CLASSES = ("cat", "dog", "emu")
 

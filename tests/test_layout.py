@@ -14,51 +14,122 @@ from bench import config, registries
 from bench.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = sorted(f"bench.{p.stem}" for p in (REPO / "bench").glob("*.py") if p.stem != "__init__")
+PACKAGES = ("bench", "masks")  # analysis: tests/test_analysis.py checks it imports no bench, masks or torch
+
+
+def _dotted(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = sorted(_dotted(p) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+
+# The layers, top to bottom: a module may import its own layer's modules and lower layers' only.
+LAYERS = [
+    ("bench.__main__", "bench.cli"),                   # the command line
+    ("bench.perf",),                                    # sambench perf (times the engine and the orchestration)
+    ("bench.orchestration",),                           # suites, executors, launch, the job function
+    ("bench.sam",),                                     # the documented path of bench.engine.sam.SAM
+    ("bench.engine",),                                  # SAM, variants, the training step and loop, DDP
+    ("bench.config",),                                  # the run config: fields, checks, run ids
+    ("bench.loggers", "bench.measure"),                 # experiment loggers; sharpness measures
+    ("bench.models",),
+    ("bench.data",),
+    ("bench.registries", "bench.rundir"),               # name registries; the run-folder rule
+    ("masks",),
+    ("bench", "bench.errors", "bench.io", "bench.env", "bench.console"),  # leaves (bench: the docstring)
+]
+
+
+def _layer(module: str) -> int:
+    for rank, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    raise AssertionError(f"{module}: in no layer of tests/test_layout.py's LAYERS")
+
+
+def _package(module: str) -> str:
+    """The unit of the package graph: bench.<subpackage> (or the bench module itself), or masks."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "bench" else parts[0]
+
+
+def _path(module: str) -> Path:
+    base = REPO / module.replace(".", "/")
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
 def _imports(module: str) -> set[str]:
-    """Every bench module ``module`` imports, at the top or inside a function."""
-    path = REPO / (module.replace(".", "/") + ".py")
+    """Every bench/masks module ``module`` imports, at the top or inside a function."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(_path(module).read_text())):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            # ``from pkg import sub`` counts as importing pkg.sub (a package's __init__ stays light)
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                     for a in node.names]
         else:
             continue
         found |= {n for n in names if n in MODULES}
-    return found - {module}
+    return found - {module} - set(PACKAGES)  # the package roots import nothing (bench/__init__.py)
+
+
+def test_every_module_is_in_a_layer():
+    for m in MODULES:
+        _layer(m)
 
 
 def test_no_engine_module_imports_the_cli():
-    importers = sorted(m for m in MODULES if "bench.cli" in _imports(m))
+    importers = sorted(m for m in MODULES if any(_package(d) == "bench.cli" for d in _imports(m))
+                       and _package(m) != "bench.cli")
     assert importers == ["bench.__main__"], importers
+
+
+def test_dependencies_point_down():
+    upward = [f"{m} -> {d}" for m in MODULES for d in _imports(m) if _layer(d) < _layer(m)]
+    assert upward == [], upward
+
+
+def _assert_acyclic(graph: dict[str, set[str]]) -> None:
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for dep in sorted(graph[node]):
+            assert state.get(dep) != "open", " -> ".join(path + [node, dep])
+            if dep not in state:
+                visit(dep, path + [node])
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
 
 
 def test_the_import_graph_has_no_cycles():
     graph = {m: _imports(m) for m in MODULES}
-    state: dict[str, str] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = "open"
-        for dep in sorted(graph[m]):
-            assert state.get(dep) != "open", " -> ".join(path + [m, dep])
-            if dep not in state:
-                visit(dep, path + [m])
-        state[m] = "done"
-
-    for m in MODULES:
-        if m not in state:
-            visit(m, [])
+    _assert_acyclic(graph)
     assert graph["bench.errors"] == set()  # the leaf every layer may use
-    assert graph["bench.registries"] == set()  # providers are imported by name, on first lookup
+    assert graph["bench.registries"] <= {"masks.registry"}  # providers are imported by name, on first lookup
+
+
+def test_the_package_graph_has_no_cycles():
+    packages: dict[str, set[str]] = {}
+    for m in MODULES:
+        deps = {_package(d) for d in _imports(m)} - {_package(m)}
+        packages.setdefault(_package(m), set()).update(deps)
+    _assert_acyclic(packages)
+
+
+def test_bench_keeps_few_modules_at_the_top():
+    top = sorted(p.name for p in (REPO / "bench").glob("*.py"))
+    assert len(top) <= 9, top  # __init__, __main__, the leaves, rundir and the bench.sam re-export
 
 
 def test_each_module_imports_alone_in_a_fresh_interpreter():
     code = "import importlib, sys; importlib.import_module(sys.argv[1])"
-    modules = [m for m in MODULES if m != "bench.__main__"]  # __main__ runs the command line
+    modules = [m for m in MODULES if m.startswith("bench") and m != "bench.__main__"]  # __main__ runs the CLI
     for start in range(0, len(modules), 4):  # four interpreters at a time
         procs = {m: subprocess.Popen([sys.executable, "-c", code, m], cwd=REPO, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True) for m in modules[start:start + 4]}
@@ -126,3 +197,48 @@ def test_validation_is_a_list_of_named_steps():
     names = [step.__name__ for step in config.STEPS]
     assert len(names) == len(set(names)) >= 10
     assert {"_keys", "_finite", "_rho", "_seed", "_device", "_base", "_variant_opts", "_sparsity"} <= set(names)
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60
+# Modules and functions allowed to stay larger, each with its reason.
+ALLOWED_LONG = {
+    "bench/cli/app.py": "to be split into commands (issue 19)",
+    "bench/config/__init__.py": "to be split into fields, checks and ids (issues 19, 22)",
+    "bench/data/datasets.py": "to be split into data sets and the loader (issue 19)",
+    "bench/loggers/__init__.py": "to be split into one file per backend (issue 19)",
+    "bench/orchestration/suite.py": "to be split into reading and expanding (issue 19)",
+    "bench/engine/train.py": "to be split into step, loop and build (issues 19, 22)",
+    "masks/fisher.py": "to be split into scores and the mask (issue 19)",
+    "bench/perf/timing.py:time_steps": "to be split (issue 19)",
+    "bench/measure/sharpness.py:measure": "to be split (issue 19)",
+    "bench/engine/train.py:build": "one build path (issue 22)",
+    "analysis/labels.py:add_labels": "to be split (issue 19)",
+    "analysis/loading.py:_load_run": "to be split (issue 19)",
+    "analysis/loading.py:collect": "to be split (issue 19)",
+    "analysis/plots.py:_acc_vs_sparsity": "to be split (issue 19)",
+    "analysis/stats.py:paired_difference": "to be split (issue 19)",
+}
+
+
+def _long_code() -> dict[str, int]:
+    """{path: lines} of modules over MAX_MODULE_LINES, {path:function: lines} of functions over MAX_FUNCTION_LINES."""
+    found = {}
+    for pkg in ("bench", "masks", "analysis"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            rel, text = str(path.relative_to(REPO)), path.read_text()
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                found[rel] = len(text.splitlines())
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    size = node.end_lineno - node.lineno + 1
+                    if size > MAX_FUNCTION_LINES:
+                        found[f"{rel}:{node.name}"] = size
+    return found
+
+
+def test_modules_and_functions_fit_on_a_screen():
+    long = _long_code()
+    offenders = {k: v for k, v in long.items() if k not in ALLOWED_LONG}
+    assert offenders == {}, f"over {MAX_MODULE_LINES} lines a module / {MAX_FUNCTION_LINES} a function: {offenders}"
+    stale = sorted(set(ALLOWED_LONG) - set(long))
+    assert stale == [], f"allowed but no longer long (remove from ALLOWED_LONG): {stale}"

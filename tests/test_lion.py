@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from bench import config, train
-from bench.sam import SAM
+from bench import config
+from bench.engine import train
+from bench.engine.sam import SAM
 
 LION = {"name": "lion", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.5}
 RHO = 0.5

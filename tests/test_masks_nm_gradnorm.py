@@ -8,8 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import masks
-from bench import train
-from bench.sam import SAM
+from bench.engine import train
+from bench.engine.sam import SAM
 from masks.fisher import fisher_diagonal
 from masks.layerwise import model_layers
 

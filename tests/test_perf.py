@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 import masks
-from bench import cli
+from bench.cli import app as cli
+from bench.engine.sam import SAM
+from bench.engine.train import amp_context
 from bench.models import create_model_for
-from bench.perf import LoopSAM, parse_configs
-from bench.sam import SAM
-from bench.train import amp_context
+from bench.perf.timing import LoopSAM, parse_configs
 from masks.base import Mask
 
 
@@ -115,7 +115,7 @@ def test_perf_presets_parse():
 def test_time_steps_records_peak_memory():
     """Peak memory per configuration: measured alone on CUDA (a dense SAM step needs at least
     what an SGD step needs), null on a CPU."""
-    from bench.perf import time_steps
+    from bench.perf.timing import time_steps
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     recs = time_steps("resnet_ci", 16, device, False, parse_configs("sam:all"), steps=1, warmup=0,
@@ -128,7 +128,7 @@ def test_time_steps_records_peak_memory():
 
 
 def test_time_epoch_against_its_steps():
-    from bench.perf import time_epoch
+    from bench.perf.timing import time_epoch
 
     rec = time_epoch("resnet_ci", "digits", 512, "cpu", False)
     assert rec["steps"] == 3 and rec["epoch_s"] > 0 and rec["sum_step_s"] > 0

@@ -1,7 +1,7 @@
 """bench/perf_summary.py: the README's GPU tables from gpu_checks.sh's JSON files."""
 import json
 
-from bench import perf_summary
+from bench.perf import summary as perf_summary
 
 
 def _records(sgd_ms, ratios, peak_mib=None):

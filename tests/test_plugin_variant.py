@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench import io, train
+from bench import io
+from bench.engine import train
+from bench.engine.sam import SAM
 from bench.registries import VARIANTS
-from bench.sam import SAM
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from bench.suite import load_suite
+from bench.orchestration.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 

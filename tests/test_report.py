@@ -178,7 +178,7 @@ def test_status_counts_failed_runs_and_environment(made, df):
 
 
 def test_markdown_to_html_escapes_and_bolds():
-    from analysis.report import markdown_to_html
+    from analysis.html_report import markdown_to_html
 
     out = markdown_to_html("| a | b<c |\n|:---|---:|\n| x \\| y | **1.0** |\nnote & more\n")
     assert "<th>b&lt;c</th>" in out and "<td>x | y</td>" in out

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-from bench import cli, executors, io, job, rundir, train
-from bench.suite import load_suite
+from bench import io, rundir
+from bench.cli import app as cli
+from bench.engine import train
+from bench.orchestration import executors, job
+from bench.orchestration.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -219,7 +222,7 @@ def test_sigkill_and_resume_matches_uninterrupted(tmp_path, write_file, sambench
     io.write_json(killed / "config.json", {"run_id": rid, "suite": "k", "config": cfg})
     # one thread here and in the subprocess: same arithmetic, and no OpenMP oversubscription
     # while both train at once on 2 cores
-    code = ("import sys; from bench.job import RunJob; "
+    code = ("import sys; from bench.orchestration.job import RunJob; "
             "print(RunJob()([sys.argv[1]], 'k', 1, None, None), flush=True)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(killed)], env=sambench_env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -12,9 +12,11 @@ from torch import nn
 from torch.func import functional_call
 
 import masks
-from bench import config, io, rundir, runner, sharpness_runs, train
-from bench import sharpness as S
-from bench.cli import main
+from bench import config, io, rundir
+from bench.cli.app import main
+from bench.engine import sharpness_runs, train
+from bench.measure import sharpness as S
+from bench.orchestration import runner
 
 
 class ConvBN(nn.Module):

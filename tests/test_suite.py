@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench import cli, config
+from bench import config
+from bench.cli import app as cli
+from bench.orchestration.suite import SuiteError, load_suite
 from bench.registries import MODELS
-from bench.suite import SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITES = sorted((REPO / "suites").glob("*.yaml"))
@@ -151,7 +152,7 @@ def test_run_ids_stable(tmp_path):
     b = load_suite(write(tmp_path, text_b, "b.yaml"))
     assert sorted(a.run_ids) == sorted(b.run_ids)
     # another process computes the same ids
-    code = "import json,sys; from bench.suite import load_suite; print(json.dumps(load_suite(sys.argv[1]).run_ids))"
+    code = "import json,sys; from bench.orchestration.suite import load_suite; print(json.dumps(load_suite(sys.argv[1]).run_ids))"
     env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", PYTHONHASHSEED="123")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.yaml")], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=120, check=False)
@@ -325,7 +326,7 @@ def test_reference_block_is_checked_and_scoped(tmp_path):
     e = by_label[("asam", "elementwise", "inf", "norm_only")]
     assert e["mean"] == 84.75 and e["match"]["rho"] == 0.1 and e["std"] is None and "rho-sweep" in e["source"]
     assert by_label[("none", None, None, None)]["source"].startswith("Mueller et al., NeurIPS 2023 (SAM-ON), main")
-    from bench.reference import scoped
+    from bench.orchestration.reference import scoped
 
     scope = scoped(s.reference, s.runs)[0]["match"]
     assert scope["dataset"] == "cifar100" and scope["model"] == "wrn28_10" and scope["label_noise"] == 0.0

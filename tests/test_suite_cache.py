@@ -1,4 +1,4 @@
-"""The cache of validated suite expansions (bench.suite_cache) and `sambench perf --orchestration`.
+"""The cache of validated suite expansions (bench.orchestration.suite_cache) and `sambench perf --orchestration`.
 
 Each command runs in its own process, as a user's does (a test process has loaded the
 registries and so never uses the cache itself)."""
@@ -17,7 +17,7 @@ grid:
 seeds: [0, 1]
 """
 # runs `sambench run SUITE --dry-run` and reports whether torch was imported
-DRIVER = ("import sys; from bench.cli import main; rc = main(['run', sys.argv[1], '--dry-run', '--out', sys.argv[2]]);"
+DRIVER = ("import sys; from bench.cli.app import main; rc = main(['run', sys.argv[1], '--dry-run', '--out', sys.argv[2]]);"
           "print('TORCH-IMPORTED' if 'torch' in sys.modules else 'NO-TORCH'); sys.exit(rc)")
 
 

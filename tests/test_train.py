@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import masks
-from bench import cli, config, io, train
+from bench import config, io
+from bench.cli import app as cli
+from bench.engine import train
 from bench.models import create_model_for
 
 TINY = {"dataset": "digits", "model": "resnet_ci", "epochs": 3, "batch_size": 128, "variant": "sam",

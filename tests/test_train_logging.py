@@ -17,7 +17,8 @@ from logger_readers import (
     wandb_offline_runs,
 )
 
-from bench import io, loggers, train
+from bench import io, loggers
+from bench.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"dataset": "digits", "model": "resnet_ci", "epochs": 2, "batch_size": 256, "variant": "sam",

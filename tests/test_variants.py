@@ -11,9 +11,9 @@ from torch import nn
 from torch.func import functional_call
 
 import masks
-from bench import train
-from bench.sam import SAM
-from bench.variants import list_variants
+from bench.engine import train
+from bench.engine.sam import SAM
+from bench.engine.variants import list_variants
 
 LR, MU, WD = 0.1, 0.9, 5e-4
 EPS = 1e-12

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from analysis_fixtures import write_run
 
-from bench import cli
-from bench.suite import load_suite
-from bench.variants import list_variants
+from bench.cli import app as cli
+from bench.engine.variants import list_variants
+from bench.orchestration.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "suites" / "variants_fmnist.yaml"
@@ -52,7 +52,7 @@ def test_sambench_plot_draws_accuracy_against_step_cost(tmp_path, monkeypatch):
 
 
 def test_perf_variants_preset_times_every_variant_with_all_and_norm_only():
-    from bench.perf import PRESETS, parse_configs
+    from bench.perf.timing import PRESETS, parse_configs
 
     cells = {(c.variant, c.mask) for c in PRESETS["variants"]}
     perturbing = set(list_variants()) - {"none"}

@@ -1,0 +1,723 @@
+"""One training run: data, model, masked SAM, epochs, the four files of a run folder.
+
+    result = bench.engine.train.run(config, run_dir)
+
+``run_dir`` receives config.json, metrics.jsonl (one line per epoch), checkpoint.pt
+(every epoch) and, atomically at the end, result.json. A rerun on the same folder
+resumes from the checkpoint and gives, on CPU with the same number of threads, the same
+numbers as an uninterrupted run: every epoch's data order and augmentation depend only on
+(seed, epoch). The thread counts used are recorded (metrics, checkpoint, result); a resume
+with another count says so. The loggers of the run's ``logging`` block (TensorBoard by
+default: event files in the run folder, with ``loggers.json``, their resume state) follow
+the same epochs. Which folder may be trained, its lock and what happens to an
+old result are the run-folder rule of :mod:`bench.rundir`.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import config, env, io, loggers, rundir
+
+
+class CheckpointMismatch(RuntimeError):
+    """The checkpoint in a run folder belongs to another config."""
+
+
+def base_optimizer_class(name: str):
+    """The class behind ``base.name`` (config.BASE_OPTIMIZERS lists each one's options)."""
+    import torch
+
+    if name == "lion":
+        from lion_pytorch import Lion  # Chen et al. 2023, the lion-pytorch package
+
+        return Lion
+    return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+
+
+def make_base_optimizer(cfg: dict, params):
+    opts = {k: v for k, v in cfg["base"].items() if k != "name"}
+    if "betas" in opts:
+        opts["betas"] = tuple(opts["betas"])
+    return base_optimizer_class(cfg["base"]["name"])(params, **opts)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up, then cosine (per step) or constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Progress:
+    """tqdm on a terminal; otherwise one line per epoch (set by the caller)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+
+    def update(self, n: int, **postfix: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def norm_gammas(model) -> list[float]:
+    import masks
+
+    params = dict(model.named_parameters())
+    out = []
+    for n in masks.norm_param_names(model):
+        if n.rsplit(".", 1)[-1] == "weight":
+            out.extend(round(float(v), 6) for v in params[n].detach().float().flatten().cpu())
+    return out
+
+
+@dataclass
+class Chunk:
+    """One micro-batch of a step as this process holds it (its shard), and its weight in the step."""
+
+    x: Any
+    y: Any
+    weight: float             # n x world / (the step's samples over all processes)
+    per_sample: Any = None    # ESAM: per-sample losses at w, from the ascent forward
+
+
+def _ddp_of(model):
+    """The DistributedDataParallel wrapper of ``model`` (through torch.compile), or None."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
+def _chunks(x, y, sizes: list[int] | None, total: int | None, world: int) -> list[Chunk]:
+    total = total or len(y) * world
+    if not sizes or len(sizes) == 1:
+        return [Chunk(x, y, len(y) * world / total)]
+    out, at = [], 0
+    for n in sizes:
+        out.append(Chunk(x[at:at + n], y[at:at + n], n * world / total))
+        at += n
+    return out
+
+
+def train_step(model, opt, x, y, criterion, amp_ctx, sizes: list[int] | None = None, total: int | None = None,
+               ascent_model=None):
+    """One optimizer step on the batch (x, y); returns (logits, loss) of the clean forward.
+
+    ``x, y``: this process's samples of the step. With gradient accumulation they are its shards
+    of several micro-batches, in order, and ``sizes`` says how many belong to each; ``total`` is
+    the step's number of samples over all processes (default ``len(y) * opt.world``). Each
+    micro-batch's loss weighs n x world / total, so DDP's average over the processes is the mean
+    over the step's samples however they are split.
+
+    ``model`` is what the descent runs through (DistributedDataParallel across processes: it
+    averages the gradients; only the step's last backward synchronizes); the ascent runs through
+    ``ascent_model`` (default: the module inside DDP), so its forward and backward stay outside
+    DDP's hooks, and ``opt`` averages only the ascent tensors' gradients (ascent synced).
+
+    A step that perturbs (``opt.sam_now``) runs, for each group (one group of every micro-batch
+    by default; m-sharpness: groups of ``m`` samples within each micro-batch):
+      1. ``_ascent``:  the clean forward of each micro-batch and ``opt.accumulate_ascent``, then
+                       ``opt.first_step``: the ascent gradient of the perturbed tensors only and
+                       w <- w + e once (MSAM: e from the momentum, no forward here);
+      2. ``_descent``: forward/backward at w + e of each micro-batch, accumulated into .grad
+                       (ESAM: on the samples whose loss rose most);
+      3. ``opt.unperturb()``;
+    then ``opt.second_step``: the variant's correction of the descent gradient and the base step
+    (fp16: skipped after an overflow in either pass). Any other step (variant none, before
+    ``sam_start_epoch``, LookSAM between its SAM steps) is ``_plain_step``: forward/backward at w
+    and the base step. ``criterion`` is a torch loss module (ESAM's selection reads per-sample
+    losses from a copy with ``reduction="none"``). MSAM has no clean forward: it returns the
+    forward at w + e.
+    """
+    import torch
+
+    chunks = _chunks(x, y, sizes, total, opt.world)
+    if not opt.sam_now:
+        outs, losses = _plain_step(model, opt, chunks, criterion, amp_ctx)
+    else:
+        ddp = _ddp_of(model)
+        if ascent_model is None:
+            ascent_model = ddp.module if ddp is not None else model
+        groups = _groups(opt, chunks)
+        outs, losses = [], []
+        for i, group in enumerate(groups):
+            out, loss = _ascent(ascent_model, opt, group, criterion, amp_ctx)
+            out2, loss2 = _descent(model, opt, group, criterion, amp_ctx, last=i == len(groups) - 1)
+            opt.unperturb()
+            outs += out2 if out is None else out
+            losses += loss2 if loss is None else loss
+        opt.second_step(zero_grad=True)
+    if len(outs) == 1:
+        return outs[0], losses[0]
+    counts = [len(o) for o in outs]
+    mean = sum(loss.detach() * n for loss, n in zip(losses, counts)) / sum(counts)
+    return torch.cat(outs), mean
+
+
+def _groups(opt, chunks: list[Chunk]) -> list[list[Chunk]]:
+    """The groups a step perturbs separately: all micro-batches together, or (m-sharpness) groups of
+    m samples within each micro-batch (m divides the per-process batch: groups never span processes)."""
+    if opt.variant.m is None:
+        return [chunks]
+    out = []
+    for c in chunks:
+        n = len(c.y)
+        for part in opt.groups(n):
+            share = (part.stop - part.start) / n
+            out.append([c if share == 1.0 else Chunk(c.x[part], c.y[part], c.weight * share)])
+    return out
+
+
+def _plain_step(model, opt, chunks, criterion, amp_ctx):
+    """Forward/backward at w of every micro-batch, then ``second_step``: the base optimizer's step
+    (with LookSAM's correction in its SAM phase); the same numbers as the baseline's own step."""
+    outs, losses = [], []
+    for i, c in enumerate(chunks):
+        with _sync(model, last=i == len(chunks) - 1):
+            with amp_ctx():
+                out = model(c.x)
+                loss = criterion(out, c.y)
+            opt.scale_loss(loss if c.weight == 1.0 else loss * c.weight).backward()
+        outs.append(out)
+        losses.append(loss)
+    opt.second_step(zero_grad=True)
+    return outs, losses
+
+
+def _sync(model, last: bool):
+    """DDP synchronizes (averages) the gradients in the step's last backward only."""
+    ddp = _ddp_of(model)
+    return ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
+
+
+def _ascent(model, opt, group, criterion, amp_ctx):
+    """The clean forwards, the ascent gradient and the perturbation; (logits, losses) per micro-batch
+    (None for MSAM, which has no ascent pass)."""
+    if not opt.variant.ascent:
+        opt.first_step()
+        return None, None
+    outs, losses = [], []
+    n_local = sum(len(c.y) for c in group)
+    for c in group:
+        with amp_ctx():
+            out = model(c.x)
+            if opt.variant.selects_data:
+                c.per_sample = per_sample_loss(criterion)(out, c.y)
+                loss = c.per_sample.mean()
+            else:
+                loss = criterion(out, c.y)
+        # synced: the global mean after the average over processes; else this process's mean
+        weight = c.weight if opt.sync_ascent else len(c.y) / n_local
+        opt.accumulate_ascent(loss, weight=weight)  # ascent gradients of the perturbed tensors only
+        outs.append(out)
+        losses.append(loss)
+    # the clean gradient a variant keeps: this group's share of the step (averaged over processes
+    # at the step's end unless the ascent already was)
+    opt.first_step(weight=1.0 if opt.sync_ascent else sum(c.weight for c in group))
+    return outs, losses
+
+
+def _descent(model, opt, group, criterion, amp_ctx, last: bool):
+    """The descent gradient at w + e, added to .grad with each micro-batch's weight; (logits, losses)."""
+    import torch
+
+    outs, losses = [], []
+    for i, c in enumerate(group):
+        x, y = c.x, c.y
+        with _sync(model, last=last and i == len(group) - 1):
+            with amp_ctx():
+                if c.per_sample is not None:
+                    with torch.no_grad():
+                        loss_after = per_sample_loss(criterion)(model(x), y)
+                    keep = opt.variant.select(c.per_sample.detach(), loss_after)
+                    if keep is not None:
+                        x, y = x[keep], y[keep]
+                out = model(x)
+                loss = criterion(out, y)
+            opt.scale_loss(loss if c.weight == 1.0 else loss * c.weight).backward()
+        outs.append(out)
+        losses.append(loss)
+    return outs, losses
+
+
+def per_sample_loss(criterion):
+    """A copy of a torch loss module that returns one loss per sample."""
+    per_sample = copy.copy(criterion)
+    per_sample.reduction = "none"
+    return per_sample
+
+
+def amp_context(enabled: bool):
+    """A factory of autocast contexts: bf16 on CUDA when enabled, else a no-op."""
+    import torch
+
+    if enabled:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def evaluate(model, loader, criterion, amp_ctx, comm=None) -> tuple[float, float]:
+    """(mean loss, accuracy %) over the loader's data set; each process evaluates its shard of every
+    batch and the sums are added over the processes."""
+    import torch
+
+    model.eval()
+    sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, samples
+    with torch.no_grad():
+        for x, y in loader:
+            if not len(y):
+                continue
+            with amp_ctx():
+                out = model(x)
+            sums[0] += criterion(out.float(), y).double() * y.numel()
+            sums[1] += (out.argmax(1) == y).sum()
+            sums[2] += y.numel()
+    if comm is not None:
+        comm.sum_(sums)
+    loss_sum, correct, n = (float(v) for v in sums)
+    return loss_sum / n, 100.0 * correct / n
+
+
+KNOWN_ERRORS = {cls.__name__: cls for cls in (rundir.RunLocked, rundir.ForeignRunDir)}
+
+
+def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool = True,
+        log: Callable[[str], None] | None = None, submission: str | None = None) -> dict:
+    """Train (or resume, or return the finished result of) one run; return result.json's content.
+
+    ``submission`` (an id chosen by the suite runner) is stored in result.json, so the runner
+    knows which results its own submission produced. A folder holding another run is refused
+    (rundir.ForeignRunDir) before anything is written.
+
+    In a process group (:mod:`bench.engine.distributed`; nproc x nodes processes) every process calls
+    this: rank 0 takes the folder (owner, lock, old result), tells the others what it found, and
+    alone writes files; every process trains its shard of each batch.
+    """
+    from bench.engine import distributed
+
+    cfg = config.resolve(cfg)
+    rid = config.run_id(cfg)
+    run_dir = Path(run_dir)
+    comm = distributed.current()
+    check_world(cfg, comm)
+    if comm is not None and not comm.is_main:
+        finished = distributed.follow(comm, KNOWN_ERRORS)
+        return finished if finished is not None else _train(cfg, rid, run_dir, False, _silent)
+    log = log or _print
+    with contextlib.ExitStack() as held:
+        try:
+            rundir.check_owner(run_dir, rid)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(rundir.run_lock(run_dir))
+            finished, note = rundir.take_up(run_dir)
+        except Exception as exc:
+            distributed.announce(comm, error=exc)
+            raise
+        distributed.announce(comm, outcome=finished)
+        if finished is not None:
+            return measure_sharpness(cfg, run_dir, finished, log)
+        if note:
+            log(f"[{rid}] {note}")
+        write_config(run_dir, rid, suite, cfg)
+        try:
+            result = _train(cfg, rid, run_dir, progress, log, suite)
+        except Exception as exc:  # recorded, so a crashed run never blocks the others
+            io.write_json(run_dir / "result.json", {
+                "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": _traceback(), "config": cfg, "submission": submission})
+            raise
+        result["submission"] = submission
+        io.write_json(run_dir / "result.json", result)
+        return measure_sharpness(cfg, run_dir, result, log)
+
+
+def measure_sharpness(cfg: dict, run_dir: Path, result: dict, log) -> dict:
+    """The run's ``sharpness`` measures, when its config asks and result.json lacks them (never raises)."""
+    from bench.engine import sharpness_runs
+
+    return sharpness_runs.after_training(cfg, run_dir, result, log)
+
+
+def check_world(cfg: dict, comm) -> None:
+    """The run's nproc x nodes must be the number of processes training it."""
+    from bench.engine.distributed import DistributedError
+
+    want, have = config.world_size(cfg), 1 if comm is None else comm.world
+    if want != have:
+        how = ("start it with `sambench train --nproc N`, torchrun, or a suite" if have == 1
+               else "the launcher started another number")
+        raise DistributedError(f"the run asks for nproc x nodes = {want} processes, but {have} train it: {how}")
+
+
+def write_config(run_dir: Path, rid: str, suite: str | None, cfg: dict) -> None:
+    """config.json, unless the folder has one (it then names this run: rundir.check_owner)."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        io.write_json(path, {"run_id": rid, "suite": suite, "config": cfg,
+                             "variant_options": config.variant_options(cfg)})
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _silent(msg: str) -> None:
+    """The log of processes other than rank 0."""
+
+
+def _traceback() -> str:
+    import traceback
+
+    return traceback.format_exc()[-4000:]
+
+
+@dataclass
+class Setup:
+    """Everything a run trains with, built from its config."""
+
+    device: Any
+    train_loader: Any
+    test_loader: Any
+    mask_loader: Any
+    model: Any                # the model itself (checkpoints, masks, SAM)
+    forward: Any              # what the descent runs through: DDP across processes, torch.compile'd if asked
+    ascent_forward: Any       # the ascent and evaluation: the model outside DDP (compiled if asked)
+    base: Any                 # the base optimizer
+    opt: Any                  # bench.engine.sam.SAM around it
+    base_lrs: list[float]
+    n_params: int
+    criterion: Any
+    eval_criterion: Any
+    amp_ctx: Any
+    comm: Any = None          # bench.engine.distributed.Comm across processes, else None
+    step: Any = None          # bench.engine.fast_step.FastStep (compile_step), else train_step runs
+
+
+@dataclass
+class TrainState:
+    """Where training stands: restored from checkpoint.pt, advanced every epoch."""
+
+    epoch: int = 0
+    elapsed: float = 0.0
+    epoch_times: list[float] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    threads_used: list[int] = field(default_factory=list)
+
+
+def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log, suite: str | None = None) -> dict:
+    """Set up, resume, train the remaining epochs; return the result (not yet written). In a
+    process group, this process's part of the run.
+
+    The run's loggers (bench.loggers; rank 0 only) open after the resume and continue the same
+    logger runs; each epoch is logged once its checkpoint is written, the final metrics before
+    result.json. If training raises, they finish as failed.
+    """
+    import torch
+
+    from bench.engine import distributed
+
+    comm = distributed.current()
+
+    t_start = time.perf_counter()
+    setup = build(cfg, comm)
+    state = resume(setup, cfg, rid, run_dir, log)
+    threads = torch.get_num_threads()
+    if threads not in state.threads_used:
+        state.threads_used.append(threads)
+    if _writes(comm):
+        io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
+    rank = 0 if comm is None else comm.rank
+    with loggers.open_loggers(cfg["logging"], run_dir, rid, suite, cfg, history=state.metrics,
+                              rank=rank) as run_loggers:
+        status, last = "done", (state.metrics[-1] if state.metrics else {})
+        for epoch in range(state.epoch, cfg["epochs"]):
+            stats = train_epoch(setup, cfg, rid, epoch, progress)
+            if not math.isfinite(stats["train_loss"]):
+                status = "diverged"
+                last = {"epoch": epoch + 1, "train_loss": float("nan"), "train_acc": stats["train_acc"],
+                        "test_loss": float("nan"), "test_acc": float("nan")}
+                log(f"[{rid}] epoch {epoch + 1}: loss is not finite, run diverged")
+                break
+            last = finish_epoch(setup, cfg, rid, run_dir, epoch, stats, state, t_start, log, run_loggers)
+        result = make_result(setup, cfg, rid, status, last, state, t_start)
+        run_loggers.log_final(result, cfg)
+    return result
+
+
+def _writes(comm) -> bool:
+    """Whether this process writes the run's files (rank 0, or the only process)."""
+    return comm is None or comm.is_main
+
+
+def build(cfg: dict, comm=None) -> Setup:
+    """Data, model, base optimizer and SAM, seeded by the config; across processes this process's
+    shard of the data, the model in DDP (SyncBatchNorm with sync_bn) and SAM with the ascent mode."""
+    import torch
+
+    import masks
+    from bench.data.datasets import load_dataset, make_loaders, make_mask_loader, with_label_noise
+    from bench.engine.amp import LossScaler, autocast_factory
+    from bench.engine.distributed import device_for
+    from bench.engine.sam import SAM
+    from bench.models import create_model, pick_device
+
+    device = pick_device(cfg["device"]) if comm is None else device_for(cfg["device"])
+    torch.manual_seed(cfg["seed"])
+    spec = load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
+    spec = with_label_noise(spec, cfg["label_noise"], cfg["label_noise_type"], cfg["seed"])
+    shard = (0, 1) if comm is None else (comm.rank, comm.world)
+    train_loader, test_loader = make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"], cfg["seed"], device,
+                                             cfg["augment"], accumulate=cfg["accumulate"], shard=shard,
+                                             workers=cfg["data_workers"])
+    # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation, not sharded
+    mask_loader = make_mask_loader(spec, train_loader, cfg["batch_size"], cfg["seed"] + 7919, device,
+                                   workers=cfg["data_workers"])
+    torch.manual_seed(cfg["seed"])
+    model = create_model(cfg["model"], num_classes=spec.num_classes, in_chans=spec.in_chans,
+                         img_size=spec.img_size).to(device)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if comm is not None and cfg["sync_bn"] and has_bn:
+        if device.type != "cuda":
+            raise config.ConfigError("sync_bn", f"{cfg['model']!r} has BatchNorm, and SyncBatchNorm runs on CUDA "
+                                                f"only: on {device.type} set sync_bn: false")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    base = make_base_optimizer(cfg, model.parameters())
+    opt = SAM(model, base, rho=cfg["rho"], variant=cfg["variant"], mask=config.make_mask(cfg),
+              rho_norm=cfg["rho_norm"], freeze_bn_second=cfg["freeze_bn_second"], comm=comm,
+              ascent=cfg["ascent"], scaler=LossScaler() if cfg["amp"] == "fp16" else None, **cfg["variant_opts"])
+    if opt.is_sam and not opt.selection:
+        mask_loader.set_epoch(0)
+        opt.build_mask(mask_loader)
+        share_selection(opt, comm)
+    forward = ascent_forward = model
+    if comm is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # (buffers: rank 0's BatchNorm running statistics go to every process at each forward, DDP's default)
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["compile"]:
+        ascent_forward = torch.compile(model)
+        forward = ascent_forward if forward is model else torch.compile(forward)
+    setup = Setup(device=device, train_loader=train_loader, test_loader=test_loader, mask_loader=mask_loader,
+                  model=model, forward=forward, ascent_forward=ascent_forward, base=base, opt=opt,
+                  base_lrs=[g["lr"] for g in base.param_groups], n_params=masks.n_trainable(model),
+                  criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
+                  eval_criterion=torch.nn.CrossEntropyLoss(), amp_ctx=autocast_factory(cfg["amp"], device), comm=comm)
+    if cfg["compile_step"]:
+        from bench.engine.fast_step import FastStep
+
+        reference = functools.partial(train_step, forward, opt, criterion=setup.criterion, amp_ctx=setup.amp_ctx,
+                                      ascent_model=ascent_forward)
+        setup.step = FastStep(model, opt, setup.criterion, setup.amp_ctx, reference, compiled=True,
+                              forward=ascent_forward)
+    return setup
+
+
+def share_selection(opt, comm) -> None:
+    """Across processes: every process takes rank 0's mask (a mask built from data could differ in
+    the last bit on GPUs), in one broadcast of the whole selection."""
+    import torch
+
+    if comm is None or opt.mask is None:
+        return
+    params = dict(opt.model.named_parameters())
+    names = [n for n, _ in opt._trainable]
+    flat = torch.cat([(opt.selection[n] if n in opt.selection else torch.zeros_like(params[n], dtype=torch.bool))
+                      .reshape(-1).to(torch.uint8) for n in names])
+    comm.broadcast_([flat], tag="mask")
+    parts = flat.bool().split([params[n].numel() for n in names])
+    opt.set_selection({n: p.view_as(params[n]) for n, p in zip(names, parts) if bool(p.any())})
+
+
+def resume(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:
+    """Restore model, optimizer and progress from checkpoint.pt, if there is a usable one.
+
+    A checkpoint that cannot be read is kept under another name and the run starts over;
+    one of another run is refused (CheckpointMismatch). Across processes rank 0 decides and
+    every process loads the same checkpoint.
+    """
+    from bench.engine import distributed
+
+    comm = setup.comm
+    if _writes(comm):
+        try:
+            state = _resume_main(setup, cfg, rid, run_dir, log)
+        except Exception as exc:
+            distributed.announce(comm, error=exc)
+            raise
+        distributed.announce(comm, outcome=state.epoch)
+        return state
+    if not distributed.follow(comm, {"CheckpointMismatch": CheckpointMismatch}):
+        return TrainState()
+    return _load_state(setup, io.load_checkpoint(run_dir / "checkpoint.pt"))
+
+
+def _load_state(setup: Setup, ckpt: dict) -> TrainState:
+    setup.model.load_state_dict(ckpt["model"])
+    setup.opt.load_state_dict(ckpt["optimizer"])
+    return TrainState(epoch=int(ckpt["epoch"]), elapsed=float(ckpt["elapsed"]),
+                      epoch_times=[float(t) for t in ckpt["epoch_times"]],
+                      metrics=[dict(m) for m in ckpt["metrics"]],  # the file may hold epochs past it
+                      threads_used=[int(t) for t in ckpt.get("threads_used", [])])
+
+
+def _resume_main(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:
+    import torch
+
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return TrainState()
+    try:
+        ckpt = io.load_checkpoint(path)
+    except io.CheckpointError as exc:
+        kept = rundir.move_aside(path)
+        log(f"[{rid}] {exc}: kept as {kept.name}, training from the start")
+        return TrainState()
+    if ckpt.get("run_id") != rid:
+        raise CheckpointMismatch(f"{path} belongs to run {ckpt.get('run_id')}, not {rid}")
+    state = _load_state(setup, ckpt)
+    log(f"[{rid}] resuming after epoch {state.epoch}/{cfg['epochs']}")
+    threads = torch.get_num_threads()
+    if state.threads_used and threads not in state.threads_used and setup.device.type == "cpu":
+        log(f"[{rid}] warning: resuming with {threads} CPU thread(s); the epochs so far used "
+            f"{', '.join(map(str, state.threads_used))}. On CPU the thread count changes the numbers "
+            f"slightly: this run will not match an uninterrupted one bit for bit")
+    return state
+
+
+def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -> dict:
+    """One pass over the training set; ``{train_loss, train_acc, epoch_time_s}`` (loss may be nan),
+    summed over the processes."""
+    import torch
+
+    s = setup
+    s.mask_loader.set_epoch(epoch + 1)
+    if s.opt.on_epoch_start(epoch, cfg["epochs"], s.mask_loader):
+        share_selection(s.opt, s.comm)
+    s.train_loader.set_epoch(epoch)
+    s.model.train()
+    steps_per_epoch = len(s.train_loader)
+    total_steps, warmup = cfg["epochs"] * steps_per_epoch, cfg["warmup_epochs"] * steps_per_epoch
+    sums = torch.zeros(2, device=s.device, dtype=torch.float64)  # loss x samples, correct
+    bar = Progress(steps_per_epoch, f"{rid} epoch {epoch + 1}/{cfg['epochs']}", progress)
+    t0 = time.perf_counter()
+    seen = 0
+    for i, (x, y, sizes, total) in enumerate(s.train_loader.steps()):
+        if cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
+        for group, lr in zip(s.base.param_groups, s.base_lrs):
+            group["lr"] = lr * factor
+        if s.step is not None and (sizes is None or len(sizes) == 1):  # one micro-batch
+            out, loss = s.step(x, y)
+        else:
+            out, loss = train_step(s.forward, s.opt, x, y, s.criterion, s.amp_ctx, sizes, total,
+                                   ascent_model=s.ascent_forward)
+        sums[0] += loss.detach().double() * y.numel()
+        sums[1] += (out.detach().argmax(1) == y).sum()
+        seen += total
+        if (i + 1) % cfg["log_every"] == 0:
+            check = sums[:1].clone()  # one host sync every log_every steps, agreed across processes
+            if s.comm is not None:
+                s.comm.sum_(check)
+            if not math.isfinite(float(check)):
+                break
+            bar.update(cfg["log_every"], loss=f"{float(check) / seen:.3f}")
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+    epoch_time = time.perf_counter() - t0
+    bar.close()
+    if s.comm is not None:
+        s.comm.sum_(sums)
+    n_train = s.train_loader.samples_per_epoch
+    return {"train_loss": float(sums[0]) / n_train, "train_acc": 100.0 * float(sums[1]) / n_train,
+            "epoch_time_s": epoch_time}
+
+
+def finish_epoch(setup: Setup, cfg: dict, rid: str, run_dir: Path, epoch: int, stats: dict,
+                 state: TrainState, t_start: float, log, run_loggers: loggers.Loggers) -> dict:
+    """Evaluate, append the epoch to metrics.jsonl, write checkpoint.pt (rank 0), then log the epoch
+    to the run's loggers; return its metrics."""
+    import torch
+
+    test_loss, test_acc = evaluate(setup.ascent_forward, setup.test_loader, setup.eval_criterion, setup.amp_ctx,
+                                   setup.comm)
+    state.epoch_times.append(stats["epoch_time_s"])
+    last = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+            "test_loss": test_loss, "test_acc": test_acc, "lr": setup.base.param_groups[0]["lr"],
+            "epoch_time_s": stats["epoch_time_s"], "perturbed_fraction": setup.opt.perturbed_fraction,
+            "threads": torch.get_num_threads()}
+    state.metrics.append(last)
+    state.epoch = epoch + 1
+    if _writes(setup.comm):
+        io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
+        io.save_checkpoint(run_dir / "checkpoint.pt", {
+            "run_id": rid, "epoch": epoch + 1, "elapsed": state.elapsed + time.perf_counter() - t_start,
+            "epoch_times": state.epoch_times, "metrics": state.metrics, "threads_used": state.threads_used,
+            "model": setup.model.state_dict(), "optimizer": setup.opt.state_dict()})
+    run_loggers.log_epoch(last)
+    log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {stats['train_loss']:.4f} "
+        f"acc {stats['train_acc']:.2f}  test loss {test_loss:.4f} acc {test_acc:.2f}  {stats['epoch_time_s']:.1f}s")
+    if setup.comm is not None:
+        setup.comm.barrier()  # the checkpoint is complete before any process goes on (a dead rank 0: an error)
+    return last
+
+
+def make_result(setup: Setup, cfg: dict, rid: str, status: str, last: dict, state: TrainState,
+                t_start: float) -> dict:
+    """result.json's content: the last epoch's numbers, timing, the mask's size, the environment."""
+    times = state.epoch_times
+    result = {
+        "status": status,
+        "run_id": rid,
+        "test_acc": last.get("test_acc"),
+        "test_loss": last.get("test_loss"),
+        "train_acc": last.get("train_acc"),
+        "train_loss": last.get("train_loss"),
+        "best_test_acc": max((m["test_acc"] for m in state.metrics), default=None),
+        "epochs": last.get("epoch", 0),
+        "wall_time_s": state.elapsed + time.perf_counter() - t_start,
+        "seconds_per_epoch": sum(times) / len(times) if times else None,
+        "n_params": setup.n_params,
+        "n_perturbed": setup.opt.n_perturbed,
+        "perturbed_fraction": setup.opt.perturbed_fraction,
+        "threads_used": state.threads_used,
+        "world_size": config.world_size(cfg),
+        "backend": None if setup.comm is None else setup.comm.backend,
+        "env": env.environment(setup.device),
+        "config": cfg,
+        "variant_options": config.variant_options(cfg),
+    }
+    if setup.opt.scaler is not None:
+        result["skipped_steps"] = setup.opt.scaler.skipped  # fp16 steps skipped for an overflow
+    if setup.step is not None:
+        result["fast_step"] = setup.step.describe()
+    if cfg["save_gamma"]:
+        gammas = norm_gammas(setup.model)
+        if gammas:
+            result["norm_gamma"] = gammas
+    return result

@@ -1,0 +1,1 @@
+"""Orchestration: suite files, their cache, executors, launching processes, the job function."""

@@ -1,0 +1,1 @@
+"""``sambench perf``: step times, orchestration at scale, the GPU summary."""

@@ -1,0 +1,183 @@
+"""``sambench perf --orchestration N``: the orchestration at scale, timed as a user meets it.
+
+Writes a suite of N runs (a multiple of 100: 2 models x 2 variants x 5 mask settings x 5 rho
+values x N/100 seeds, data-free and data-driven masks, ``match:`` sparsities) into a temporary
+folder and times each command in its own process (start-up and imports included):
+
+- ``dry_run_cold``: ``sambench run SUITE --dry-run`` (expand, validate, plan, print every run)
+  with an empty cache of validated suites (bench.orchestration.suite_cache): torch and timm are imported to
+  build each model and mask once;
+- ``dry_run``: the same again, the expansion now taken from the cache (what every later
+  ``run``/``status`` of the suite meets);
+- ``submit``: ``sambench run SUITE --executor slurm --no-wait`` to a SLURM cluster that answers
+  (jobs submitted held, ``--hold``, and cancelled after the status below, so nothing trains);
+  without one the run folders are written in process instead and the step is not timed;
+- ``status_submitted``: ``sambench status`` on the N folders the submission wrote (config.json,
+  job.json; every run queued);
+- ``status``: ``sambench status`` once every folder holds a result.json and a metrics.jsonl
+  (copies of one real run's files, one per run, with that run's id and config);
+- ``collect``: ``sambench collect`` of those N result files into a CSV.
+
+Records: ``{"benchmark": "orchestration", "step", "runs", "seconds", "target_s"}``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench import io
+from bench.orchestration import executors
+
+RUNS_PER_SEED = 100
+TARGETS_S = {"dry_run_cold": 5.0, "dry_run": 5.0, "submit": 15.0, "status_submitted": 5.0, "status": 5.0, "collect": 10.0}
+MASK_SETTINGS = [
+    {"mask": "all"},
+    {"mask": "norm_only"},
+    {"mask": "random", "sparsity": "match:norm_only"},
+    {"mask": "fisher", "sparsity": "match:norm_only", "mask_opts": {"num_samples": 64, "update_every": 1}},
+    {"mask": "layerwise", "mask_opts": {"blocks": [2], "norm_only": True}},
+]
+RHOS = [0.05, 0.1, 0.2, 0.5, 1.0]
+
+
+def check_size(n_runs: int) -> None:
+    if n_runs < RUNS_PER_SEED or n_runs % RUNS_PER_SEED:
+        raise ValueError(f"the number of runs must be a positive multiple of {RUNS_PER_SEED}, got {n_runs}")
+
+
+def suite_doc(n_runs: int, name: str = "scale") -> dict:
+    """A suite of exactly ``n_runs`` runs (a multiple of RUNS_PER_SEED)."""
+    check_size(n_runs)
+    axes = {"model": ["resnet_ci", "vit_ci"], "variant": ["sam", "asam"], "rho": RHOS}
+    return {"name": name,
+            "defaults": {"dataset": "digits", "epochs": 1, "batch_size": 128},
+            "grid": [{**axes, **setting} for setting in MASK_SETTINGS],
+            "seeds": list(range(n_runs // RUNS_PER_SEED)),
+            "slurm": {"cpus_per_task": 1, "timeout_min": 10}}
+
+
+def _command(args: list[str], log: Path, env: dict) -> float:
+    """Run ``python -m bench ARGS`` (output to ``log``); its wall time in seconds."""
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.run([sys.executable, "-m", "bench", *args], stdout=out, stderr=subprocess.STDOUT,
+                              env=env, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"sambench {' '.join(args)} exited {proc.returncode}; see {log}:\n"
+                           + "\n".join(log.read_text().splitlines()[-10:]))
+    return seconds
+
+
+def _template(work: Path) -> tuple[dict, str]:
+    """result.json and metrics.jsonl of one real (one-epoch) run, to copy into every folder."""
+    from bench import config
+    from bench.engine import train
+
+    cfg = config.resolve({"dataset": "digits", "model": "resnet_ci", "epochs": 1, "mask": "norm_only",
+                          "device": "cpu"})
+    run_dir = work / "template"
+    train.run(cfg, run_dir, progress=False, log=lambda _: None)
+    return io.read_json(run_dir / "result.json"), (run_dir / "metrics.jsonl").read_text()
+
+
+def _prepare_in_process(suite_file: Path, out: Path) -> None:
+    """The folders a submission writes (config.json), without an executor."""
+    from bench.orchestration import runner
+    from bench.orchestration.suite import load_suite
+
+    suite = load_suite(suite_file)
+    runner.prepare_folders(suite, runner.plan(suite, out / suite.name))
+
+
+def fill_results(suite_root: Path, result: dict, metrics: str) -> int:
+    """Give every run folder a result.json and metrics.jsonl (the template, with its run's id and
+    config); returns the number of folders."""
+    n = 0
+    for d in suite_root.iterdir():
+        cfg_file = d / "config.json"
+        if not cfg_file.is_file():
+            continue
+        doc = io.read_json(cfg_file)
+        seed = doc["config"]["seed"]
+        res = {**result, "run_id": doc["run_id"], "config": doc["config"],
+               "test_acc": round(result["test_acc"] - 0.01 * (seed % 7), 4)}
+        (d / "result.json").write_text(io.dumps(res, indent=2, sort_keys=True) + "\n")
+        (d / "metrics.jsonl").write_text(metrics)
+        n += 1
+    return n
+
+
+def _cancel_submitted(suite_root: Path) -> None:
+    """scancel the SLURM jobs recorded in the folders' job.json."""
+    ids = set()
+    for d in suite_root.iterdir():
+        info = (d / "job.json")
+        if info.is_file():
+            for job in io.read_json(info).get("jobs", []):
+                ids.add(str(job["job_id"]).split("_")[0])
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], check=False, capture_output=True)
+
+
+def benchmark(n_runs: int, slurm: bool | None = None, keep: Path | None = None,
+              say=print) -> list[dict]:
+    """Time the five steps on a generated suite of ``n_runs`` runs (see the module doc).
+
+    ``slurm``: submit to SLURM (None: when a controller answers). ``keep``: work in this folder
+    (left in place) instead of a temporary one.
+    """
+    slurm = executors.slurm_up() if slurm is None else slurm
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="sambench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SAMBENCH_CACHE_DIR": str(work / "cache")}  # cold: an empty cache
+    records: list[dict] = []
+
+    def record(step: str, seconds: float) -> None:
+        records.append({"benchmark": "orchestration", "step": step, "runs": n_runs,
+                        "seconds": round(seconds, 3), "target_s": TARGETS_S[step]})
+        say(f"{n_runs:>7,} runs  {step:<17} {seconds:7.2f} s  (target <= {TARGETS_S[step]:g} s)")
+
+    try:
+        suite_file = work / "scale.yaml"
+        suite_file.write_text(yaml.safe_dump(suite_doc(n_runs), sort_keys=False))
+        out = work / "results"
+        root = out / "scale"
+        result, metrics = _template(work)
+        dry = ["run", str(suite_file), "--out", str(out), "--dry-run"]
+        record("dry_run_cold", _command(dry, work / "dry_run_cold.log", env))
+        record("dry_run", _command(dry, work / "dry_run.log", env))
+        if slurm:
+            try:
+                record("submit", _command(["run", str(suite_file), "--out", str(out), "--executor", "slurm",
+                                           "--no-wait", "--set", "slurm.additional_parameters={hold: true}"],
+                                          work / "submit.log", env))
+                record("status_submitted", _command(["status", str(root)], work / "status_submitted.log", env))
+            finally:
+                _cancel_submitted(root)
+        else:
+            say("(no SLURM controller answers: the submission is not timed; folders written in process)")
+            _prepare_in_process(suite_file, out)
+        filled = fill_results(root, result, metrics)
+        if filled != n_runs:
+            raise RuntimeError(f"expected {n_runs} run folders, found {filled}")
+        record("status", _command(["status", str(root)], work / "status.log", env))
+        record("collect", _command(["collect", str(root), "-o", str(work / "results.csv")],
+                                   work / "collect.log", env))
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return records
+
+
+if __name__ == "__main__":  # python -m bench.perf.scale N [N ...]
+    recs = [r for n in sys.argv[1:] or ["1000"] for r in benchmark(int(n))]
+    print(json.dumps(recs, indent=2))
