@@ -12,7 +12,10 @@ through :func:`show`, which never builds more than a short prefix of a value's r
 """
 from __future__ import annotations
 
+import contextlib
 import reprlib
+import signal
+import threading
 from typing import Any
 
 import yaml
@@ -60,12 +63,35 @@ class InvalidInput(ValueError):
         return self.render()
 
 
+class RunFailed(Exception):
+    """A command that could not do its work (exit 1, one line)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal (SIGTERM, SIGHUP) that stops a command the way Ctrl-C does; exit 128 + signum."""
 
     def __init__(self, signum: int):
         self.signum = signum
         super().__init__(signum)
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM and SIGHUP stop the command like Ctrl-C does (raise Interrupted), so what it
+    started is stopped or handed over before it exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # --- user YAML -----------------------------------------------------------------------------

@@ -20,11 +20,11 @@ from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 
 from bench import io
-from bench.data.datasets import plan_steps
+from bench.data.loader import plan_steps
 from bench.engine import distributed, train
 from bench.engine.amp import LossScaler
 from bench.engine.sam import SAM
-from bench.engine.train import amp_context, train_step
+from bench.engine.step import amp_context, train_step
 from bench.models import create_model, create_model_for
 
 B = 8                     # global batch of one forward pass

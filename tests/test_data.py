@@ -13,9 +13,12 @@ import pytest
 import torch
 import torchvision
 
+from bench.data import augment, label_noise, loader
 from bench.data import datasets as data
 from bench.data import files as datafiles
-from bench.data.datasets import DataError, DataSpec, DeviceLoader, augment_batch, load_dataset, make_loaders
+from bench.data.augment import augment_batch
+from bench.data.datasets import DataError, DataSpec, load_dataset
+from bench.data.loader import DeviceLoader, make_loaders
 from bench.registries import DATASETS, UnknownNameError
 
 torch.set_num_threads(2)
@@ -336,12 +339,12 @@ def test_crop_flip_gather_is_pad_slice_flip():
     index = torch.tensor([3, 0, 5, 5, 1, 2])
     offsets = torch.randint(0, 5, (6, 2), generator=g)
     flips = torch.tensor([True, False, True, False, False, True])
-    out = data._crop_flip_gather(x, index, offsets, flips, 2)
+    out = augment._crop_flip_gather(x, index, offsets, flips, 2)
     for s in range(6):
         dy, dx = offsets[s].tolist()
         ref = torch.nn.functional.pad(x[index[s]], (2, 2, 2, 2))[:, dy:dy + 5, dx:dx + 7]
         assert torch.equal(out[s], ref.flip(-1) if flips[s] else ref)
-    assert torch.equal(data._crop_flip_gather(x, index, None, None, 0), x[index])
+    assert torch.equal(augment._crop_flip_gather(x, index, None, None, 0), x[index])
 
 
 def _patterned(n=45, c=2, h=4, w=5):
@@ -421,7 +424,7 @@ def test_loader_on_cuda():
 def test_label_noise_flips_exactly_the_fraction(fraction, kind):
     spec = load_dataset("digits")
     y = spec.train_y.clone()
-    noisy, changed = data.noisy_labels(spec.train_y, fraction, kind, 10, seed=3)
+    noisy, changed = label_noise.noisy_labels(spec.train_y, fraction, kind, 10, seed=3)
     n = len(y)
     assert int(changed.sum()) == round(fraction * n) == int((noisy != y).sum())   # every pick changes
     assert torch.equal(noisy[~changed], y[~changed]) and torch.equal(spec.train_y, y)  # input kept
@@ -434,18 +437,18 @@ def test_label_noise_flips_exactly_the_fraction(fraction, kind):
 
 def test_label_noise_is_seeded_and_leaves_the_test_set_alone():
     spec = load_dataset("digits")
-    a = data.with_label_noise(spec, 0.4, "symmetric", seed=0)
-    b = data.with_label_noise(load_dataset("digits"), 0.4, "symmetric", seed=0)
-    c = data.with_label_noise(spec, 0.4, "symmetric", seed=1)
+    a = label_noise.with_label_noise(spec, 0.4, "symmetric", seed=0)
+    b = label_noise.with_label_noise(load_dataset("digits"), 0.4, "symmetric", seed=0)
+    c = label_noise.with_label_noise(spec, 0.4, "symmetric", seed=1)
     assert torch.equal(a.train_y, b.train_y) and not torch.equal(a.train_y, c.train_y)
     for noisy in (a, c):
         assert noisy.test_x is spec.test_x and noisy.test_y is spec.test_y   # the very same tensors
         assert torch.equal(noisy.train_x, spec.train_x)
-    assert data.with_label_noise(spec, 0.0, "symmetric", seed=0) is spec
+    assert label_noise.with_label_noise(spec, 0.0, "symmetric", seed=0) is spec
     with pytest.raises(ValueError, match="symmetric, asymmetric"):
-        data.noisy_labels(spec.train_y, 0.1, "pairwise", 10, seed=0)
+        label_noise.noisy_labels(spec.train_y, 0.1, "pairwise", 10, seed=0)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        data.noisy_labels(spec.train_y, 1.0, "symmetric", 10, seed=0)
+        label_noise.noisy_labels(spec.train_y, 1.0, "symmetric", 10, seed=0)
 
 
 def test_label_noise_run_fields(tmp_path, monkeypatch):
@@ -465,18 +468,18 @@ def test_label_noise_run_fields(tmp_path, monkeypatch):
         assert info.value.field == field
     # training sees the noisy labels (seeded by the run's seed); evaluation the clean test set
     seen = {}
-    real = data.make_loaders
+    real = loader.make_loaders
 
     def spy(spec, *args, **kwargs):
         seen["spec"] = spec
         return real(spec, *args, **kwargs)
 
-    monkeypatch.setattr(data, "make_loaders", spy)
+    monkeypatch.setattr(loader, "make_loaders", spy)
     cfg = {"dataset": "digits", "model": "resnet_ci", "epochs": 1, "batch_size": 512, "device": "cpu",
            "label_noise": 0.25, "label_noise_type": "asymmetric", "seed": 4}
     result = train.run(cfg, tmp_path / "run", progress=False, log=lambda m: None)
     clean = load_dataset("digits")
-    expected, _ = data.noisy_labels(clean.train_y, 0.25, "asymmetric", 10, seed=4)
+    expected, _ = label_noise.noisy_labels(clean.train_y, 0.25, "asymmetric", 10, seed=4)
     assert torch.equal(seen["spec"].train_y, expected)
     assert torch.equal(seen["spec"].test_y, clean.test_y)
     assert result["config"]["label_noise"] == 0.25 and result["config"]["label_noise_type"] == "asymmetric"

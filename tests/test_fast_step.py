@@ -16,7 +16,7 @@ from bench.cli import app as cli
 from bench.engine import fast_step, train
 from bench.engine.fast_step import FastStep, FusedUpdate
 from bench.engine.sam import SAM
-from bench.engine.train import amp_context, train_step
+from bench.engine.step import amp_context, train_step
 from bench.engine.variants.base import EPS
 from bench.models import create_model_for
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from bench import config
 from bench.engine import train
+from bench.engine.build import make_base_optimizer
 from bench.engine.sam import SAM
 
 LION = {"name": "lion", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.5}
@@ -32,7 +33,7 @@ def batch():
 
 def sambench_optimizer(model, variant):
     cfg = config.resolve({"base": LION, "variant": variant, "mask": "norm_only", "rho": RHO})
-    base = train.make_base_optimizer(cfg, model.parameters())
+    base = make_base_optimizer(cfg, model.parameters())
     return SAM(model, base, rho=RHO, variant=variant, mask="norm_only")
 
 
@@ -45,7 +46,7 @@ def lion_by_hand(w, g, lr, wd, beta1, beta2):
 def test_lion_is_validated_like_the_other_base_optimizers():
     cfg = config.resolve({"base": {"name": "lion"}})
     assert cfg["base"]["name"] == "lion"
-    base = train.make_base_optimizer(cfg, tiny_model().parameters())
+    base = make_base_optimizer(cfg, tiny_model().parameters())
     assert isinstance(base, lion_pytorch.Lion)
     for bad, field in (({"name": "lion", "momentum": 0.9}, "base.momentum"),
                        ({"name": "lion", "lr": 0.0}, "base.lr"),

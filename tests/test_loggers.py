@@ -1,4 +1,6 @@
 """Loggers (bench.loggers): written files read back with TensorBoard's, W&B's and MLflow's own readers."""
+import importlib.util
+
 import pytest
 from logger_readers import (
     mlflow_client,
@@ -65,8 +67,8 @@ def test_block_defaults_options_and_errors():
 
 
 def test_missing_package_names_the_extra(monkeypatch):
-    real = loggers.importlib.util.find_spec
-    monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
     with pytest.raises(loggers.LoggingError) as err:
         loggers.normalize({"wandb": True})
     assert err.value.field == "logging.wandb" and "pip install -e .[wandb]" in str(err.value)

@@ -8,7 +8,7 @@ from torch import nn
 import masks
 from bench.cli import app as cli
 from bench.engine.sam import SAM
-from bench.engine.train import amp_context
+from bench.engine.step import amp_context
 from bench.models import create_model_for
 from bench.perf.timing import LoopSAM, parse_configs
 from masks.base import Mask

@@ -95,7 +95,7 @@ OPTIMIZER_FLAG_DEFAULTS = {"adamw": {"lr": 1e-3, "weight_decay": 0.05}}
 def optimizer_defaults(config) -> dict[str, dict[str, Any]]:
     """{optimizer: {option: default}} as a run gets them: the config's for its default optimizer,
     else the optimizer class's own (plus OPTIMIZER_FLAG_DEFAULTS from the command line)."""
-    from bench.engine.train import base_optimizer_class
+    from bench.engine.build import base_optimizer_class
 
     out = {}
     base = config.default_config()["base"]

@@ -513,7 +513,7 @@ def _base(cfg: dict) -> None:
 @step
 def _science(cfg: dict) -> None:
     """label_noise, label_noise_type and the sharpness block (its options: bench.measure.sharpness)."""
-    from bench.data.datasets import LABEL_NOISE_TYPES
+    from bench.data.label_noise import LABEL_NOISE_TYPES
     from bench.measure.sharpness import SettingsError, check_settings
 
     noise = cfg["label_noise"]

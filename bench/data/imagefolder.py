@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from bench.data.datasets import DataError, StepLoader, sample_keys, shaped
+from bench.data.augment import sample_keys
+from bench.data.datasets import DataError, shaped
 from bench.data.files import find_root
+from bench.data.loader import StepLoader
 from bench.registries import DATASETS
 
 IMG_SIZE = 224

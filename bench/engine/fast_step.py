@@ -2,9 +2,9 @@
 allocated once, and optionally the whole step under ``torch.compile``.
 
     step = FastStep(model, opt, criterion, amp_ctx, reference, compiled=True)
-    logits, loss = step(x, y)          # the same step as reference(x, y): bench.engine.train.train_step
+    logits, loss = step(x, y)          # the same step as reference(x, y): bench.engine.step.train_step
 
-The reference is :func:`bench.engine.train.train_step` with :class:`bench.engine.sam.SAM` (eager, one formula per
+The reference is :func:`bench.engine.step.train_step` with :class:`bench.engine.sam.SAM` (eager, one formula per
 line); this is the same step in fewer kernels (tests/test_fast_step.py holds them equal):
 
 1. clean forward, with only the perturbed tensors P requiring a gradient, and ``autograd.grad``
@@ -124,9 +124,9 @@ class FusedUpdate:
 
 
 class FastStep:
-    """A callable ``(x, y) -> (logits, loss)``: bench.engine.train.train_step, faster where it can be.
+    """A callable ``(x, y) -> (logits, loss)``: bench.engine.step.train_step, faster where it can be.
 
-    ``reference``: ``(x, y) -> (logits, loss)``, the step it stands in for (bench.engine.train.train_step
+    ``reference``: ``(x, y) -> (logits, loss)``, the step it stands in for (bench.engine.step.train_step
     on the same model and optimizer), run where the fast path does not apply;
     ``forward``: the model, or its torch.compile wrapper (what the eager fused passes call);
     ``compiled``: the two passes of a SAM step under torch.compile (the plain model inside) with

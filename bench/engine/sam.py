@@ -8,7 +8,7 @@ Two ways to use it (same numbers):
 - fast path: ``opt.first_step(loss=loss)`` differentiates ``loss`` only w.r.t. the
   perturbed tensors, so autograd skips every other weight gradient and stops the backward
   pass at the earliest perturbed layer.
-``opt.step(closure)`` runs a whole step; bench.engine.train.train_step is the training step.
+``opt.step(closure)`` runs a whole step; bench.engine.step.train_step is the training step.
 
 One step, for every variant (bench/variants holds each variant's rule):
 1. the ascent gradient g:  ``_ascent_gradient`` (the perturbed tensors; every tensor where the
@@ -371,7 +371,7 @@ class SAM(torch.optim.Optimizer):
 
         ESAM: only the random weight subset applies; its data selection needs per-sample losses,
         which a closure does not give, so the descent uses the whole batch (warned once when
-        gamma < 1; bench.engine.train.train_step does both). ``m`` (m-sharpness) splits the batch, which
+        gamma < 1; bench.engine.step.train_step does both). ``m`` (m-sharpness) splits the batch, which
         a closure hides: it raises here (use train_step, or first_step/unperturb per group).
         """
         if not self.variant.perturbs:
@@ -380,10 +380,10 @@ class SAM(torch.optim.Optimizer):
             raise ValueError("SAM.step needs a closure that runs forward and backward and returns the loss")
         if self.scaler is not None:
             raise ValueError("fp16 loss scaling scales each backward pass, which a closure hides: use "
-                             "bench.engine.train.train_step")
+                             "bench.engine.step.train_step")
         if self.variant.m is not None:
             raise ValueError(f"m={self.variant.m} (m-sharpness) splits the batch, which a closure hides: "
-                             "use bench.engine.train.train_step, or first_step/unperturb per group and second_step")
+                             "use bench.engine.step.train_step, or first_step/unperturb per group and second_step")
         if self.variant.selects_data and not getattr(self, "_warned_selection", False):
             self._warned_selection = True
             warnings.warn(f"{self.variant.registered_name}: step(closure) cannot select samples (the closure "

@@ -15,8 +15,6 @@ old result are the run-folder rule of :mod:`bench.rundir`.
 from __future__ import annotations
 
 import contextlib
-import copy
-import functools
 import math
 import sys
 import time
@@ -26,28 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import config, env, io, loggers, rundir
+from bench.engine.build import Setup, build, share_selection
+from bench.engine.step import evaluate, train_step
 
 
 class CheckpointMismatch(RuntimeError):
     """The checkpoint in a run folder belongs to another config."""
-
-
-def base_optimizer_class(name: str):
-    """The class behind ``base.name`` (config.BASE_OPTIMIZERS lists each one's options)."""
-    import torch
-
-    if name == "lion":
-        from lion_pytorch import Lion  # Chen et al. 2023, the lion-pytorch package
-
-        return Lion
-    return {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
-
-
-def make_base_optimizer(cfg: dict, params):
-    opts = {k: v for k, v in cfg["base"].items() if k != "name"}
-    if "betas" in opts:
-        opts["betas"] = tuple(opts["betas"])
-    return base_optimizer_class(cfg["base"]["name"])(params, **opts)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -90,214 +72,6 @@ def norm_gammas(model) -> list[float]:
         if n.rsplit(".", 1)[-1] == "weight":
             out.extend(round(float(v), 6) for v in params[n].detach().float().flatten().cpu())
     return out
-
-
-@dataclass
-class Chunk:
-    """One micro-batch of a step as this process holds it (its shard), and its weight in the step."""
-
-    x: Any
-    y: Any
-    weight: float             # n x world / (the step's samples over all processes)
-    per_sample: Any = None    # ESAM: per-sample losses at w, from the ascent forward
-
-
-def _ddp_of(model):
-    """The DistributedDataParallel wrapper of ``model`` (through torch.compile), or None."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    inner = getattr(model, "_orig_mod", model)
-    return inner if isinstance(inner, DistributedDataParallel) else None
-
-
-def _chunks(x, y, sizes: list[int] | None, total: int | None, world: int) -> list[Chunk]:
-    total = total or len(y) * world
-    if not sizes or len(sizes) == 1:
-        return [Chunk(x, y, len(y) * world / total)]
-    out, at = [], 0
-    for n in sizes:
-        out.append(Chunk(x[at:at + n], y[at:at + n], n * world / total))
-        at += n
-    return out
-
-
-def train_step(model, opt, x, y, criterion, amp_ctx, sizes: list[int] | None = None, total: int | None = None,
-               ascent_model=None):
-    """One optimizer step on the batch (x, y); returns (logits, loss) of the clean forward.
-
-    ``x, y``: this process's samples of the step. With gradient accumulation they are its shards
-    of several micro-batches, in order, and ``sizes`` says how many belong to each; ``total`` is
-    the step's number of samples over all processes (default ``len(y) * opt.world``). Each
-    micro-batch's loss weighs n x world / total, so DDP's average over the processes is the mean
-    over the step's samples however they are split.
-
-    ``model`` is what the descent runs through (DistributedDataParallel across processes: it
-    averages the gradients; only the step's last backward synchronizes); the ascent runs through
-    ``ascent_model`` (default: the module inside DDP), so its forward and backward stay outside
-    DDP's hooks, and ``opt`` averages only the ascent tensors' gradients (ascent synced).
-
-    A step that perturbs (``opt.sam_now``) runs, for each group (one group of every micro-batch
-    by default; m-sharpness: groups of ``m`` samples within each micro-batch):
-      1. ``_ascent``:  the clean forward of each micro-batch and ``opt.accumulate_ascent``, then
-                       ``opt.first_step``: the ascent gradient of the perturbed tensors only and
-                       w <- w + e once (MSAM: e from the momentum, no forward here);
-      2. ``_descent``: forward/backward at w + e of each micro-batch, accumulated into .grad
-                       (ESAM: on the samples whose loss rose most);
-      3. ``opt.unperturb()``;
-    then ``opt.second_step``: the variant's correction of the descent gradient and the base step
-    (fp16: skipped after an overflow in either pass). Any other step (variant none, before
-    ``sam_start_epoch``, LookSAM between its SAM steps) is ``_plain_step``: forward/backward at w
-    and the base step. ``criterion`` is a torch loss module (ESAM's selection reads per-sample
-    losses from a copy with ``reduction="none"``). MSAM has no clean forward: it returns the
-    forward at w + e.
-    """
-    import torch
-
-    chunks = _chunks(x, y, sizes, total, opt.world)
-    if not opt.sam_now:
-        outs, losses = _plain_step(model, opt, chunks, criterion, amp_ctx)
-    else:
-        ddp = _ddp_of(model)
-        if ascent_model is None:
-            ascent_model = ddp.module if ddp is not None else model
-        groups = _groups(opt, chunks)
-        outs, losses = [], []
-        for i, group in enumerate(groups):
-            out, loss = _ascent(ascent_model, opt, group, criterion, amp_ctx)
-            out2, loss2 = _descent(model, opt, group, criterion, amp_ctx, last=i == len(groups) - 1)
-            opt.unperturb()
-            outs += out2 if out is None else out
-            losses += loss2 if loss is None else loss
-        opt.second_step(zero_grad=True)
-    if len(outs) == 1:
-        return outs[0], losses[0]
-    counts = [len(o) for o in outs]
-    mean = sum(loss.detach() * n for loss, n in zip(losses, counts)) / sum(counts)
-    return torch.cat(outs), mean
-
-
-def _groups(opt, chunks: list[Chunk]) -> list[list[Chunk]]:
-    """The groups a step perturbs separately: all micro-batches together, or (m-sharpness) groups of
-    m samples within each micro-batch (m divides the per-process batch: groups never span processes)."""
-    if opt.variant.m is None:
-        return [chunks]
-    out = []
-    for c in chunks:
-        n = len(c.y)
-        for part in opt.groups(n):
-            share = (part.stop - part.start) / n
-            out.append([c if share == 1.0 else Chunk(c.x[part], c.y[part], c.weight * share)])
-    return out
-
-
-def _plain_step(model, opt, chunks, criterion, amp_ctx):
-    """Forward/backward at w of every micro-batch, then ``second_step``: the base optimizer's step
-    (with LookSAM's correction in its SAM phase); the same numbers as the baseline's own step."""
-    outs, losses = [], []
-    for i, c in enumerate(chunks):
-        with _sync(model, last=i == len(chunks) - 1):
-            with amp_ctx():
-                out = model(c.x)
-                loss = criterion(out, c.y)
-            opt.scale_loss(loss if c.weight == 1.0 else loss * c.weight).backward()
-        outs.append(out)
-        losses.append(loss)
-    opt.second_step(zero_grad=True)
-    return outs, losses
-
-
-def _sync(model, last: bool):
-    """DDP synchronizes (averages) the gradients in the step's last backward only."""
-    ddp = _ddp_of(model)
-    return ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
-
-
-def _ascent(model, opt, group, criterion, amp_ctx):
-    """The clean forwards, the ascent gradient and the perturbation; (logits, losses) per micro-batch
-    (None for MSAM, which has no ascent pass)."""
-    if not opt.variant.ascent:
-        opt.first_step()
-        return None, None
-    outs, losses = [], []
-    n_local = sum(len(c.y) for c in group)
-    for c in group:
-        with amp_ctx():
-            out = model(c.x)
-            if opt.variant.selects_data:
-                c.per_sample = per_sample_loss(criterion)(out, c.y)
-                loss = c.per_sample.mean()
-            else:
-                loss = criterion(out, c.y)
-        # synced: the global mean after the average over processes; else this process's mean
-        weight = c.weight if opt.sync_ascent else len(c.y) / n_local
-        opt.accumulate_ascent(loss, weight=weight)  # ascent gradients of the perturbed tensors only
-        outs.append(out)
-        losses.append(loss)
-    # the clean gradient a variant keeps: this group's share of the step (averaged over processes
-    # at the step's end unless the ascent already was)
-    opt.first_step(weight=1.0 if opt.sync_ascent else sum(c.weight for c in group))
-    return outs, losses
-
-
-def _descent(model, opt, group, criterion, amp_ctx, last: bool):
-    """The descent gradient at w + e, added to .grad with each micro-batch's weight; (logits, losses)."""
-    import torch
-
-    outs, losses = [], []
-    for i, c in enumerate(group):
-        x, y = c.x, c.y
-        with _sync(model, last=last and i == len(group) - 1):
-            with amp_ctx():
-                if c.per_sample is not None:
-                    with torch.no_grad():
-                        loss_after = per_sample_loss(criterion)(model(x), y)
-                    keep = opt.variant.select(c.per_sample.detach(), loss_after)
-                    if keep is not None:
-                        x, y = x[keep], y[keep]
-                out = model(x)
-                loss = criterion(out, y)
-            opt.scale_loss(loss if c.weight == 1.0 else loss * c.weight).backward()
-        outs.append(out)
-        losses.append(loss)
-    return outs, losses
-
-
-def per_sample_loss(criterion):
-    """A copy of a torch loss module that returns one loss per sample."""
-    per_sample = copy.copy(criterion)
-    per_sample.reduction = "none"
-    return per_sample
-
-
-def amp_context(enabled: bool):
-    """A factory of autocast contexts: bf16 on CUDA when enabled, else a no-op."""
-    import torch
-
-    if enabled:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def evaluate(model, loader, criterion, amp_ctx, comm=None) -> tuple[float, float]:
-    """(mean loss, accuracy %) over the loader's data set; each process evaluates its shard of every
-    batch and the sums are added over the processes."""
-    import torch
-
-    model.eval()
-    sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, samples
-    with torch.no_grad():
-        for x, y in loader:
-            if not len(y):
-                continue
-            with amp_ctx():
-                out = model(x)
-            sums[0] += criterion(out.float(), y).double() * y.numel()
-            sums[1] += (out.argmax(1) == y).sum()
-            sums[2] += y.numel()
-    if comm is not None:
-        comm.sum_(sums)
-    loss_sum, correct, n = (float(v) for v in sums)
-    return loss_sum / n, 100.0 * correct / n
 
 
 KNOWN_ERRORS = {cls.__name__: cls for cls in (rundir.RunLocked, rundir.ForeignRunDir)}
@@ -394,28 +168,6 @@ def _traceback() -> str:
 
 
 @dataclass
-class Setup:
-    """Everything a run trains with, built from its config."""
-
-    device: Any
-    train_loader: Any
-    test_loader: Any
-    mask_loader: Any
-    model: Any                # the model itself (checkpoints, masks, SAM)
-    forward: Any              # what the descent runs through: DDP across processes, torch.compile'd if asked
-    ascent_forward: Any       # the ascent and evaluation: the model outside DDP (compiled if asked)
-    base: Any                 # the base optimizer
-    opt: Any                  # bench.engine.sam.SAM around it
-    base_lrs: list[float]
-    n_params: int
-    criterion: Any
-    eval_criterion: Any
-    amp_ctx: Any
-    comm: Any = None          # bench.engine.distributed.Comm across processes, else None
-    step: Any = None          # bench.engine.fast_step.FastStep (compile_step), else train_step runs
-
-
-@dataclass
 class TrainState:
     """Where training stands: restored from checkpoint.pt, advanced every epoch."""
 
@@ -469,88 +221,6 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log, suite: str |
 def _writes(comm) -> bool:
     """Whether this process writes the run's files (rank 0, or the only process)."""
     return comm is None or comm.is_main
-
-
-def build(cfg: dict, comm=None) -> Setup:
-    """Data, model, base optimizer and SAM, seeded by the config; across processes this process's
-    shard of the data, the model in DDP (SyncBatchNorm with sync_bn) and SAM with the ascent mode."""
-    import torch
-
-    import masks
-    from bench.data.datasets import load_dataset, make_loaders, make_mask_loader, with_label_noise
-    from bench.engine.amp import LossScaler, autocast_factory
-    from bench.engine.distributed import device_for
-    from bench.engine.sam import SAM
-    from bench.models import create_model, pick_device
-
-    device = pick_device(cfg["device"]) if comm is None else device_for(cfg["device"])
-    torch.manual_seed(cfg["seed"])
-    spec = load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
-    spec = with_label_noise(spec, cfg["label_noise"], cfg["label_noise_type"], cfg["seed"])
-    shard = (0, 1) if comm is None else (comm.rank, comm.world)
-    train_loader, test_loader = make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"], cfg["seed"], device,
-                                             cfg["augment"], accumulate=cfg["accumulate"], shard=shard,
-                                             workers=cfg["data_workers"])
-    # batches for masks that need data (Fisher, dynamic): fixed order, no augmentation, not sharded
-    mask_loader = make_mask_loader(spec, train_loader, cfg["batch_size"], cfg["seed"] + 7919, device,
-                                   workers=cfg["data_workers"])
-    torch.manual_seed(cfg["seed"])
-    model = create_model(cfg["model"], num_classes=spec.num_classes, in_chans=spec.in_chans,
-                         img_size=spec.img_size).to(device)
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if comm is not None and cfg["sync_bn"] and has_bn:
-        if device.type != "cuda":
-            raise config.ConfigError("sync_bn", f"{cfg['model']!r} has BatchNorm, and SyncBatchNorm runs on CUDA "
-                                                f"only: on {device.type} set sync_bn: false")
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    base = make_base_optimizer(cfg, model.parameters())
-    opt = SAM(model, base, rho=cfg["rho"], variant=cfg["variant"], mask=config.make_mask(cfg),
-              rho_norm=cfg["rho_norm"], freeze_bn_second=cfg["freeze_bn_second"], comm=comm,
-              ascent=cfg["ascent"], scaler=LossScaler() if cfg["amp"] == "fp16" else None, **cfg["variant_opts"])
-    if opt.is_sam and not opt.selection:
-        mask_loader.set_epoch(0)
-        opt.build_mask(mask_loader)
-        share_selection(opt, comm)
-    forward = ascent_forward = model
-    if comm is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # (buffers: rank 0's BatchNorm running statistics go to every process at each forward, DDP's default)
-        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg["compile"]:
-        ascent_forward = torch.compile(model)
-        forward = ascent_forward if forward is model else torch.compile(forward)
-    setup = Setup(device=device, train_loader=train_loader, test_loader=test_loader, mask_loader=mask_loader,
-                  model=model, forward=forward, ascent_forward=ascent_forward, base=base, opt=opt,
-                  base_lrs=[g["lr"] for g in base.param_groups], n_params=masks.n_trainable(model),
-                  criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
-                  eval_criterion=torch.nn.CrossEntropyLoss(), amp_ctx=autocast_factory(cfg["amp"], device), comm=comm)
-    if cfg["compile_step"]:
-        from bench.engine.fast_step import FastStep
-
-        reference = functools.partial(train_step, forward, opt, criterion=setup.criterion, amp_ctx=setup.amp_ctx,
-                                      ascent_model=ascent_forward)
-        setup.step = FastStep(model, opt, setup.criterion, setup.amp_ctx, reference, compiled=True,
-                              forward=ascent_forward)
-    return setup
-
-
-def share_selection(opt, comm) -> None:
-    """Across processes: every process takes rank 0's mask (a mask built from data could differ in
-    the last bit on GPUs), in one broadcast of the whole selection."""
-    import torch
-
-    if comm is None or opt.mask is None:
-        return
-    params = dict(opt.model.named_parameters())
-    names = [n for n, _ in opt._trainable]
-    flat = torch.cat([(opt.selection[n] if n in opt.selection else torch.zeros_like(params[n], dtype=torch.bool))
-                      .reshape(-1).to(torch.uint8) for n in names])
-    comm.broadcast_([flat], tag="mask")
-    parts = flat.bool().split([params[n].numel() for n in names])
-    opt.set_selection({n: p.view_as(params[n]) for n, p in zip(names, parts) if bool(p.any())})
 
 
 def resume(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> TrainState:

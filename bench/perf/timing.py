@@ -1,6 +1,6 @@
 """``sambench perf``: step time of SAM variants × masks relative to SGD, in one process.
 
-Every configuration runs the real training step (bench.engine.train.train_step) through the
+Every configuration runs the real training step (bench.engine.step.train_step) through the
 real bench.engine.sam.SAM on one model and one batch; the configurations are interleaved
 (round-robin) after a warm-up, so drifting machine load hits them all alike, and the
 median is reported. On CUDA each step is timed with CUDA events.
@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.data.datasets import dataset_shape, load_dataset, make_loaders
+from bench.data.datasets import dataset_shape, load_dataset
+from bench.data.loader import make_loaders
 from bench.engine.fast_step import FastStep
 from bench.engine.sam import SAM
-from bench.engine.train import amp_context, train_step
+from bench.engine.step import amp_context, train_step
 from bench.errors import InvalidInput
 from bench.models import create_model, create_model_for
 
@@ -42,7 +43,7 @@ class PerfConfig:
     variant_opts: dict = field(default_factory=dict)
     rho: float = 0.05
     ascent: str = "synced"
-    step: str = "reference"   # reference (bench.engine.train.train_step) | fused | compiled (bench.engine.fast_step)
+    step: str = "reference"   # reference (bench.engine.step.train_step) | fused | compiled (bench.engine.fast_step)
 
 
 STEP_KINDS = ("fused", "compiled")  # the suffixes of a --configs item: sam:norm_only:compiled
@@ -399,7 +400,7 @@ def time_steps_ddp(model_name: str, batch_size: int, device: str, amp: bool, con
                    comm, steps: int = 20, warmup: int = 3, dataset: str | None = None) -> list[dict]:
     """Median ms/step of each configuration across ``comm.world`` processes (interleaved; every
     process on its shard of one global batch), and the bytes all-reduced per step."""
-    from bench.data.datasets import shard_bounds
+    from bench.data.loader import shard_bounds
     from bench.engine import distributed
 
     dev = distributed.device_for(device)

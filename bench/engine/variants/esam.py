@@ -18,7 +18,7 @@ the paper's per-element formula. The draws come from a generator of this variant
 
 Through ``SAM.step(closure)`` only SWP applies: a closure returns one mean loss, not the
 per-sample losses SDS needs, so the descent uses the whole batch (a warning says so once when
-gamma < 1). The training step (bench.engine.train.train_step) does both.
+gamma < 1). The training step (bench.engine.step.train_step) does both.
 """
 from __future__ import annotations
 

@@ -1,0 +1,80 @@
+"""What every logger shares: the scalars of an epoch and of the result, the flat config, the rank."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+# metrics.jsonl keys -> logger tags; other numeric keys are logged under their own name
+TAGS = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
+        "test_acc": "test/acc", "lr": "lr", "perturbed_fraction": "perturbed_fraction",
+        "epoch_time_s": "time/epoch_s"}
+
+
+# result.json keys logged once at the end as final/<key>
+FINAL_KEYS = ("test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc", "perturbed_fraction",
+              "seconds_per_epoch", "wall_time_s")
+
+
+def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """{"base": {"lr": 0.1}} -> {"base.lr": 0.1}; the logging block itself is left out."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if not prefix and k == "logging":
+            continue
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def epoch_scalars(record: dict) -> dict[str, float]:
+    """The finite numeric values of a metrics.jsonl line, under their logger tags."""
+    out = {}
+    for k, v in record.items():
+        if k == "epoch" or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if math.isfinite(v):
+            out[TAGS.get(k, k)] = float(v)
+    return out
+
+
+def final_scalars(result: dict) -> dict[str, float]:
+    return {f"final/{k}": float(result[k]) for k in FINAL_KEYS
+            if isinstance(result.get(k), (int, float)) and math.isfinite(result[k])}
+
+
+def process_rank(rank: int | None = None) -> int:
+    """The given rank, else torch.distributed's (when initialized), else $RANK, else 0."""
+    if rank is not None:
+        return int(rank)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _warn(msg: str) -> None:
+    from bench.console import warn
+
+    warn(msg)
+
+
+class Logger:
+    """One backend. ``start`` opens (or reopens) the logger run; steps are epochs (1-based)."""
+
+    name = "logger"
+
+    def start(self, ctx: dict, state: dict) -> None:
+        raise NotImplementedError
+
+    def log_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def log_final(self, hparams: dict[str, Any], final: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def finish(self, status: str) -> None:
+        raise NotImplementedError

@@ -1,0 +1,38 @@
+"""TensorBoard: event files in the run folder (on by default)."""
+from __future__ import annotations
+
+from bench.loggers.base import Logger
+
+
+class TensorBoardLogger(Logger):
+    """Event files in the run folder (``tensorboard --logdir <suite folder>`` shows every run)."""
+
+    name = "tensorboard"
+
+    def start(self, ctx, state):
+        from torch.utils.tensorboard import SummaryWriter
+
+        last = int(state.get("logged_epoch", 0))
+        # a resumed run: anything a kill left past the last logged epoch is dropped by the reader
+        # (with no state file, every earlier event: the history is logged again)
+        resumed = last or ctx["resumed"]
+        self.writer = SummaryWriter(log_dir=str(ctx["run_dir"]), purge_step=last + 1 if resumed else None)
+
+    def log_epoch(self, epoch, scalars):
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, global_step=epoch)
+        self.writer.flush()
+
+    def log_final(self, hparams, final, step):
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        values = {k: (str(v) if isinstance(v, bool) or not isinstance(v, (int, float, str)) else v)
+                  for k, v in hparams.items()}
+        for summary in hparams_summary(values, final):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in final.items():
+            self.writer.add_scalar(tag, value, global_step=step)
+        self.writer.flush()
+
+    def finish(self, status):
+        self.writer.close()
