@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-fast demo lint perf perf-gpu slurm-up slurm-down clean
+.PHONY: install test test-fast demo docs lint perf perf-gpu slurm-up slurm-down clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ demo:
 	@echo "demo: figures in results/demo/figures/ (accuracy_vs_sparsity, sharpness_vs_accuracy,"
 	@echo "      sharpness_vs_sparsity, norm_gamma, ...), table in results/demo/table.md"
 
+# the documentation site in site/ (open site/index.html): the CLI page regenerated from the parsers,
+# then mkdocs build --strict (a broken link, anchor or API reference is an error)
+docs:
+	$(PY) docs/gen_cli.py
+	$(PY) -m mkdocs build --strict
+
 lint:
 	$(VENV)/bin/ruff check bench masks analysis tests
 
@@ -46,4 +52,4 @@ slurm-down:
 	bash bench/slurm/down.sh
 
 clean:
-	rm -rf results .pytest_cache
+	rm -rf results site .pytest_cache

@@ -8,7 +8,7 @@
   the perturbed tensors, in one call per step; only rank 0 writes a run's files.
 - whole runs: ``sambench train --nproc 2`` ends with the parameters and test_loss of the one-process
   run; a killed rank fails the run within 120 s and the re-run resumes it to the same parameters;
-  the README's torchrun command; a suite with ``nproc: 2`` through the local executor; (SLURM) a
+  docs/distributed.md's torchrun command; a suite with ``nproc: 2`` through the local executor; (SLURM) a
   2-process run as one job of 2 tasks.
 
 Budget: about 2.5 minutes on 2 cores (without the SLURM test).
@@ -36,9 +36,9 @@ from bench.orchestration import launch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_torchrun_command() -> list[str]:
-    """The README's ``torchrun --standalone --nproc_per_node=2 -m bench train ...`` line."""
-    text = (ROOT / "README.md").read_text()
+def documented_torchrun_command() -> list[str]:
+    """docs/distributed.md's ``torchrun --standalone --nproc_per_node=2 -m bench train ...`` line."""
+    text = (ROOT / "docs" / "distributed.md").read_text()
     line = next(ln for ln in text.splitlines() if "torchrun --standalone --nproc_per_node=2 -m bench train" in ln)
     return shlex.split(line.split("#")[0])
 
@@ -50,9 +50,9 @@ def train_args(argv: list[str]) -> list[str]:
     return args[:at] + args[at + 2:] + ["--device", "cpu"]
 
 
-# the README's run: a LayerNorm ViT without dropout, fp32, augmentation on (keyed to the sample, so 1 and
+# the documented run: a LayerNorm ViT without dropout, fp32, augmentation on (keyed to the sample, so 1 and
 # 2 processes agree); RUN_CFG is the same run as a config (the tests check that the run ids agree)
-RUN = train_args(readme_torchrun_command())
+RUN = train_args(documented_torchrun_command())
 RUN_CFG = {"dataset": "digits", "model": "vit_ci", "variant": "sam", "mask": "norm_only", "rho": 0.5,
            "base.lr": 0.05, "epochs": 3, "batch_size": 64, "device": "cpu"}
 
@@ -146,8 +146,8 @@ def test_only_rank_0_writes_the_run_files(ranks):
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
-    """The README's torchrun command, run as it stands (its --out replaced): (run folder, process)."""
-    argv = readme_torchrun_command()
+    """docs/distributed.md's torchrun command, run as it stands (its --out replaced): (run folder, process)."""
+    argv = documented_torchrun_command()
     assert argv[0].endswith("torchrun")
     argv[0] = str(Path(sys.executable).parent / "torchrun")
     out = tmp_path_factory.mktemp("torchrun") / "run"
@@ -240,7 +240,7 @@ def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, t
     print(f"rank {victim} killed: the run ended as failed {waited:.1f} s later")
 
 
-def test_the_readme_torchrun_command_runs(two_process_run):
+def test_the_documented_torchrun_command_runs(two_process_run):
     out, proc = two_process_run
     result = io.read_json(out / "result.json")
     assert result["status"] == "done" and result["world_size"] == 2 and result["backend"] == "gloo"

@@ -1,4 +1,4 @@
-"""A new mask strategy is one file: the README's example, from a folder of its own, used by a suite."""
+"""A new mask strategy is one file: docs/masks-and-variants.md's example, from a folder of its own, used by a suite."""
 import re
 from pathlib import Path
 
@@ -7,17 +7,17 @@ from bench import io
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
+def documented_example() -> str:
+    text = (ROOT / "docs/masks-and-variants.md").read_text()
     block = re.search(r"```python\n(# masks/every_other\.py\n.*?)```", text, re.S)
-    assert block, "the README lost its 'Adding a mask strategy' example"
+    assert block, "docs/masks-and-variants.md lost its 'Adding a mask strategy' example"
     return block.group(1)
 
 
 def test_one_new_file_is_listed_and_usable_from_a_suite(tmp_path, run_sambench, sambench_env):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "every_other.py").write_text(readme_example())
+    (plugins / "every_other.py").write_text(documented_example())
     env = {**sambench_env, "SAMBENCH_MASK_PATH": str(plugins)}
 
     listed = run_sambench("list", "masks", env=env)

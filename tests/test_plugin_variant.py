@@ -1,4 +1,4 @@
-"""A new SAM variant is one file: the README's example, from a folder of its own, listed, trained."""
+"""A new SAM variant is one file: docs/masks-and-variants.md's example, from a folder of its own, listed, trained."""
 import importlib.util
 import os
 import re
@@ -17,10 +17,10 @@ from bench.registries import VARIANTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
+def documented_example() -> str:
+    text = (ROOT / "docs/masks-and-variants.md").read_text()
     block = re.search(r"```python\n(# my_variants/gcsam\.py\n.*?)```", text, re.S)
-    assert block, "the README lost its 'Adding a SAM variant' example"
+    assert block, "docs/masks-and-variants.md lost its 'Adding a SAM variant' example"
     return block.group(1)
 
 
@@ -32,7 +32,7 @@ def sambench(*args, env):
 def test_one_new_file_is_listed_and_trains(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "gcsam.py").write_text(readme_example())
+    (plugins / "gcsam.py").write_text(documented_example())
     env = {**os.environ, "SAMBENCH_VARIANT_PATH": str(plugins), "OMP_NUM_THREADS": "2"}
 
     listed = sambench("list", "variants", env=env)
@@ -55,7 +55,7 @@ def test_one_new_file_is_listed_and_trains(tmp_path):
 def test_the_example_rule_is_what_a_step_does(tmp_path):
     """In process: one step of the example equals SAM along the centralized gradient, by hand."""
     path = tmp_path / "gcsam.py"
-    path.write_text(readme_example())
+    path.write_text(documented_example())
     spec = importlib.util.spec_from_file_location("readme_gcsam", path)
     module = importlib.util.module_from_spec(spec)
     try:
