@@ -172,11 +172,15 @@ def _context_fields(sel, rep) -> dict:
     return out
 
 
-def _variant_fields(rows: pd.DataFrame) -> dict:
+def _variant_fields(sel, rows: pd.DataFrame) -> dict:
+    """variant and the options that differ from its defaults (``variant_shown``, read from the runs)."""
     sam = rows[~rows["baseline"].astype(bool)]
     if not len(sam):
         return {"variant": "sam"}
     rep = sam.iloc[0]
+    if sel.raw is not None and "variant_shown" in sel.raw:
+        runs = sel.raw[(sel.raw["setting"] == rep["setting"]) & (sel.raw["variant_label"] == rep["variant_label"])]
+        rep = runs.iloc[0] if len(runs) else rep
     shown = [k for k in str(rep.get("variant_shown") or "").split(",") if k]
     opts = {k: rep.get(f"variant_opts.{k}") for k in shown if not is_missing(rep.get(f"variant_opts.{k}"))}
     return {"variant": rep.get("variant"), **({"variant_opts": opts} if opts else {})}
@@ -185,7 +189,7 @@ def _variant_fields(rows: pd.DataFrame) -> dict:
 def grid_line(sel, rows: pd.DataFrame, role: str) -> str:
     """The suite grid line (YAML) that runs a missing side in this setting × variant."""
     rep = rows.iloc[0]
-    fields = {**_context_fields(sel, rep), **_variant_fields(rows), "mask": role}
+    fields = {**_context_fields(sel, rep), **_variant_fields(sel, rows), "mask": role}
     if role in ("random", "fisher"):
         fields["sparsity"] = "match:norm_only"
     fields["rho"] = suggested_rhos(role, rows)

@@ -154,10 +154,15 @@ def _protocol_section(df: pd.DataFrame, rule) -> str:
     done = df[df["status"].astype(str) == "done"] if len(df) else df
     splits = sorted({str(plain(v)) for v in done["val_split"]}, key=str) if "val_split" in done else []
     held = [s for s in splits if s not in ("0", "0.0", "None")]
+    noisy = done[(done["label_noise"].astype(float) > 0)] if held and "label_noise" in done else done.iloc[:0]
+    labels = ""
+    if len(noisy) and "val_noisy" in noisy:
+        kinds = sorted({"noisy like the training labels" if bool(v) else "clean" for v in noisy["val_noisy"]})
+        labels = f"; with label noise, the held-out labels are {' / '.join(kinds)} (val_noisy)"
     text = (f"<p><strong>Selection rule: {esc(rule.tag)}</strong>. {esc(rule.describe())}.</p>"
             f"<p>Validation split of the finished runs (val_split): {esc(', '.join(splits) or 'none')}"
             + ("" if held else " — nothing was held out, so only the test set (oracle) or a fixed ρ can choose")
-            + ".</p>")
+            + f"{esc(labels)}.</p>")
     if rule.oracle:
         text += ('<p class="status-failed">ORACLE: every table, figure and claim on this page chose its ρ on the '
                  "test set it reports; the numbers are optimistic. Run with a validation split "
