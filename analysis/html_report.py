@@ -3,7 +3,7 @@
 The page holds everything a reader needs without the folder: run counts by status, the protocol
 (the selection rule that chose each method's configuration, ORACLE when it was the test set, and the
 validation splits the runs held out), the tables (``analysis.table``), the SAM-ON paper's claims as
-verdicts (``analysis.claims``), every figure ``analysis.plot_all`` draws (PNG embedded as base64), the
+verdicts (``analysis.claims``, analysis/paper_claims.py), every figure ``analysis.plot_all`` draws (PNG embedded as base64), the
 failed runs with their error and the tail of their logs, every run in one table, and the
 environment the runs recorded. Files only: no torch, bench or masks import.
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import selection
-from analysis.claims import claims, claims_text
 from analysis.labels import is_missing, plain
 from analysis.loading import collect
+from analysis.paper_claims import claims, claims_text
 from analysis.plots import plot_all
 from analysis.tables import table
 

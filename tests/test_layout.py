@@ -32,7 +32,7 @@ LAYERS = [
     ("analysis.plots",),                                # the figures
     ("analysis.science",),                              # sharpness and γ figures
     ("analysis.figures",),                              # what every figure shares
-    ("analysis.claims", "analysis.tables"),             # the paper's claims as tests; tables
+    ("analysis.paper_claims", "analysis.tables"),       # the SAM-ON paper's claims as tests; tables
     ("analysis.comparisons",),                          # seed-paired differences of chosen configurations
     ("analysis.selection",),                            # selection rules (val, test: the oracle, ...)
     ("analysis.stats",),                                # aggregation over seeds, t intervals, Holm

@@ -1,4 +1,4 @@
-"""Selection rules (analysis.selection) and the paper's claims as verdicts (analysis.claims), on a
+"""Selection rules (analysis.selection) and the paper's claims as verdicts (analysis.paper_claims), on a
 hand-made folder where validation and test disagree about the best ρ.
 
 Fixture (resnet20 / cifar10, val_split 0.2, seeds 0-2; accuracies chosen so every number is easy to
@@ -167,6 +167,9 @@ def test_claims_verdicts_supported_contradicted_inconclusive_and_not_run(df):
     asam_random = not_run[(("2",), "ASAM adaptive=layerwise", "random")]
     assert "variant: asam, variant_opts: {adaptive: layerwise}, mask: random" in asam_random["lines"][0]
     assert "sharpness" in not_run[(("4",), "ASAM adaptive=layerwise", "sharpness")]["lines"][0]
+    baselines_only = analysis.claims(df[df["variant"] == "none"])   # every side of every claim is missing
+    assert len(baselines_only) == 0
+    assert {e["role"] for e in baselines_only.attrs["not_run"]} == {"norm_only", "all", "random", "fisher"}
     text = analysis.claims_text(c)
     assert "Holm's correction over the 4 tests shown" in text and "**contradicted**" in text and "Not run:" in text
 

@@ -1,5 +1,5 @@
 """``sambench claims DIR``: the SAM-ON paper's claims as seed-paired tests on a results folder, with
-their verdicts (analysis.claims; the protocol: docs/protocol.md)."""
+their verdicts (analysis.claims, analysis/paper_claims.py; the protocol: docs/protocol.md)."""
 from __future__ import annotations
 
 from bench.cli.paths import creatable_file, existing_dir

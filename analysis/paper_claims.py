@@ -62,14 +62,19 @@ ROLE_NAMES = {"norm_only": "SAM-ON (mask norm_only)", "all": "dense SAM (mask al
 
 # --- finding the sides ---------------------------------------------------------------------------
 
+def _sam(rows: pd.DataFrame) -> pd.DataFrame:
+    """The SAM rows (a baseline is variant none or mask none, whatever its other fields say)."""
+    return rows[~rows["baseline"].astype(bool)]
+
+
 def _first(rows: pd.DataFrame, mask: str):
-    hit = rows[rows["mask"].astype(str) == mask]
+    hit = _sam(rows)[_sam(rows)["mask"].astype(str) == mask]
     exact = hit[hit["method"] == mask]
     return exact.iloc[0] if len(exact) else (hit.iloc[0] if len(hit) else None)
 
 
 def _same_size(rows: pd.DataFrame, mask: str, sam_on) -> pd.DataFrame:
-    hit = rows[rows["mask"].astype(str) == mask]
+    hit = _sam(rows)[_sam(rows)["mask"].astype(str) == mask]
     matched = hit["sparsity"].astype(str) == "match:norm_only" if "sparsity" in hit else pd.Series(False, hit.index)
     if sam_on is not None and not is_missing(sam_on.get("perturbed_fraction_mean")):
         ref = float(sam_on["perturbed_fraction_mean"])
@@ -141,7 +146,7 @@ def yaml_value(v) -> str:
 
 
 def _rhos(rows: pd.DataFrame, mask: str) -> list[float]:
-    hit = rows[rows["mask"].astype(str) == mask]
+    hit = _sam(rows)[_sam(rows)["mask"].astype(str) == mask]
     return sorted({float(r) for r in hit["rho"] if not is_missing(r)})
 
 
@@ -242,7 +247,8 @@ def _panel_claims(sel, setting: str, variant, measures, confidence) -> tuple[lis
     for claim in CLAIMS:
         a, b = found[claim.a], found[claim.b]
         if a is None or b is None:
-            missing.append(_missing(sel, claim, setting, variant, rows, claim.a if a is None else claim.b))
+            missing += [_missing(sel, claim, setting, variant, rows, role)
+                        for role, side in ((claim.a, a), (claim.b, b)) if side is None]
             continue
         metrics = [sel.rule.report]
         if claim.sharpness:
