@@ -6,12 +6,18 @@ Submodules are imported on first use, so ``import analysis`` is instant::
     import analysis
     df = analysis.collect("results/")            # one row per run, any status
     agg = analysis.aggregate(df)                 # mean/std/n over seeds per configuration
-    diff = analysis.paired_difference(df)        # seed-paired diff vs dense SAM at its best rho, 95% t CI
-    print(analysis.compare(df, "norm_only@1.0", "all@0.1"))   # one paired difference with its CI
+    sel = analysis.select(df, "val")             # each method's configuration chosen on validation
+    diff = analysis.paired_difference(df)        # seed-paired diff vs dense SAM, both at their chosen rho
+    print(analysis.compare(df, "norm_only", "all"))   # one paired difference with its CI
     paths = analysis.plot_all(df, "figures/")    # PNG + PDF; paths.skipped says what was not drawn
-    print(analysis.table(df, fmt="markdown"))    # or fmt="latex", layout="rho"
+    print(analysis.table(df, fmt="markdown"))    # or fmt="latex", layout="rho", select="test" (oracle)
+    print(analysis.claims_text(analysis.claims(df)))  # the SAM-ON paper's claims as verdicts
     analysis.write_csv(agg, "agg.csv")
     analysis.write_report("results/", "report.html")   # one self-contained HTML page
+
+Every output that shows one configuration per method says which selection rule chose it
+(analysis.selection; docs/protocol.md): ``val`` by default when the runs hold out a validation
+split (``val_split``), else ``test``, labelled ORACLE wherever its numbers appear.
 """
 from __future__ import annotations
 
@@ -21,11 +27,22 @@ _EXPORTS = {
     "collect": "loading",
     "write_csv": "loading",
     "aggregate": "stats",
-    "paired_difference": "stats",
-    "best_rho": "stats",
+    "paired_difference": "comparisons",
+    "best_rho": "selection",
+    "select": "selection",
+    "choose": "selection",
+    "mark_selection": "selection",
+    "parse_rule": "selection",
+    "resolve_rule": "selection",
+    "SelectionError": "selection",
+    "RULES": "selection",
+    "claims": "paper_claims",
+    "claims_text": "paper_claims",
+    "CLAIMS": "paper_claims",
+    "holm": "stats",
     "METRICS": "stats",
-    "compare": "stats",
-    "CompareError": "stats",
+    "compare": "comparisons",
+    "CompareError": "comparisons",
     "t_interval": "stats",
     "paired": "stats",
     "sharpness_columns": "stats",

@@ -1,7 +1,9 @@
 """One self-contained HTML page for a results folder: ``sambench report DIR -o report.html``.
 
-The page holds everything a reader needs without the folder: run counts by status, the tables
-(``analysis.table``), every figure ``analysis.plot_all`` draws (PNG embedded as base64), the
+The page holds everything a reader needs without the folder: run counts by status, the protocol
+(the selection rule that chose each method's configuration, ORACLE when it was the test set, and the
+validation splits the runs held out), the tables (``analysis.table``), the SAM-ON paper's claims as
+verdicts (``analysis.claims``, analysis/paper_claims.py), every figure ``analysis.plot_all`` draws (PNG embedded as base64), the
 failed runs with their error and the tail of their logs, every run in one table, and the
 environment the runs recorded. Files only: no torch, bench or masks import.
 
@@ -23,8 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import selection
 from analysis.labels import is_missing, plain
 from analysis.loading import collect
+from analysis.paper_claims import claims, claims_text
 from analysis.plots import plot_all
 from analysis.tables import table
 
@@ -36,7 +40,7 @@ RUN_COLUMNS = ("run_id", "suite", "status", "setting", "variant_label", "method"
                "epochs_done", "seconds_per_epoch", "perturbed_fraction")
 ENV_COLUMNS_FIRST = ("env.git_commit", "env.torch", "env.device_name", "env.device", "env.cuda", "env.python",
                      "env.threads", "env.hostname", "env.platform")
-TABLES = (("Test accuracy (%) at each method's best ρ, mean ± std over seeds", {}),
+TABLES = (("Test accuracy (%) at each method's chosen ρ, mean ± std over seeds", {}),
           ("Test accuracy (%) by ρ", {"layout": "rho"}))
 
 STYLE = """
@@ -63,6 +67,7 @@ class ReportInfo:
     tables: list[str] = field(default_factory=list)
     skipped_figures: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    rule: str = ""            # the selection rule's tag ("val", "test (oracle)", ...)
 
 
 def esc(value) -> str:
@@ -144,11 +149,46 @@ def _status_section(df: pd.DataFrame) -> str:
     return _html_table(header, rows, set(range(1, len(header))), "status")
 
 
-def _tables_section(df: pd.DataFrame, info: ReportInfo) -> str:
+def _protocol_section(df: pd.DataFrame, rule) -> str:
+    """Which rule chose the rows of this page, and what the runs held out to choose on."""
+    done = df[df["status"].astype(str) == "done"] if len(df) else df
+    splits = sorted({str(plain(v)) for v in done["val_split"]}, key=str) if "val_split" in done else []
+    held = [s for s in splits if s not in ("0", "0.0", "None")]
+    noisy = done[(done["label_noise"].astype(float) > 0)] if held and "label_noise" in done else done.iloc[:0]
+    labels = ""
+    if len(noisy) and "val_noisy" in noisy:
+        kinds = sorted({"noisy like the training labels" if bool(v) else "clean" for v in noisy["val_noisy"]})
+        labels = f"; with label noise, the held-out labels are {' / '.join(kinds)} (val_noisy)"
+    text = (f"<p><strong>Selection rule: {esc(rule.tag)}</strong>. {esc(rule.describe())}.</p>"
+            f"<p>Validation split of the finished runs (val_split): {esc(', '.join(splits) or 'none')}"
+            + ("" if held else " — nothing was held out, so only the test set (oracle) or a fixed ρ can choose")
+            + f"{esc(labels)}.</p>")
+    if rule.oracle:
+        text += ('<p class="status-failed">ORACLE: every table, figure and claim on this page chose its ρ on the '
+                 "test set it reports; the numbers are optimistic. Run with a validation split "
+                 "(<code>val_split: 0.2</code>) and <code>--select val</code> for honest ones.</p>")
+    return text + "<p>The protocol: docs/protocol.md.</p>"
+
+
+def _claims_section(df: pd.DataFrame, info: ReportInfo, rule, tune) -> str:
+    try:
+        text = claims_text(claims(df, rule, tune))
+    except Exception as exc:  # noqa: BLE001 -- the page is made without this section
+        info.warnings.append(f"claims not made: {type(exc).__name__}: {exc}")
+        return "<p>Not made (see the warnings).</p>"
+    body = [ln for ln in text.split("\nNot run:\n")[0].splitlines()]
+    parts = [markdown_to_html("\n".join(body))]
+    not_run = text.split("\nNot run:\n")[1] if "\nNot run:\n" in text else ""
+    if not_run.strip():
+        parts.append(f"<p>Not run (suite grid lines that would run them):</p><pre>{esc(not_run.strip())}</pre>")
+    return "\n".join(parts)
+
+
+def _tables_section(df: pd.DataFrame, info: ReportInfo, rule=None, tune=None) -> str:
     parts = []
     for title, kwargs in TABLES:
         try:
-            text = table(df, fmt="markdown", **kwargs)
+            text = table(df, fmt="markdown", select=rule, tune=tune, **kwargs)
         except Exception as exc:  # noqa: BLE001 -- one table that cannot be made does not stop the page
             info.warnings.append(f"table {title!r} not made: {type(exc).__name__}: {exc}")
             continue
@@ -157,9 +197,9 @@ def _tables_section(df: pd.DataFrame, info: ReportInfo) -> str:
     return "\n".join(parts)
 
 
-def _figures_section(df: pd.DataFrame, info: ReportInfo) -> str:
+def _figures_section(df: pd.DataFrame, info: ReportInfo, rule=None, tune=None) -> str:
     with tempfile.TemporaryDirectory(prefix="sambench-report-") as tmp:
-        paths = plot_all(df, tmp, formats=("png",))
+        paths = plot_all(df, tmp, formats=("png",), select=rule, tune=tune)
         parts = []
         for p in paths:
             stem = Path(p).stem
@@ -282,16 +322,22 @@ def _version() -> str:
         return "unknown"
 
 
-def render(folder: str | os.PathLike, title: str | None = None) -> tuple[str, ReportInfo]:
-    """The page as a string and what it holds (``info.path`` left empty)."""
+def render(folder: str | os.PathLike, title: str | None = None, select=None,
+           tune=None) -> tuple[str, ReportInfo]:
+    """The page as a string and what it holds (``info.path`` left empty); ``select``: the selection
+    rule (default ``val`` with a validation split, else ``test``, the oracle)."""
     info = ReportInfo(path="")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df = collect(folder)
+        rule = selection.resolve_rule(select, df)
+        info.rule = rule.tag
         sections = [
             ("status", "Runs by status", _status_section(df)),
-            ("tables", "Tables", _tables_section(df, info)),
-            ("figures", "Figures", _figures_section(df, info)),
+            ("protocol", "Protocol", _protocol_section(df, rule)),
+            ("tables", "Tables", _tables_section(df, info, rule, tune)),
+            ("claims", "Claims of the SAM-ON paper", _claims_section(df, info, rule, tune)),
+            ("figures", "Figures", _figures_section(df, info, rule, tune)),
             ("failed", "Failed runs", _failed_section(df)),
             ("runs", "All runs", _runs_section(df)),
             ("environment", "Environment", _environment_section(df)),
@@ -314,9 +360,10 @@ def render(folder: str | os.PathLike, title: str | None = None) -> tuple[str, Re
     return page, info
 
 
-def write_report(folder: str | os.PathLike, output: str | os.PathLike, title: str | None = None) -> ReportInfo:
+def write_report(folder: str | os.PathLike, output: str | os.PathLike, title: str | None = None,
+                 select=None, tune=None) -> ReportInfo:
     """Write the report page for ``folder`` to ``output`` (parent folders created)."""
-    page, info = render(folder, title)
+    page, info = render(folder, title, select, tune)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

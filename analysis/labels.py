@@ -26,16 +26,19 @@ def is_runtime(col: str) -> bool:
     return col in RUNTIME_FIELDS or col.startswith(RUNTIME_PREFIXES)
 
 META_COLUMNS = ("run_id", "suite", "status", "path")
+VALIDATION_COLUMNS = ("val_acc", "val_loss", "best_val_acc", "best_val_epoch", "test_acc_at_best_val",
+                      "test_loss_at_best_val", "val_size")   # runs with a validation split (val_split)
 RESULT_COLUMNS = (
     "test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc", "epochs_done", "wall_time_s",
     "seconds_per_epoch", "n_params", "n_perturbed", "perturbed_fraction", "error", "norm_gamma",
-    "epochs_logged", "last_test_acc",
+    "epochs_logged", "last_test_acc", *VALIDATION_COLUMNS,
 )
 LABEL_COLUMNS = ("baseline", "variant_label", "method", "mask_label", "setting")
 LABEL_INPUTS = ("variant_shown",)   # read from the files for labels; not a config field
 NUMERIC_RESULT_COLUMNS = (
     "test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc", "epochs_done", "wall_time_s",
     "seconds_per_epoch", "n_params", "n_perturbed", "perturbed_fraction", "epochs_logged", "last_test_acc",
+    *VALIDATION_COLUMNS,
 )
 # config fields that describe *how* a run perturbs (the method) rather than the setting
 METHOD_FIELDS = ("mask", "sparsity", "rho_norm", "freeze_bn_second")
@@ -44,7 +47,7 @@ VARIANT_PREFIXES = ("variant_opts.",)
 
 METHOD_DEFAULTS = {"rho_norm": "subset", "freeze_bn_second": False}
 # config fields added after results existed: runs written before them get these values
-CONFIG_DEFAULTS = {"label_noise": 0.0, "label_noise_type": "symmetric"}
+CONFIG_DEFAULTS = {"label_noise": 0.0, "label_noise_type": "symmetric", "val_split": 0.0, "val_noisy": False}
 BASE_NAMES = {"sgd": "SGD", "adamw": "AdamW", "lion": "Lion"}
 
 
@@ -72,13 +75,20 @@ def _is_method_col(c: str) -> bool:
     return c in METHOD_FIELDS or c.startswith(METHOD_PREFIXES)
 
 
+def tuned_fields(df) -> tuple[str, ...]:
+    """The fields a selection rule chooses (analysis.selection): ``df.attrs["tuned"]``, else rho."""
+    return tuple(df.attrs.get("tuned") or ("rho",))
+
+
 def context_columns(df) -> list[str]:
-    """Key columns without the method (mask, sparsity, mask_opts, rho_norm, freeze_bn_second) and rho.
+    """Key columns without the method (mask, sparsity, mask_opts, rho_norm, freeze_bn_second) and the
+    tuned fields (rho, unless ``attrs["tuned"]`` says more).
 
     Two configurations in the same context differ only in how/how much they perturb; this is
     what ``paired_difference`` compares within (same model, dataset, variant + options, base, ...).
     """
-    return [c for c in key_columns(df) if not _is_method_col(c) and c != "rho"]
+    tuned = tuned_fields(df)
+    return [c for c in key_columns(df) if not _is_method_col(c) and c not in tuned]
 
 
 def setting_columns(df) -> list[str]:
@@ -234,7 +244,8 @@ def _varying(records: list[dict], cols: list[str], ignore_missing: bool = False)
 
 
 _SHORT = {"weight_decay": "wd", "momentum": "mom", "label_smoothing": "ls", "batch_size": "bs",
-          "warmup_epochs": "warmup", "label_noise": "label noise", "label_noise_type": "noise"}
+          "warmup_epochs": "warmup", "label_noise": "label noise", "label_noise_type": "noise",
+          "val_split": "val split", "val_noisy": "noisy val"}
 
 
 def _setting_extras(row: dict, varying: list[str]) -> list[str]:
@@ -259,6 +270,45 @@ def _setting_extras(row: dict, varying: list[str]) -> list[str]:
     return out
 
 
+def _label_records(df) -> list[dict]:
+    """The config fields (and variant_shown) of every row: what the label rules read."""
+    return df[[c for c in df.columns if c not in RESULT_COLUMNS and c not in META_COLUMNS
+               and not c.startswith(("env.", "result."))]].to_dict("records")
+
+
+def _setting_varying(df, records: list[dict]) -> list[str]:
+    """The setting fields a setting's name shows: those that vary. Fields only present in some settings
+    (SGD's momentum vs AdamW's betas) are left out unless that would merge two different settings."""
+    set_cols = [c for c in setting_columns(df) if c not in ("model", "dataset")]
+    varying = _varying(records, set_cols, ignore_missing=True)
+    if "base.name" in _varying(records, set_cols) and "base.name" not in varying:
+        varying.insert(0, "base.name")
+    names: dict[str, set] = {}
+    for r, k in zip(records, row_keys(df, set_cols + ["model", "dataset"])):
+        names.setdefault(", ".join(_setting_extras(r, varying)) + _get(r, "model", "?")
+                         + "/" + _get(r, "dataset", "?"), set()).add(k)
+    if any(len(v) > 1 for v in names.values()):
+        varying = _varying(records, set_cols)
+    return varying
+
+
+def _row_labels(r: dict, varying_opts: dict, set_varying: list[str]) -> tuple:
+    """(baseline, variant_label, method, mask_label, setting) of one row."""
+    base, vl = is_baseline(r), variant_label(r)
+    if base:
+        method = mask_label = vl
+    else:
+        mask = str(_get(r, "mask", "?"))
+        extras = _method_extras(r, varying_opts.get(mask, []))
+        tail = f" ({', '.join(extras)})" if extras else ""
+        sp = _get(r, "sparsity")
+        method = mask + (f"@{fmt_value(sp)}" if sp is not None else "") + tail
+        mask_label = mask + tail
+    setting = f"{_get(r, 'model', '?')} / {_get(r, 'dataset', '?')}"
+    extra = _setting_extras(r, set_varying)
+    return base, vl, method, mask_label, setting + (", " + ", ".join(extra) if extra else "")
+
+
 def add_labels(df, force: bool = False):
     """Add ``baseline``, ``variant_label``, ``method``, ``mask_label`` and ``setting`` columns.
 
@@ -266,7 +316,8 @@ def add_labels(df, force: bool = False):
       ``rho_norm``/``freeze_bn_second`` and any ``mask_opts`` that vary between runs of that mask,
       e.g. ``random@0.99``, ``fisher@0.9 (num_samples=64)``; the variant label for baselines.
     * ``mask_label``: the same without the sparsity (one line per mask in plots).
-    * ``setting``: ``model / dataset`` plus every other setting field that varies in the frame.
+    * ``setting``: ``model / dataset`` plus every other setting field that varies in the frame (the
+      tuned fields of ``attrs["tuned"]`` excepted: a selection rule chooses them within a setting).
     Labels are data-dependent (what varies), so they are computed once, on the whole frame.
     """
     if not force and all(c in df.columns for c in LABEL_COLUMNS):
@@ -276,55 +327,17 @@ def add_labels(df, force: bool = False):
         for c in LABEL_COLUMNS:
             df[c] = []
         return df
-    # the label rules read config fields (and variant_shown) only: leave results and env.* out
-    records = df[[c for c in df.columns if c not in RESULT_COLUMNS and c not in META_COLUMNS
-                  and not c.startswith(("env.", "result."))]].to_dict("records")
+    records = _label_records(df)
     mask_opt_cols = [c for c in df.columns if c.startswith("mask_opts.")]
     by_mask: dict[str, list[dict]] = {}
     for r in records:
         if not is_baseline(r):
             by_mask.setdefault(str(_get(r, "mask", "?")), []).append(r)
     varying_opts = {m: _varying(rs, mask_opt_cols) for m, rs in by_mask.items()}
-    set_cols = [c for c in setting_columns(df) if c not in ("model", "dataset")]
-    # name a setting by what varies; fields only present in some settings (SGD's momentum vs
-    # AdamW's betas) are left out of the name unless that would merge two different settings
-    set_varying = _varying(records, set_cols, ignore_missing=True)
-    if "base.name" in _varying(records, set_cols) and "base.name" not in set_varying:
-        set_varying.insert(0, "base.name")
-    names: dict[str, set] = {}
-    for r, k in zip(records, row_keys(df, set_cols + ["model", "dataset"])):
-        names.setdefault(", ".join(_setting_extras(r, set_varying)) + _get(r, "model", "?")
-                         + "/" + _get(r, "dataset", "?"), set()).add(k)
-    if any(len(v) > 1 for v in names.values()):
-        set_varying = _varying(records, set_cols)
-
-    baseline, vlabels, methods, mask_labels, settings = [], [], [], [], []
-    for r in records:
-        base = is_baseline(r)
-        vl = variant_label(r)
-        if base:
-            method = mask_label = vl
-        else:
-            mask = str(_get(r, "mask", "?"))
-            extras = _method_extras(r, varying_opts.get(mask, []))
-            tail = f" ({', '.join(extras)})" if extras else ""
-            sp = _get(r, "sparsity")
-            method = mask + (f"@{fmt_value(sp)}" if sp is not None else "") + tail
-            mask_label = mask + tail
-        setting = f"{_get(r, 'model', '?')} / {_get(r, 'dataset', '?')}"
-        extra = _setting_extras(r, set_varying)
-        if extra:
-            setting += ", " + ", ".join(extra)
-        baseline.append(base)
-        vlabels.append(vl)
-        methods.append(method)
-        mask_labels.append(mask_label)
-        settings.append(setting)
-    df["baseline"] = baseline
-    df["variant_label"] = vlabels
-    df["method"] = methods
-    df["mask_label"] = mask_labels
-    df["setting"] = settings
+    set_varying = _setting_varying(df, records)
+    labels = list(zip(*(_row_labels(r, varying_opts, set_varying) for r in records)))
+    for col, values in zip(LABEL_COLUMNS, labels):
+        df[col] = list(values)
     return df
 
 

@@ -134,71 +134,113 @@ def _variant_columns(config: dict, stored: Any) -> dict[str, Any]:
     return out
 
 
-def _load_run(run_dir: Path, skipped: list) -> dict | None:
-    cfg_file = run_dir / "config.json"
-    res_file = run_dir / "result.json"
+def _read_run(run_dir: Path, skipped: list) -> tuple[dict | None, dict | None, str, dict | None]:
+    """(config.json, result.json or None, the result's state: ok/corrupt/absent, the run config)."""
+    cfg_file, res_file = run_dir / "config.json", run_dir / "result.json"
     cfg_json = _read_json(cfg_file, skipped)
-    result = None
-    result_state = "absent"
+    result, state = None, "absent"
     if res_file.exists():
         result = _read_json(res_file, skipped)
-        result_state = "ok" if result is not None else "corrupt"
+        state = "ok" if result is not None else "corrupt"
     config = None
     if cfg_json is not None and isinstance(cfg_json.get("config"), dict):
         config = cfg_json["config"]
     elif result is not None and isinstance(result.get("config"), dict):
         config = result["config"]
-    if config is None:
-        if cfg_json is not None:
-            skipped.append({"path": str(cfg_file), "reason": "no 'config' mapping"})
-        log.info("skipping run %s: no readable config", run_dir)
-        return None
-    n_lines, last = _read_metrics(run_dir / "metrics.jsonl", skipped)
+    if config is None and cfg_json is not None:
+        skipped.append({"path": str(cfg_file), "reason": "no 'config' mapping"})
+    return cfg_json, result, state, config
 
-    row: dict[str, Any] = {
-        "run_id": (cfg_json or {}).get("run_id") or (result or {}).get("run_id") or run_dir.name,
-        "suite": (cfg_json or {}).get("suite"),
-        "path": str(run_dir),
-    }
-    if result_state == "ok":
-        row["status"] = str(result.get("status") or "unknown")
-    elif result_state == "corrupt":
-        row["status"] = "corrupt"
-    else:
-        row["status"] = "running" if n_lines > 0 else "pending"
+
+def _status(result: dict | None, state: str, n_lines: int) -> str:
+    if state == "ok":
+        return str(result.get("status") or "unknown")
+    if state == "corrupt":
+        return "corrupt"
+    return "running" if n_lines > 0 else "pending"
+
+
+def _config_row(config: dict, cfg_json: dict | None, result: dict | None) -> dict[str, Any]:
+    """The flattened config, defaults of fields added later, the sharpness options, the variant options."""
     config = dict(config)
     sharpness_config = config.pop("sharpness", None)  # a runtime block of options: one column
-    row.update(_flatten(config))
+    row = _flatten(config)
     for k, v in CONFIG_DEFAULTS.items():
         row.setdefault(k, v)
     if sharpness_config is not None:
         row["sharpness_config"] = json.dumps(sharpness_config, sort_keys=True)
     stored = (cfg_json or {}).get("variant_options", (result or {}).get("variant_options"))
     row.update(_variant_columns(config, stored))
+    return row
+
+
+def _result_row(result: dict) -> dict[str, Any]:
+    """result.json's fields as columns (unknown ones as ``result.<key>``), sharpness and env.* flattened."""
+    row: dict[str, Any] = {}
+    if "epochs" in result:
+        row["epochs_done"] = result["epochs"]
+    for k, v in result.items():
+        if k in _RESULT_SPECIAL:
+            continue
+        if k == "norm_gamma":
+            row[k] = v if isinstance(v, list) else None
+        elif k == "sharpness" and isinstance(v, dict):
+            row.update(_sharpness_columns(v))
+        else:
+            v = json.dumps(v, sort_keys=True) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v
+            row[k if k in RESULT_COLUMNS else f"result.{k}"] = v
+    if isinstance(result.get("env"), dict):
+        _flatten(result["env"], "env.", row)
+    return row
+
+
+def _load_run(run_dir: Path, skipped: list) -> dict | None:
+    cfg_json, result, state, config = _read_run(run_dir, skipped)
+    if config is None:
+        log.info("skipping run %s: no readable config", run_dir)
+        return None
+    n_lines, last = _read_metrics(run_dir / "metrics.jsonl", skipped)
+    row: dict[str, Any] = {
+        "run_id": (cfg_json or {}).get("run_id") or (result or {}).get("run_id") or run_dir.name,
+        "suite": (cfg_json or {}).get("suite"),
+        "path": str(run_dir),
+        "status": _status(result, state, n_lines),
+    }
+    row.update(_config_row(config, cfg_json, result))
     row["epochs_logged"] = n_lines
     row["last_test_acc"] = last.get("test_acc") if last else None
     if result is not None:
-        if "epochs" in result:
-            row["epochs_done"] = result["epochs"]
-        for k, v in result.items():
-            if k in _RESULT_SPECIAL:
-                continue
-            if k == "norm_gamma":
-                row[k] = v if isinstance(v, list) else None
-                continue
-            if k == "sharpness" and isinstance(v, dict):
-                row.update(_sharpness_columns(v))
-                continue
-            if isinstance(v, dict):
-                v = json.dumps(v, sort_keys=True)
-            elif isinstance(v, list):
-                v = tuple(v)
-            col = k if k in RESULT_COLUMNS else f"result.{k}"
-            row[col] = v
-        env = result.get("env")
-        if isinstance(env, dict):
-            _flatten(env, "env.", row)
+        row.update(_result_row(result))
     return row
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Numeric result columns as numbers (the main ones present even when no run has them), and
+    ``val_noisy`` False where it changes nothing (no held-out part or no label noise), as in run ids."""
+    numeric = list(NUMERIC_RESULT_COLUMNS) + [c for c in df.columns
+                                              if c.startswith((SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX))]
+    for c in numeric:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+        elif c in ("test_acc", "test_loss", "train_acc", "seconds_per_epoch", "perturbed_fraction"):
+            df[c] = float("nan")
+    if "norm_gamma" not in df.columns:
+        df["norm_gamma"] = None
+    if len(df) and {"val_noisy", "val_split", "label_noise"} <= set(df.columns):
+        inert = [not bool(v) or not bool(n) for v, n in zip(df["val_split"], df["label_noise"])]
+        df.loc[inert, "val_noisy"] = False
+    return df
+
+
+def _ordered(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Columns in order: meta, experiment config fields (file order), runtime fields, results, env.*."""
+    config_cols = [c for c in df.columns if c not in META_COLUMNS and c not in RESULT_COLUMNS
+                   and c not in LABEL_INPUTS
+                   and not c.startswith(("env.", "result.", SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX))]
+    env_cols = sorted(c for c in df.columns if c.startswith("env."))
+    other = [c for c in df.columns if c not in config_cols and c not in env_cols and c not in META_COLUMNS]
+    config_cols = [c for c in config_cols if not is_runtime(c)] + [c for c in config_cols if is_runtime(c)]
+    return df[[c for c in META_COLUMNS if c in df.columns] + config_cols + other + env_cols], config_cols
 
 
 def collect(folder: str | os.PathLike) -> pd.DataFrame:
@@ -215,13 +257,16 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
       of the run's variant, defaults included, from the ``variant_options`` bench stores beside
       the config (older files: the options their config spelled out), and ``variant_shown`` the
       ones that differ from the defaults;
-    * result fields (``test_acc``, ``test_loss``, ``train_acc``, ``train_loss``, ``best_test_acc``,
-      ``epochs_done`` (= result's ``epochs``), ``wall_time_s``, ``seconds_per_epoch``, ``n_params``,
-      ``n_perturbed``, ``perturbed_fraction``, ``error``), ``env.*``, ``norm_gamma`` (list or None),
-      unknown result keys as ``result.<key>``;
+    * result fields (``test_acc``, ``test_loss``, ``train_acc``, ``train_loss``, ``best_test_acc``
+      (the best epoch's test accuracy: an oracle's early stop), ``epochs_done`` (= result's
+      ``epochs``), ``wall_time_s``, ``seconds_per_epoch``, ``n_params``, ``n_perturbed``,
+      ``perturbed_fraction``, ``error``; with a validation split ``val_acc``, ``val_loss``,
+      ``best_val_acc``, ``best_val_epoch``, ``test_acc_at_best_val``, ``test_loss_at_best_val``,
+      ``val_size``), ``env.*``, ``norm_gamma`` (list or None), unknown result keys as ``result.<key>``;
     * ``epochs_logged`` / ``last_test_acc`` from metrics.jsonl (progress of unfinished runs);
     * label columns ``baseline``, ``variant_label``, ``method``, ``mask_label``, ``setting``.
 
+    Which configuration a selection rule chose is :func:`analysis.selection.mark_selection`.
     Unreadable files (invalid JSON, half-written lines) are skipped with one warning and listed
     in ``df.attrs["skipped"]`` as ``{"path", "reason"}`` dicts; a run whose config cannot be read
     from config.json nor result.json is left out (and its file listed there).
@@ -233,25 +278,7 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
     run_dirs = _find_run_dirs(root)
     rows = [r for r in (_load_run(d, skipped) for d in run_dirs) if r is not None]
     df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(META_COLUMNS))
-
-    numeric = list(NUMERIC_RESULT_COLUMNS) + [c for c in df.columns
-                                              if c.startswith((SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX))]
-    for c in numeric:
-        if c in df.columns:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-        elif c in ("test_acc", "test_loss", "train_acc", "seconds_per_epoch", "perturbed_fraction"):
-            df[c] = float("nan")
-    if "norm_gamma" not in df.columns:
-        df["norm_gamma"] = None
-
-    config_cols = [c for c in df.columns if c not in META_COLUMNS and c not in RESULT_COLUMNS
-                   and c not in LABEL_INPUTS
-                   and not c.startswith(("env.", "result.", SHARPNESS_PREFIX, SHARPNESS_TIME_PREFIX))]
-    env_cols = sorted(c for c in df.columns if c.startswith("env."))
-    other = [c for c in df.columns if c not in config_cols and c not in env_cols and c not in META_COLUMNS]
-    # config columns: experiment fields first (in file order), runtime fields last
-    config_cols = [c for c in config_cols if not is_runtime(c)] + [c for c in config_cols if is_runtime(c)]
-    df = df[[c for c in META_COLUMNS if c in df.columns] + config_cols + other + env_cols]
+    df, config_cols = _ordered(_typed(df))
     df.attrs["config_columns"] = config_cols
     df.attrs["skipped"] = skipped
     df.attrs["root"] = str(root)

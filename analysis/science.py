@@ -5,14 +5,15 @@ The sharpness columns are ``sharpness.<measure>`` (collected from result.json["s
 written by ``sambench sharpness`` or a suite's ``sharpness:`` block): the Hessian's largest
 eigenvalue and trace over all parameters and over the norm layers, and worst-case m-sharpness
 per norm, adaptivity and radius. Every function takes the prepared data of analysis.plots and
-returns a PlotPaths; analysis.plots.plot_all draws them all.
+returns a PlotPaths (analysis.figures); analysis.plots.plot_all draws them all. Where a figure shows
+one configuration per method, it is the one the selection rule chose (its title says which).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import figures
 from analysis.labels import (
     BASELINE_COLOR,
     SHARPNESS_PREFIX,
@@ -24,7 +25,7 @@ from analysis.labels import (
     slug,
     variant_sort_key,
 )
-from analysis.stats import _done_runs, sharpness_columns
+from analysis.stats import done_runs, sharpness_columns
 
 VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
 _HESSIAN_TITLES = {
@@ -66,13 +67,6 @@ def _log_if_spread(ax, values, axis: str = "x") -> None:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
-def _suptitle(fig, text: str) -> None:
-    """A figure title wrapped to the figure's width (about 15 characters per inch at 9 pt)."""
-    import textwrap
-
-    fig.suptitle("\n".join(textwrap.wrap(text, width=int(fig.get_figwidth() * 15))))
-
-
 def _variant_markers(rows: pd.DataFrame) -> dict[str, str]:
     variants = sorted(rows["variant_label"].unique(), key=variant_sort_key)
     return dict(zip(variants, VARIANT_MARKERS * 3))
@@ -87,16 +81,16 @@ def sharpness_vs_accuracy(d, outdir, formats) -> list:
     name = "sharpness_vs_accuracy"
     measures = _measures(d)
     if not measures:
-        return plots._skip(name, "no run has sharpness measures (sambench sharpness RUN_DIR...)")
-    out = plots.PlotPaths()
+        return figures.skip(name, "no run has sharpness measures (sambench sharpness RUN_DIR...)")
+    out = figures.PlotPaths()
     settings = sorted(d.agg["setting"].unique())
     for s in settings:
-        rows = d.agg[(d.agg["setting"] == s) & d.agg["test_acc_mean"].notna()]
+        rows = d.agg[(d.agg["setting"] == s) & d.agg[f"{d.acc_col}_mean"].notna()]
         cols = [c for c in measures if rows[f"{c}_mean"].notna().any()]
         if not cols:
             continue
         vmarkers = _variant_markers(rows)
-        fig, axes = plots._figure(len(cols), ncols_max=2 if len(cols) <= 4 else 3)
+        fig, axes = figures.figure(len(cols), ncols_max=2 if len(cols) <= 4 else 3)
         seen: dict[str, str] = {}
         for ax, c in zip(axes, cols):
             pts = rows[rows[f"{c}_mean"].notna()]
@@ -105,23 +99,23 @@ def sharpness_vs_accuracy(d, outdir, formats) -> list:
                 mask = "none" if base else str(r["mask"])
                 color = BASELINE_COLOR if base else d.line_colors.get(r["mask_label"], mask_color(mask))
                 seen.setdefault(r["variant_label"] if base else r["mask_label"], color)
-                ax.errorbar([r[f"{c}_mean"]], [r["test_acc_mean"]], xerr=plots._nz([r[f"{c}_std"]]),
-                            yerr=plots._nz([r["test_acc_std"]]), color=color, ls="none", alpha=0.9,
+                ax.errorbar([r[f"{c}_mean"]], [r[f"{d.acc_col}_mean"]], xerr=figures.nz([r[f"{c}_std"]]),
+                            yerr=figures.nz([r[f"{d.acc_col}_std"]]), color=color, ls="none", alpha=0.9,
                             marker=vmarkers[r["variant_label"]], ms=5, mec="black" if base else color,
                             mew=0.6, zorder=3)
             _log_if_spread(ax, pts[f"{c}_mean"])
             ax.set_xlabel(measure_axis(c))
-            ax.set_ylabel(plots.ACC_LABEL)
-            plots._title(ax, measure_title(c), width=40)
+            ax.set_ylabel(figures.ACC_LABEL)
+            figures.title(ax, measure_title(c), width=40)
         extra = [(Line2D([], [], color=col, marker="o", ls="none", ms=5), lab) for lab, col in seen.items()]
         if len(vmarkers) > 1:
             extra += [(Line2D([], [], color="#777777", marker=m, ls="none", ms=5, mfc="none"), v)
                       for v, m in vmarkers.items()]
-        _suptitle(fig, f"{s}: test accuracy against sharpness (mean ± std over seeds; each point one "
-                       "configuration)")
-        plots._legend(fig, axes, extra)
+        figures.suptitle(fig, f"{s}: test accuracy against sharpness (mean ± std over seeds; each point one "
+                              "configuration)")
+        figures.legend(fig, axes, extra)
         stem = name if len(settings) == 1 else f"{name}_{slug(s)}"
-        out.extend(plots._save(fig, outdir, stem, formats))
+        out.extend(figures.save(fig, outdir, stem, formats))
     if not out:
         out.skipped[name] = "no setting with both accuracy and sharpness"
     return out
@@ -134,8 +128,8 @@ def sharpness_vs_sparsity(d, outdir, formats) -> list:
     name = "sharpness_vs_sparsity"
     measures = _measures(d)
     if not measures:
-        return plots._skip(name, "no run has sharpness measures (sambench sharpness RUN_DIR...)")
-    out = plots.PlotPaths()
+        return figures.skip(name, "no run has sharpness measures (sambench sharpness RUN_DIR...)")
+    out = figures.PlotPaths()
     nb = d.best[~d.best["baseline"].astype(bool) & (d.best["perturbed_fraction_mean"] > 0)]
     panels = sorted({(s, v) for s, v in zip(nb["setting"], nb["variant_label"])},
                     key=lambda sv: (sv[0], variant_sort_key(sv[1])))
@@ -144,34 +138,30 @@ def sharpness_vs_sparsity(d, outdir, formats) -> list:
         cols = [c for c in measures if pts[f"{c}_mean"].notna().any()]
         if not cols:
             continue
-        fig, axes = plots._figure(len(cols), ncols_max=2 if len(cols) <= 4 else 3)
-        b = plots._baseline_row(d, s)
+        fig, axes = figures.figure(len(cols), ncols_max=2 if len(cols) <= 4 else 3)
+        b = figures.baseline_row(d, s)
         for ax, c in zip(axes, cols):
             if b is not None and not is_missing(b.get(f"{c}_mean")):
-                plots._band(ax, b[f"{c}_mean"], b.get(f"{c}_std"), BASELINE_COLOR,
+                figures.band(ax, b[f"{c}_mean"], b.get(f"{c}_std"), BASELINE_COLOR,
                             f"{b['variant_label']} baseline (mean ± std)")
             groups = sorted(pts[pts[f"{c}_mean"].notna()].groupby("mask_label", sort=False),
                             key=lambda kv: method_sort_key(kv[1]["mask"].iloc[0], None, kv[0], False))
             for label, grp in groups:
                 grp = grp.sort_values("perturbed_fraction_mean")
                 mask = str(grp["mask"].iloc[0])
-                ax.errorbar(grp["perturbed_fraction_mean"], grp[f"{c}_mean"], yerr=plots._nz(grp[f"{c}_std"]),
+                ax.errorbar(grp["perturbed_fraction_mean"], grp[f"{c}_mean"], yerr=figures.nz(grp[f"{c}_std"]),
                             color=d.line_colors.get(label, mask_color(mask)), marker=mask_marker(mask),
                             ms=9 if mask == "norm_only" else 4.5, mec="black" if mask == "norm_only" else None,
                             mew=0.6, label=label, zorder=3)
-            ax.set_xscale("log")
-            lo = float(pts["perturbed_fraction_mean"].min())
-            ax.set_xlim(10 ** np.floor(np.log10(lo * 0.8)), 1.6)
-            plots._plain_log_labels(ax)
+            figures.fraction_axis(ax, pts["perturbed_fraction_mean"])
             _log_if_spread(ax, pts[f"{c}_mean"], axis="y")
-            ax.set_xlabel("fraction of parameters perturbed (log scale)")
             ax.set_ylabel(measure_axis(c))
-            plots._title(ax, measure_title(c), width=40)
-        _suptitle(fig, f"{v} — {s}: sharpness of the trained model against the fraction of parameters "
-                       "perturbed (each method at its best rho by accuracy; mean ± std over seeds)")
-        plots._legend(fig, axes)
+            figures.title(ax, measure_title(c), width=40)
+        figures.suptitle(fig, f"{v} — {s}: sharpness of the trained model against the fraction of parameters "
+                              f"perturbed (each method at its chosen ρ, {d.rule.short}; mean ± std over seeds)")
+        figures.legend(fig, axes)
         stem = name if len(panels) == 1 else f"{name}_{slug(s)}_{slug(v)}"
-        out.extend(plots._save(fig, outdir, stem, formats))
+        out.extend(figures.save(fig, outdir, stem, formats))
     if not out:
         out.skipped[name] = "no SAM configuration with sharpness and a measured perturbed fraction"
     return out
@@ -187,7 +177,7 @@ def gamma_panels(d):
     """(panels [(setting, variant or None)], {method key: pooled γ values}, best rows) or a skip reason."""
     if "norm_gamma" not in d.raw.columns or not d.raw["norm_gamma"].map(_has_values).any():
         return "no run saved norm_gamma"
-    done, _, _ = _done_runs(d.raw, key_columns(d.raw))
+    done, _, _ = done_runs(d.raw, key_columns(d.raw))
     done = done[done["norm_gamma"].map(_has_values)]
     if not len(done) or not len(d.best):
         return "no finished run saved norm_gamma"
@@ -196,7 +186,7 @@ def gamma_panels(d):
         values.setdefault(k, []).extend(float(x) for x in g if x is not None)
     best = d.best[d.best["_key"].isin(values)]
     if not len(best):
-        return "norm_gamma saved only by configurations that are not at their best rho"
+        return "norm_gamma saved only by configurations the selection rule did not choose"
     nb = best[~best["baseline"].astype(bool)]
     panels = sorted({(s, v) for s, v in zip(nb["setting"], nb["variant_label"])},
                     key=lambda sv: (sv[0], variant_sort_key(sv[1])))
@@ -226,12 +216,12 @@ def gamma_ridge(d, outdir, formats) -> list:
     name = "norm_gamma"
     prepared = gamma_panels(d)
     if isinstance(prepared, str):
-        return plots._skip(name, prepared)
+        return figures.skip(name, prepared)
     panels, values, best = prepared
     most = max(len(_panel_rows(best, s, v)) for s, v in panels)
-    fig, axes = plots._figure(len(panels))
-    panel_rows = -(-len(panels) // plots.MAX_COLS)
-    fig.set_figheight(panel_rows * max(plots.PANEL_H, 0.8 + 0.3 * most))  # room for one ridge per method
+    fig, axes = figures.figure(len(panels))
+    panel_rows = -(-len(panels) // figures.MAX_COLS)
+    fig.set_figheight(panel_rows * max(figures.PANEL_H, 0.8 + 0.3 * most))  # room for one ridge per method
     for ax, (s, v) in zip(axes, panels):
         rows = _panel_rows(best, s, v)
         allv = np.concatenate([np.asarray(values[k], dtype=float) for k in rows["_key"]])
@@ -254,8 +244,8 @@ def gamma_ridge(d, outdir, formats) -> list:
         ax.set_yticklabels(list(reversed(list(rows["method"]))))
         ax.set_ylim(-0.1, n)
         ax.set_xlabel("final norm-layer γ (tick: median)", loc="right")
-        plots._title(ax, f"{v} — {s}" if v else s)
-    return plots.PlotPaths(plots._save(fig, outdir, name, formats))
+        figures.title(ax, (f"{v} — {s}" if v else s) + f"; {d.rule.short}")
+    return figures.PlotPaths(figures.save(fig, outdir, name, formats))
 
 
 def gamma_violin(d, outdir, formats) -> list:
@@ -265,11 +255,11 @@ def gamma_violin(d, outdir, formats) -> list:
     name = "norm_gamma_violin"
     prepared = gamma_panels(d)
     if isinstance(prepared, str):
-        return plots._skip(name, prepared)
+        return figures.skip(name, prepared)
     panels, values, best = prepared
     most = max(len(_panel_rows(best, s, v)) for s, v in panels)
-    fig, axes = plots._figure(len(panels))
-    fig.set_figheight(-(-len(panels) // plots.MAX_COLS) * max(plots.PANEL_H, 0.8 + 0.3 * most))
+    fig, axes = figures.figure(len(panels))
+    fig.set_figheight(-(-len(panels) // figures.MAX_COLS) * max(figures.PANEL_H, 0.8 + 0.3 * most))
     for ax, (s, v) in zip(axes, panels):
         rows = _panel_rows(best, s, v)
         long = pd.DataFrame([(m, x) for m, k in zip(rows["method"], rows["_key"]) for x in values[k]],
@@ -281,8 +271,8 @@ def gamma_violin(d, outdir, formats) -> list:
                        legend=False, ax=ax)
         ax.set_ylabel("")
         ax.set_xlabel("final norm-layer γ (lines: quartiles)", loc="right")
-        plots._title(ax, f"{v} — {s}" if v else s)
-    return plots.PlotPaths(plots._save(fig, outdir, name, formats))
+        figures.title(ax, (f"{v} — {s}" if v else s) + f"; {d.rule.short}")
+    return figures.PlotPaths(figures.save(fig, outdir, name, formats))
 
 
 FIGURES = (sharpness_vs_accuracy, sharpness_vs_sparsity, gamma_ridge, gamma_violin)

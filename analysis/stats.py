@@ -1,10 +1,12 @@
-"""Aggregation over seeds, best-rho selection and seed-paired differences."""
+"""Aggregation over seeds, Student's t intervals of seed-paired differences, Holm's correction.
+
+Choosing a configuration per method is analysis.selection; paired differences between chosen
+configurations are analysis.comparisons."""
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,6 @@ import pandas as pd
 from analysis.labels import (
     LABEL_COLUMNS,
     add_labels,
-    context_columns,
     is_missing,
     key_columns,
     method_sort_key,
@@ -25,15 +26,11 @@ from analysis.loading import ensure_frame
 log = logging.getLogger("analysis")
 
 METRICS = ("test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc", "seconds_per_epoch",
-           "perturbed_fraction")
+           "perturbed_fraction", "val_acc", "val_loss", "best_val_acc", "test_acc_at_best_val")
 CONFIDENCE = 0.95
 CI_METHOD = "paired t"  # Student's t interval of the seed-paired differences, n - 1 degrees of freedom
 CI_NOTE = ("seed-paired difference, 95% CI from Student's t with n−1 degrees of freedom "
            "(n = seeds run by both)")
-
-
-class CompareError(ValueError):
-    """A --compare operand that names no configuration, or names several."""
 
 
 def sharpness_columns(df) -> list[str]:
@@ -100,7 +97,7 @@ def by_seed(cell) -> dict:
     return {}
 
 
-def _done_runs(raw: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+def done_runs(raw: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(done runs with a ``_key`` column, deduplicated per key+seed; the other runs; #duplicates)."""
     raw = raw.assign(_key=row_keys(raw, keys), _cfg=row_keys(raw, key_columns(raw)))
     is_done = raw["status"].astype(str) == "done"
@@ -138,7 +135,7 @@ def aggregate(df, by: Iterable[str] | None = None, metrics: Iterable[str] | None
 
     Columns: the key columns, the label columns (``setting``, ``variant_label``, ``method``,
     ``mask_label``, ``baseline``), ``n`` (done runs), ``seeds``, ``run_ids``, ``n_excluded``
-    (runs of this configuration that are not done), and ``<metric>_mean``, ``<metric>_std``,
+    (runs of this configuration that are not done), ``n_diverged`` (of them, diverged), and ``<metric>_mean``, ``<metric>_std``,
     ``<metric>_n`` and ``<metric>_by_seed`` ({seed: value}, for seed-paired tests) for
     test_acc, test_loss, train_acc, train_loss, best_test_acc, seconds_per_epoch,
     perturbed_fraction and every ``sharpness.<measure>`` column (the default ``metrics``).
@@ -155,7 +152,7 @@ def aggregate(df, by: Iterable[str] | None = None, metrics: Iterable[str] | None
     if metrics is None:
         metrics = list(METRICS) + sharpness_columns(raw)
     metrics = [m for m in metrics if m in raw.columns]
-    done, other, n_dup = _done_runs(raw, keys)
+    done, other, n_dup = done_runs(raw, keys)
 
     excluded = {str(k): int(v) for k, v in other["status"].astype(str).value_counts().items()}
     first = done.drop_duplicates("_key").set_index("_key")[keys + labels]
@@ -175,6 +172,8 @@ def aggregate(df, by: Iterable[str] | None = None, metrics: Iterable[str] | None
     else:
         out = first.assign(n=pd.Series(dtype=int))
     out["n_excluded"] = other["_key"].value_counts().reindex(out.index).fillna(0).astype(int).to_numpy()
+    diverged = other.loc[other["status"].astype(str) == "diverged", "_key"].value_counts()
+    out["n_diverged"] = diverged.reindex(out.index).fillna(0).astype(int).to_numpy()
     out = out.reset_index()
     out = _sort_frame(out)
     out.attrs["config_columns"] = [c for c in keys]
@@ -193,188 +192,14 @@ def _values_by_seed(grp: pd.DataFrame) -> dict:
     return {plain(s): float(v) for s, v in zip(seeds, values) if not is_missing(v)}
 
 
-def best_rho(agg: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
-    """Per (setting, variant, method): the row (configuration) with the best mean ``metric``.
-
-    Higher is better unless the metric name ends in "loss". Baselines (no rho to tune) take
-    the configuration with the most seeds, then the best mean.
-    """
-    if not len(agg):
-        return agg
-    col = f"{metric}_mean"
-    lower = metric.endswith("loss")
-    chosen = []
-    for _, grp in agg.groupby(["setting", "variant_label", "method"], sort=False):
-        vals = grp[col].to_numpy(dtype=float)
-        score = np.where(np.isnan(vals), -np.inf, -vals if lower else vals)
-        if bool(grp["baseline"].iloc[0]):
-            order = sorted(range(len(grp)), key=lambda i: (grp["n"].iat[i], score[i]), reverse=True)
-            chosen.append(grp.index[order[0]])
-        else:
-            chosen.append(grp.index[int(np.argmax(score))])
-    return agg.loc[sorted(chosen)]
-
-
-def _matches(row: pd.Series, reference: dict) -> bool:
-    for k, want in reference.items():
-        have = plain(row.get(k))
-        want = plain(want)
-        if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(have, bool):
-            if not math.isclose(have, want, rel_tol=1e-9, abs_tol=1e-12):
-                return False
-        elif have != want and str(have) != str(want):
-            return False
-    return True
-
-
-def paired_difference(df, reference: dict | str | None = None, metric: str = "test_acc") -> pd.DataFrame:
-    """Per configuration: mean/std/n of the per-seed difference ``config - reference``.
-
-    The reference is looked for within the configuration's *context*: same model, dataset,
-    variant and variant options, base optimizer and every other setting field (epochs, batch
-    size, schedule, ...); only mask, sparsity, mask_opts, rho_norm, freeze_bn_second and rho may
-    differ. ``reference``: a dict of config values the reference must have (default
-    ``{"mask": "all"}``, i.e. dense SAM) or a mask name; when it does not fix ``rho`` and several
-    configurations match, the one with the best mean ``metric`` (its best rho) is used.
-    Differences use only seeds present (and done) in both; ``diff_std`` is the sample std
-    (NaN for one pair).
-
-    Columns: labels, key columns, ``rho``, ``n`` (paired seeds), ``seeds``, ``diff_mean``,
-    ``diff_std``, ``mean`` / ``ref_mean`` (over the paired seeds), ``reference`` (label of the
-    reference configuration, None where the context has none), ``ref_rho``, ``is_reference``.
-    """
-    raw = add_labels(ensure_frame(df))
-    if reference is None:
-        reference = {"mask": "all"}
-    elif isinstance(reference, str):
-        reference = {"mask": reference}
-    unknown = [k for k in reference if k not in raw.columns]
-    if unknown and len(raw):
-        raise KeyError(f"paired_difference: reference names unknown column(s) {unknown}")
-    agg = aggregate(raw)
-    if not len(agg):
-        return agg.assign(diff_mean=[], diff_std=[], n=[], reference=[])
-    keys = key_columns(raw)
-    ctx_cols = context_columns(raw)
-    done, _, _ = _done_runs(raw, keys)
-    per_seed: dict[str, dict[Any, float]] = {}
-    for k, s, v in zip(done["_key"], done["seed"], done[metric]):
-        if not is_missing(v):
-            per_seed.setdefault(k, {})[plain(s)] = float(v)
-    agg = agg.assign(_ctx=row_keys(agg, ctx_cols))
-    col = f"{metric}_mean"
-    lower = metric.endswith("loss")
-    ref_of_ctx: dict[str, Any] = {}
-    for ctx, grp in agg.groupby("_ctx", sort=False):
-        cand = grp[[_matches(r, reference) for _, r in grp.iterrows()]]
-        cand = cand[cand[col].notna()]
-        if len(cand):
-            ref_of_ctx[ctx] = cand[col].idxmin() if lower else cand[col].idxmax()
-
-    rows = []
-    for idx, r in agg.iterrows():
-        ref_idx = ref_of_ctx.get(r["_ctx"])
-        out = {"diff_mean": np.nan, "diff_std": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-               "p_value": np.nan, "n": 0, "seeds": [], "mean": np.nan,
-               "ref_mean": np.nan, "reference": None, "ref_rho": np.nan, "is_reference": False}
-        if ref_idx is not None:
-            ref = agg.loc[ref_idx]
-            mine, theirs = per_seed.get(r["_key"], {}), per_seed.get(ref["_key"], {})
-            common = sorted(set(mine) & set(theirs), key=lambda s: (str(type(s)), s))
-            a = np.array([mine[s] for s in common])
-            b = np.array([theirs[s] for s in common])
-            ci = t_interval(a - b)
-            out.update(
-                n=len(common), seeds=common, diff_mean=ci["mean"], diff_std=ci["std"],
-                ci_low=ci["low"], ci_high=ci["high"], p_value=ci["p_value"],
-                mean=float(a.mean()) if len(a) else np.nan,
-                ref_mean=float(b.mean()) if len(b) else np.nan,
-                reference=f"{ref['variant_label']} {ref['method']} rho={plain(ref.get('rho'))}",
-                ref_rho=ref.get("rho"), is_reference=bool(idx == ref_idx),
-            )
-        rows.append(out)
-    stats = pd.DataFrame(rows, index=agg.index)
-    front = [c for c in ("setting", "variant_label", "method", "rho") if c in agg.columns]
-    rest = [c for c in agg.columns if c in keys and c not in front] + ["baseline", "mask_label"]
-    result = pd.concat([agg[front + [c for c in rest if c in agg.columns]], stats], axis=1)
-    result.attrs["config_columns"] = list(keys)
-    result.attrs["reference"] = dict(reference)
-    result.attrs["ci_method"] = CI_METHOD
-    return result
-
-
-# --- sambench table --compare A B ----------------------------------------------------------------
-
-def _parse_operand(spec: str, methods: set[str]) -> tuple[str, float | None]:
-    """"norm_only@1.0" -> ("norm_only", 1.0); "random@0.99" (a method) -> ("random@0.99", None)."""
-    spec = spec.strip()
-    if spec in methods:
-        return spec, None
-    if "@" in spec:
-        head, tail = spec.rsplit("@", 1)
-        try:
-            rho = float(tail)
-        except ValueError:
-            rho = None
-        if rho is not None and head in methods:
-            return head, rho
-    raise CompareError(f"{spec!r} names no method; methods: {', '.join(sorted(methods))} "
-                       "(METHOD or METHOD@RHO)")
-
-
-def _pick(rows: pd.DataFrame, method: str, rho: float | None, metric: str) -> pd.Series | None:
-    hit = rows[rows["method"] == method]
-    if rho is not None and len(hit) and not bool(hit["baseline"].iloc[0]):
-        hit = hit[[not is_missing(r) and math.isclose(float(r), rho, rel_tol=1e-9) for r in hit["rho"]]]
-    hit = hit[hit[f"{metric}_mean"].notna()]
-    if not len(hit):
-        return None
-    lower = metric.endswith("loss")
-    return hit.loc[hit[f"{metric}_mean"].idxmin() if lower else hit[f"{metric}_mean"].idxmax()]
-
-
-def _describe(r: pd.Series) -> str:
-    if bool(r["baseline"]):
-        return str(r["method"])
-    return f"{r['method']} (ρ={plain(r['rho'])})"
-
-
-def compare(df, a: str, b: str, metric: str = "test_acc", confidence: float = CONFIDENCE) -> str:
-    """``sambench table --compare A B``: the seed-paired difference A - B with its CI, per setting.
-
-    A and B are ``METHOD`` or ``METHOD@RHO`` (method as in the tables: ``all``, ``norm_only``,
-    ``random@0.99``, ``SGD``; without a rho, the method's best rho by mean ``metric``), compared
-    within each setting and SAM variant where both were run. CompareError if one names nothing.
-    """
-    agg = aggregate(df)
-    if not len(agg):
-        raise CompareError("no finished runs")
-    col = f"{metric}_by_seed"
-    if col not in agg.columns:
-        raise CompareError(f"no metric {metric!r} in these results")
-    methods = set(agg["method"])
-    (ma, ra), (mb, rb) = _parse_operand(a, methods), _parse_operand(b, methods)
-    lines = []
-    for setting, rows in agg.groupby("setting", sort=True):
-        base = rows["baseline"].astype(bool)
-        variants = sorted(set(rows.loc[~base, "variant_label"]), key=variant_sort_key) or [None]
-        seen = set()
-        for v in variants:  # a SAM variant's rows, with the baselines of this setting
-            own = rows[base | (rows["variant_label"] == v)]
-            row_a, row_b = _pick(own, ma, ra, metric), _pick(own, mb, rb, metric)
-            if row_a is None or row_b is None or (row_a["_key"], row_b["_key"]) in seen:
-                continue
-            seen.add((row_a["_key"], row_b["_key"]))
-            res = paired(by_seed(row_a[col]), by_seed(row_b[col]), confidence)
-            where = setting if v is None or (row_a["baseline"] and row_b["baseline"]) else f"{setting}, {v}"
-            head = f"{where}: {_describe(row_a)} − {_describe(row_b)}"
-            if res["n"] < 2:
-                lines.append(f"{head}: {res['mean']:+.3f} {metric} on {res['n']} common seed, no interval "
-                             "(needs 2)" if res["n"] else f"{head}: no common seeds")
-                continue
-            lines.append(f"{head}: {res['mean']:+.3f} {metric}, {confidence:.0%} CI "
-                         f"[{res['low']:+.3f}, {res['high']:+.3f}] ({CI_METHOD}, n={res['n']} seeds "
-                         f"{', '.join(map(str, res['seeds']))}; p={res['p_value']:.3g})")
-    if not lines:
-        raise CompareError(f"{a!r} and {b!r} were never run in the same setting and variant")
-    return "\n".join(lines)
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error rate), in the order given; NaN stays NaN
+    and is not counted in the family. Sorted ascending p_(1) <= ... <= p_(m):
+    adj_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j))."""
+    p = [float(x) for x in p_values]
+    tested = sorted((v, i) for i, v in enumerate(p) if v == v)
+    m, out, running = len(tested), [float("nan")] * len(p), 0.0
+    for j, (v, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - j) * v))
+        out[i] = running
+    return out

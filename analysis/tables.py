@@ -1,24 +1,29 @@
-"""Markdown / LaTeX tables of mean ± std over seeds."""
+"""Markdown / LaTeX tables of mean ± std over seeds, each method at the configuration a selection
+rule chose (analysis.selection), the rule named above the table and, for the oracle, in its header."""
 from __future__ import annotations
 
 import pandas as pd
 
+from analysis import selection
 from analysis.labels import is_missing, method_sort_key, plain, variant_sort_key
 from analysis.reference import entry_for, published_text, sources
-from analysis.stats import CI_NOTE, CONFIDENCE, aggregate, best_rho, by_seed, paired
+from analysis.stats import CI_NOTE, CONFIDENCE, by_seed, paired
 
 _DASH = {"markdown": "–", "latex": "--"}
-
-
-def _as_agg(data, metric: str) -> pd.DataFrame:
-    if isinstance(data, pd.DataFrame) and f"{metric}_mean" in data.columns and "n" in data.columns:
-        return data
-    return aggregate(data)
+CHOSEN_MARK = {"markdown": " †", "latex": "$^\\dagger$"}
 
 
 def _fmt_rho(r) -> str:
     r = plain(r)
     return f"{r:g}" if isinstance(r, float) else str(r)
+
+
+def caption(rule, fmt: str, layout: str = "best") -> str:
+    """The line above a table: which rule chose its rows ("ORACLE" for the test rule)."""
+    what = ("Rows: each method at the configuration chosen by " if layout == "best"
+            else "Every configuration; † marks the one chosen by ")
+    text = what + rule.describe() + "."
+    return ("% " if fmt == "latex" else "") + text + "\n\n"
 
 
 def _cell(row, metric, digits, fmt, bold, show_rho) -> str:
@@ -31,7 +36,9 @@ def _cell(row, metric, digits, fmt, bold, show_rho) -> str:
         value = f"\\textbf{{{value}}}" if fmt == "latex" else f"**{value}**"
     note = [f"n={n}"]
     if show_rho and not bool(row["baseline"]):
-        note.append(("$\\rho$=" if fmt == "latex" else "ρ=") + _fmt_rho(row["rho"]))
+        tuned = row.get("tuned")
+        text = tuned if isinstance(tuned, str) and tuned else "ρ=" + _fmt_rho(row["rho"])
+        note.append(text.replace("_", "\\_").replace("ρ", "$\\rho$") if fmt == "latex" else text)
     note_text = f"({', '.join(note)})"
     return f"{value} {{\\scriptsize {note_text}}}" if fmt == "latex" else f"{value} {note_text}"
 
@@ -111,13 +118,20 @@ def _delta_cell(r: pd.Series, ref, metric: str, digits: int, confidence: float, 
 
 
 def _notes(fmt: str, has_delta: bool, used: list[dict], unused: list[dict], digits: int,
-           confidence: float) -> str:
+           confidence: float, rule=None, unselected: list[dict] = ()) -> str:
     lines = []
     if has_delta:
-        lines.append(f"Δ vs all: the row minus dense SAM (mask all) of the same variant at its best ρ "
+        at = "at its ρ chosen by the same rule" if rule is not None else "at the same ρ column"
+        lines.append(f"Δ vs all: the row minus dense SAM (mask all) of the same variant {at} "
                      f"(baselines: minus the first SAM variant); {CI_NOTE.replace('95%', f'{confidence:.0%}')}.")
     lines.append(f"Bold: the best mean of a column, shown only where it is significantly better than every "
                  f"other row of that column (seed-paired t, {confidence:.0%}); none otherwise.")
+    if rule is not None and rule.oracle:
+        lines.append("ORACLE: the test set chose these rows, so every number is optimistic, most for the methods "
+                     "tuned over the most values; hold out a validation split (val_split) and use --select val.")
+    for u in unselected:
+        lines.append(f"Not shown under {rule.name}: {u['method']} ({u['setting']}, {u['variant_label']}): "
+                     f"{u['reason']}.")
     srcs = sources(used + unused)
     for i, src in enumerate(srcs, 1):
         lines.append(f"[{i}] published: {src}")
@@ -149,27 +163,34 @@ def _row_order(df: pd.DataFrame) -> list:
                         str(df["method"].iat[i]), bool(df["baseline"].iat[i]))))
 
 
-def table(df_or_folder, fmt: str = "markdown", *, layout: str = "best", metric: str = "test_acc",
+def table(df_or_folder, fmt: str = "markdown", *, layout: str = "best", metric: str | None = None,
           digits: int = 2, show_rho: bool = True, published: list[dict] | None = None,
-          paired_diff: bool = True, confidence: float = CONFIDENCE) -> str:
-    """A table of ``metric`` (default test accuracy, %) as mean ± std over seeds, with notes below.
+          paired_diff: bool = True, confidence: float = CONFIDENCE, select=None, tune=None) -> str:
+    """A table of ``metric`` (default: what the selection rule reports, test accuracy %) as mean ± std
+    over seeds, the rule named in a line above it, notes below.
 
     ``df_or_folder``: a results folder, a ``collect`` frame or an ``aggregate`` frame.
     ``fmt``: ``"markdown"`` (bold = ``**x**``) or ``"latex"`` (booktabs; bold = ``\\textbf{}``; the
-    notes as ``%`` comment lines). Only finished (``status == "done"``) runs count.
+    caption and notes as ``%`` comment lines). Only finished (``status == "done"``) runs count.
+    ``select``: the selection rule (analysis.selection: ``val``, ``val-early``, ``test``, ``last``,
+    ``fixed:rho=...``; default ``val`` when the runs hold out a validation split, else ``test``, the
+    oracle, then marked "(oracle)" in every setting's header and in the notes); ``tune``: the fields
+    it chooses (default rho).
 
     ``layout="best"`` (default, like the SAM-ON paper's main table): one row per
     (variant, method) — the SGD/AdamW baseline first, then per SAM variant dense SAM (``all``),
     ``norm_only``, and the other masks with their sparsities — and one column per setting
-    (``model / dataset``, plus whatever else varies, e.g. epochs). Each cell is that method at its
-    best rho for that column: ``86.00 ± 2.00 (n=3, ρ=0.1)``. Beside each setting column:
-    ``Δ vs all`` (``paired_diff``), the seed-paired difference to dense SAM of the same variant at
-    its best rho with its ``confidence`` interval (Student's t, n - 1 df): ``+1.00 [+0.21, +1.79]``;
-    and ``published`` where the results folder holds published numbers (a suite's ``reference:``
-    block, or ``published=[...]`` entries) for that configuration, with a numbered source.
+    (``model / dataset``, plus whatever else varies, e.g. epochs). Each cell is that method at the
+    configuration the rule chose for that column: ``86.00 ± 2.00 (n=3, ρ=0.1)``. Beside each
+    setting column: ``Δ vs all`` (``paired_diff``), the seed-paired difference to dense SAM of the
+    same variant at *its* chosen ρ with its ``confidence`` interval (Student's t, n - 1 df):
+    ``+1.00 [+0.21, +1.79]``; and ``published`` where the results folder holds published numbers (a
+    suite's ``reference:`` block, or ``published=[...]`` entries) for that configuration, with a
+    numbered source.
 
     ``layout="rho"``: one row per (setting, variant, method), one column per rho value (the
-    baseline's value in a ``no SAM`` column), and ``published`` when there is any.
+    baseline's value in a ``no SAM`` column), † on the configuration the rule chose, and
+    ``published`` when there is any.
 
     Bold: the best mean of a column (within a setting), and only when it is significantly better
     than every other row of that column (seed-paired t interval excluding 0); a column without
@@ -178,37 +199,49 @@ def table(df_or_folder, fmt: str = "markdown", *, layout: str = "best", metric: 
     """
     if fmt not in ("markdown", "latex"):
         raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
-    agg = _as_agg(df_or_folder, metric)
-    if not len(agg):
+    if layout not in ("best", "rho"):
+        raise ValueError(f"layout must be 'best' or 'rho', got {layout!r}")
+    sel = selection.select(df_or_folder, select, tune)
+    metric = metric or sel.rule.report
+    if not len(sel.agg):
         return "(no finished runs)\n"
-    entries = list(published if published is not None else agg.attrs.get("published", []))
+    entries = list(published if published is not None else sel.agg.attrs.get("published", []))
     if layout == "best":
-        return _table_best(agg, fmt, metric, digits, show_rho, entries, paired_diff, confidence)
-    if layout == "rho":
-        return _table_rho(agg, fmt, metric, digits, entries, confidence)
-    raise ValueError(f"layout must be 'best' or 'rho', got {layout!r}")
+        body = _table_best(sel, fmt, metric, digits, show_rho, entries, paired_diff, confidence)
+    else:
+        body = _table_rho(sel, fmt, metric, digits, entries, confidence)
+    return caption(sel.rule, fmt, layout) + body
 
 
-def _table_best(agg, fmt, metric, digits, show_rho, entries, paired_diff, confidence) -> str:
-    best = best_rho(agg, metric)
+def _best_header(settings, has_delta, has_pub, confidence, rule) -> list[str]:
+    header = ["variant", "method"]
+    for s in settings:
+        header += [s + (" (oracle)" if rule.oracle else "")]
+        header += ([f"Δ vs all ({confidence:.0%} CI)"] if has_delta[s] else []) + (["published"] if has_pub[s] else [])
+    return header
+
+
+def _table_best(sel, fmt, metric, digits, show_rho, entries, paired_diff, confidence) -> str:
+    best = sel.chosen
+    if not len(best):
+        return "(no method has a configuration under this rule)\n" + _notes(
+            fmt, False, [], [], digits, confidence, sel.rule, best.attrs.get("unselected", []))
     settings = sorted(best["setting"].unique())
     ordered = best.iloc[_row_order(best)]
     row_keys = list(dict.fromkeys(zip(ordered["variant_label"], ordered["method"], ordered["baseline"])))
-    winners = {s: _winners(best[best["setting"] == s], metric, confidence) for s in settings}
-    has_delta = {s: paired_diff and any(_dense_of(best[best["setting"] == s], r) is not None
-                                        for _, r in best[best["setting"] == s].iterrows()) for s in settings}
-    has_pub = {s: any(entry_for(r, entries, metric) is not None
-                      for _, r in best[best["setting"] == s].iterrows()) for s in settings}
-    used, order = [], []
-    rows, groups = [], []
+    by_setting = {s: best[best["setting"] == s] for s in settings}
+    winners = {s: _winners(sub, metric, confidence) for s, sub in by_setting.items()}
+    has_delta = {s: paired_diff and any(_dense_of(sub, r) is not None for _, r in sub.iterrows())
+                 for s, sub in by_setting.items()}
+    has_pub = {s: any(entry_for(r, entries, metric) is not None for _, r in sub.iterrows())
+               for s, sub in by_setting.items()}
+    used, order, rows, groups = [], [], [], []
     for variant, method, base in row_keys:
         cells = [variant, _DASH[fmt] if base else method]
-        for s in settings:
-            sub = best[best["setting"] == s]
+        for s, sub in by_setting.items():
             hit = sub[(sub["variant_label"] == variant) & (sub["method"] == method)]
-            n_extra = int(has_delta[s]) + int(has_pub[s])
             if not len(hit):
-                cells += [_DASH[fmt]] * (1 + n_extra)
+                cells += [_DASH[fmt]] * (1 + int(has_delta[s]) + int(has_pub[s]))
                 continue
             r = hit.iloc[0]
             cells.append(_cell(r, metric, digits, fmt, r.name in winners[s], show_rho))
@@ -218,16 +251,14 @@ def _table_best(agg, fmt, metric, digits, show_rho, entries, paired_diff, confid
                 cells.append(_published_cell(r, entries, metric, digits, fmt, used, order))
         rows.append(cells)
         groups.append(variant)
-    header = ["variant", "method"]
-    for s in settings:
-        header += [s] + (["Δ vs all (95% CI)".replace("95%", f"{confidence:.0%}")] if has_delta[s] else []) \
-            + (["published"] if has_pub[s] else [])
     unused = [e for e in entries if e.get("metric", "test_acc") == metric and e not in used]
-    return _render(header, rows, 2, fmt, groups) + _notes(
-        fmt, any(has_delta.values()), used, unused if used else [], digits, confidence)
+    return _render(_best_header(settings, has_delta, has_pub, confidence, sel.rule), rows, 2, fmt, groups) + \
+        _notes(fmt, any(has_delta.values()), used, unused if used else [], digits, confidence, sel.rule,
+               best.attrs.get("unselected", []))
 
 
-def _table_rho(agg, fmt, metric, digits, entries, confidence) -> str:
+def _table_rho(sel, fmt, metric, digits, entries, confidence) -> str:
+    agg, chosen = sel.agg, set(sel.chosen.index)
     nb = agg[~agg["baseline"].astype(bool)]
     rhos = sorted({float(r) for r in pd.to_numeric(nb["rho"], errors="coerce") if not is_missing(r)})
     has_base = bool(agg["baseline"].astype(bool).any())
@@ -250,8 +281,8 @@ def _table_rho(agg, fmt, metric, digits, entries, confidence) -> str:
                 if not hit:
                     cells.append(_DASH[fmt])
                     continue
-                r = grp.loc[hit[0]]
-                cells.append(_cell(r, metric, digits, fmt, hit[0] in winners, show_rho=False))
+                mark = CHOSEN_MARK[fmt] if hit[0] in chosen and not base and len(grp) > 1 else ""
+                cells.append(_cell(grp.loc[hit[0]], metric, digits, fmt, hit[0] in winners, show_rho=False) + mark)
             if has_pub:
                 cells.append(_published_cell(grp.iloc[0], entries, metric, digits, fmt, used, order))
             rows.append(cells)
@@ -260,4 +291,4 @@ def _table_rho(agg, fmt, metric, digits, entries, confidence) -> str:
     return _render(header, rows, 3, fmt, groups) + _notes(fmt, False, used, [], digits, confidence)
 
 
-__all__ = ["table"]
+__all__ = ["table", "caption"]

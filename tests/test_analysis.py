@@ -171,8 +171,9 @@ def test_aggregate_by_and_duplicates(df):
 def test_paired_difference_default_reference(df):
     import analysis
 
-    p = analysis.paired_difference(df)
-    # reference: dense SAM at its best rho (0.1: 84, 86, 88)
+    p = analysis.paired_difference(df, rows="all")
+    assert p.attrs["rule"].name == "test" and set(p["selected_by"]) == {"test (oracle)"}  # no validation split
+    # reference: dense SAM at the rho the rule chose (the oracle here: 0.1, 84, 86, 88)
     r = _row(p, method="norm_only", rho=0.05)                # 85,87,89 - 84,86,88 = 1,1,1
     assert (r["diff_mean"], r["diff_std"], r["n"]) == (1.0, 0.0, 3)
     assert r["ref_rho"] == 0.1 and "all" in r["reference"]
@@ -200,10 +201,10 @@ def test_paired_difference_default_reference(df):
 def test_paired_difference_fixed_reference(df):
     import analysis
 
-    p = analysis.paired_difference(df, reference={"mask": "all", "rho": 0.05})
+    p = analysis.paired_difference(df, reference={"mask": "all", "rho": 0.05}, rows="all")
     r = _row(p, method="norm_only", rho=0.05)                # 85-82, 87-83, 89-84 = 3,4,5
     assert r["diff_mean"] == pytest.approx(4.0) and r["diff_std"] == pytest.approx(1.0)
-    p = analysis.paired_difference(df, reference="norm_only")     # best norm_only: rho 0.05
+    p = analysis.paired_difference(df, reference="norm_only", rows="all")     # chosen norm_only: rho 0.05
     r = _row(p, method="random@0.9", rho=0.05)               # 80-85, 83-87
     assert r["diff_mean"] == pytest.approx(-4.5) and r["n"] == 2
     with pytest.raises(KeyError):
@@ -213,8 +214,9 @@ def test_paired_difference_fixed_reference(df):
 # --- tables ----------------------------------------------------------------------------------
 
 def _md(t: str):
-    """(header line, {"method/variant": row line}) of a markdown table (notes after it ignored)."""
-    lines = t.split("\n\n")[0].strip().splitlines()
+    """(header line, {"method/variant": row line}) of a markdown table (caption above and notes below ignored)."""
+    assert t.startswith("Rows: each method at the configuration chosen by ")   # the rule, named first
+    lines = t.split("\n\n")[1].strip().splitlines()
     return lines[0], {ln.split(" | ")[1] + "/" + ln.split(" | ")[0].strip("| "): ln for ln in lines[2:]}
 
 
@@ -223,8 +225,10 @@ def test_table_markdown_best_layout(df):
 
     t = analysis.table(df)
     header, row = _md(t)
-    assert header == ("| variant | method | resnet20 / cifar10 | Δ vs all (95% CI) | wrn16 / cifar100 "
+    # no validation split in these runs: the default rule is the oracle, and every header says so
+    assert header == ("| variant | method | resnet20 / cifar10 (oracle) | Δ vs all (95% CI) | wrn16 / cifar100 (oracle) "
                       "| Δ vs all (95% CI) |")
+    assert t.startswith("Rows: each method at the configuration chosen by test — ORACLE") and "\nORACLE: the test" in t
     # each method at its best rho, with n; beside it the seed-paired difference to dense SAM at its
     # best rho (0.1 on both settings) with a Student-t 95% interval
     assert "87.00 ± 2.00 (n=3, ρ=0.05) | +1.00 [+1.00, +1.00] |" in row["norm_only/SAM"]  # 1, 1, 1
@@ -252,16 +256,19 @@ def test_table_latex_and_rho_layout(df, agg):
     import analysis
 
     t = analysis.table(df, fmt="latex")
-    assert t.startswith("\\begin{tabular}{llcccc}") and "\\bottomrule" in t
+    assert t.startswith("% Rows: each method at the configuration chosen by test — ORACLE")
+    assert "\n\\begin{tabular}{llcccc}" in t and "\\bottomrule" in t and "cifar10 (oracle) &" in t
     assert "87.00 $\\pm$ 2.00 {\\scriptsize (n=3, $\\rho$=0.05)}" in t
     assert "$\\Delta$ vs all (95\\% CI)" in t and "\n% Bold:" in t
     assert "norm\\_only" in t and t.count("\\textbf") == 0
     t2 = analysis.table(agg, layout="rho")                    # an aggregate frame works too
-    header = t2.splitlines()[0]
+    assert t2.startswith("Every configuration; † marks the one chosen by test — ORACLE")
+    header = t2.splitlines()[2]
     assert header == "| model / dataset | variant | method | no SAM | ρ=0.05 | ρ=0.1 | ρ=0.5 | ρ=1 |"
     all_row = next(ln for ln in t2.splitlines() if "| SAM | all |" in ln and "resnet20" in ln)
-    # rho 0.1: all (84, 86, 88) vs norm_only (83, 84, 85): +2 [-0.48, +4.48], not significant
-    assert "83.00 ± 1.00 (n=3)" in all_row and "| 86.00 ± 2.00 (n=3) |" in all_row and "**" not in t2
+    # rho 0.1: all (84, 86, 88) vs norm_only (83, 84, 85): +2 [-0.48, +4.48], not significant; the
+    # chosen (here: best on test) configuration of each swept method carries a dagger
+    assert "83.00 ± 1.00 (n=3) |" in all_row and "| 86.00 ± 2.00 (n=3) † |" in all_row and "**" not in t2
     with pytest.raises(ValueError):
         analysis.table(df, fmt="html")
 
@@ -314,7 +321,7 @@ def test_paired_interval_matches_scipy_and_a_hand_computation():
 def test_paired_difference_has_intervals(df):
     import analysis
 
-    p = analysis.paired_difference(df)
+    p = analysis.paired_difference(df, rows="all")
     r = _row(p, method="norm_only", rho=0.05)
     assert (r["ci_low"], r["ci_high"], r["p_value"]) == (pytest.approx(1.0), pytest.approx(1.0), 0.0)
     r = _row(p, method="all", rho=0.05)                     # 82-84, 83-86, 84-88 = -2, -3, -4
@@ -334,8 +341,8 @@ def test_compare_command(results, capsys):
     # without a rho: each method's best rho, in every setting and variant that has both
     assert main(["table", str(results), "--compare", "norm_only", "SGD"]) == 0
     out = capsys.readouterr().out
-    assert "resnet20 / cifar10, SAM: norm_only (ρ=0.05) − SGD: +6.000 test_acc" in out
-    assert "wrn16 / cifar100, SAM: norm_only (ρ=0.1) − SGD: +6.000 test_acc" in out   # 65-60, 69-62
+    assert "resnet20 / cifar10, SAM: norm_only (ρ=0.05 by test: ORACLE) − SGD: +6.000 test_acc" in out
+    assert "wrn16 / cifar100, SAM: norm_only (ρ=0.1 by test: ORACLE) − SGD: +6.000 test_acc" in out   # 65-60, 69-62
     assert main(["table", str(results), "--compare", "nrm_only", "all"]) == 2
     err = capsys.readouterr().err
     assert "'nrm_only' names no method" in err and "norm_only" in err
@@ -471,7 +478,7 @@ def test_published_column_for_the_reference_suite(tmp_path):
         df = analysis.collect(tmp_path)
     t = analysis.table(df)
     header, row = _md(t)
-    assert header == "| variant | method | wrn28_10 / cifar100 | Δ vs all (95% CI) | published |"
+    assert header == "| variant | method | wrn28_10 / cifar100 (oracle) | Δ vs all (95% CI) | published |"
     assert row["–/SGD"].endswith("| 80.71 ± 0.20 [1] |")
     assert row["all/SAM"].endswith("| reference | 83.11 ± 0.30 [1] |")
     # norm_only - all = 1.0, 1.0, 1.3 and norm_only - SGD > 0 on every seed: significantly best

@@ -154,8 +154,11 @@ def test_table_is_markdown_by_default_and_latex_only_with_the_flag(results):
     md = run_cli("table", str(results))
     tex = run_cli("table", str(results), "--latex")
     assert md.returncode == 0 and tex.returncode == 0
-    assert md.stdout.lstrip().startswith("| variant") and "\\begin{tabular}" not in md.stdout
-    assert tex.stdout.lstrip().startswith("\\begin{tabular}") and "| variant" not in tex.stdout
+    # the selection rule's line first (these runs hold out no validation split: the oracle), then the table
+    assert md.stdout.startswith("Rows: each method at the configuration chosen by test — ORACLE")
+    assert md.stdout.split("\n\n")[1].startswith("| variant") and "\\begin{tabular}" not in md.stdout
+    assert tex.stdout.startswith("% Rows: each method at the configuration chosen by test — ORACLE")
+    assert tex.stdout.split("\n\n")[1].startswith("\\begin{tabular}") and "| variant" not in tex.stdout
 
 
 def assert_warned_once(proc):

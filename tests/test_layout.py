@@ -14,7 +14,7 @@ from bench import config, registries
 from bench.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("bench", "masks")  # analysis: tests/test_analysis.py checks it imports no bench, masks or torch
+PACKAGES = ("bench", "masks", "analysis")  # analysis imports no bench, masks or torch (below, and test_analysis.py)
 
 
 def _dotted(path: Path) -> str:
@@ -27,6 +27,19 @@ MODULES = sorted(_dotted(p) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.p
 # The layers, top to bottom: a module may import its own layer's modules and lower layers' only.
 LAYERS = [
     ("bench.__main__", "bench.cli"),                   # the command line
+    # analysis reads result files only (it imports nothing of bench or masks: test below); the CLI uses it
+    ("analysis.html_report",),                          # sambench report
+    ("analysis.plots",),                                # the figures
+    ("analysis.science",),                              # sharpness and γ figures
+    ("analysis.figures",),                              # what every figure shares
+    ("analysis.paper_claims", "analysis.tables"),       # the SAM-ON paper's claims as tests; tables
+    ("analysis.comparisons",),                          # seed-paired differences of chosen configurations
+    ("analysis.selection",),                            # selection rules (val, test: the oracle, ...)
+    ("analysis.stats",),                                # aggregation over seeds, t intervals, Holm
+    ("analysis.loading",),                              # collect: result files -> one frame
+    ("analysis.reference",),                            # published numbers beside the results
+    ("analysis.labels",),                               # column roles, labels, palette
+    ("analysis",),                                      # the package (lazy exports)
     ("bench.perf",),                                    # sambench perf (times the engine and the orchestration)
     ("bench.orchestration",),                           # suites, executors, launch, the job function
     ("bench.sam",),                                     # the documented path of bench.engine.sam.SAM
@@ -78,6 +91,18 @@ def _imports(module: str) -> set[str]:
 def test_every_module_is_in_a_layer():
     for m in MODULES:
         _layer(m)
+
+
+def test_analysis_imports_no_bench_masks_or_torch():
+    """analysis reads files only: not one import (top level or in a function) of bench, masks or torch."""
+    found = []
+    for m in (m for m in MODULES if _package(m) == "analysis"):
+        for node in ast.walk(ast.parse(_path(m).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            found += [f"{m} -> {n}" for n in names if n.split(".")[0] in ("bench", "masks", "torch")]
+    assert found == [], found
+    assert any(_package(m) == "analysis" for m in MODULES)
 
 
 def test_no_engine_module_imports_the_cli():
@@ -208,11 +233,6 @@ ALLOWED_LONG = {
     "bench/perf/timing.py:time_steps": "to be split (issue 19)",
     "bench/measure/sharpness.py:measure": "to be split (issue 19)",
     "bench/engine/build.py:build": "one build path (issue 22)",
-    "analysis/labels.py:add_labels": "to be split (issue 19)",
-    "analysis/loading.py:_load_run": "to be split (issue 19)",
-    "analysis/loading.py:collect": "to be split (issue 19)",
-    "analysis/plots.py:_acc_vs_sparsity": "to be split (issue 19)",
-    "analysis/stats.py:paired_difference": "to be split (issue 19)",
 }
 
 

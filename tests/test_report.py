@@ -183,3 +183,15 @@ def test_markdown_to_html_escapes_and_bolds():
     out = markdown_to_html("| a | b<c |\n|:---|---:|\n| x \\| y | **1.0** |\nnote & more\n")
     assert "<th>b&lt;c</th>" in out and "<td>x | y</td>" in out
     assert '<td class="num"><strong>1.0</strong></td>' in out and "<p>note &amp; more</p>" in out
+
+
+def test_protocol_and_claims_sections_name_the_rule(made):
+    _, out, _, page, _ = made
+    text = out.read_text(encoding="utf-8")
+    # these runs hold out no validation split: the page says the oracle chose its rows, everywhere it matters
+    assert '<section id="protocol">' in text and "Selection rule: test (oracle)" in text
+    assert "ORACLE: every table, figure and claim on this page chose its ρ on the test set" in text
+    (claims,) = [rows for section, rows in page.tables if section == "claims"]
+    assert claims[0][:2] == ["#", "claim"] and "ORACLE" in claims[0][4]
+    assert any(r[1] == "SAM-ON beats dense SAM" and r[3] == "SAM" for r in claims[1:])
+    assert "Not run (suite grid lines that would run them)" in text and "mask: fisher" in text

@@ -170,14 +170,18 @@ def test_run_ids_stable(tmp_path):
                "freeze_bn_second": True, "epochs": 2, "batch_size": 64, "schedule": "constant",
                "warmup_epochs": 1, "label_smoothing": 0.0, "augment": False, "amp": "bf16",
                "channels_last": True, "seed": 5, "base": {**cfg["base"], "lr": 0.2}, "label_noise": 0.2,
-               "ascent": "local", "sync_bn": False, "accumulate": 2}
-    assert set(changed) | {"label_noise_type"} == set(config.EXPERIMENT)
+               "ascent": "local", "sync_bn": False, "accumulate": 2, "val_split": 0.1}
+    assert set(changed) | {"label_noise_type", "val_noisy"} == set(config.EXPERIMENT)
     for key, value in changed.items():
         assert config.run_id({**cfg, key: value}) != rid, key
     # the noise type matters once there is noise (without noise both stay out of the id)
     noisy = {**cfg, "label_noise": 0.2}
     assert config.run_id({**noisy, "label_noise_type": "asymmetric"}) != config.run_id(noisy)
     assert config.run_id({**cfg, "label_noise_type": "asymmetric"}) == rid
+    # val_noisy matters once there is noise and a held-out part (tests/test_validation_split.py)
+    held = {**noisy, "val_split": 0.1}
+    assert config.run_id({**held, "val_noisy": True}) != config.run_id(held)
+    assert config.run_id({**cfg, "val_noisy": True}) == rid
 
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])

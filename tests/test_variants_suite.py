@@ -23,7 +23,7 @@ def test_the_suite_crosses_every_variant_with_three_masks():
 
 
 def test_sambench_plot_draws_accuracy_against_step_cost(tmp_path, monkeypatch):
-    import analysis.plots as plots
+    import analysis.plots as plots  # the figures are saved through analysis.figures.save (plots imports it)
 
     suite = load_suite(SUITE)
     cost = {"none": 1.0, "msam": 1.02, "looksam": 1.2, "esam": 1.5}
@@ -32,13 +32,13 @@ def test_sambench_plot_draws_accuracy_against_step_cost(tmp_path, monkeypatch):
         write_run(tmp_path / "results", suite.name, dict(cfg), test_acc=90.0 + (i % 7) * 0.1 + cfg["seed"],
                   spe=spe + 0.01 * cfg["seed"])
     drawn = {}
-    real_save = plots._save
+    real_save = plots.save
 
     def keep(fig, outdir, stem, formats):
         drawn[stem] = fig
         return real_save(fig, outdir, stem, formats)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save", keep)
     out = tmp_path / "figures"
     assert cli.main(["plot", str(tmp_path / "results" / suite.name), "-o", str(out)]) == 0
     assert (out / "runtime_vs_accuracy.png").stat().st_size > 10_000

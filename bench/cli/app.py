@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.cli.claims_command import cmd_claims
 from bench.cli.perf_command import cmd_perf
 from bench.cli.result_commands import cmd_collect, cmd_list, cmd_plot, cmd_report, cmd_sharpness, cmd_table
 from bench.cli.suite_commands import cmd_run, cmd_status
@@ -40,6 +41,17 @@ def _version() -> str:
 
 
 RESULTS_DIR = "a results folder (of suites, one suite, or one run)"
+SELECT_HELP = ("which configuration (rho) stands for each method: val (best mean validation accuracy), "
+               "val-early (best-epoch validation, test accuracy at that epoch), test (the ORACLE: chosen on "
+               "test), last (each method's one configuration), fixed:rho=X or fixed:MASK:rho=X,... "
+               "(default: val when the runs hold out a validation split, else test, labelled oracle)")
+
+
+def _selection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--select", metavar="RULE", default=None, help=SELECT_HELP)
+    p.add_argument("--tune", metavar="FIELDS", default=None,
+                   help="comma-separated fields the rule chooses, e.g. rho,base.lr "
+                        "(default: rho)")
 
 
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
@@ -61,29 +73,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="results folder (for a suite file)")
     p.set_defaults(func=cmd_status)
 
-    p = command("collect", "one CSV row per run")
-    p.add_argument("dir", help=RESULTS_DIR)
-    p.add_argument("-o", "--output", metavar="CSV", help="the CSV file (default: DIR/results.csv)")
-    p.set_defaults(func=cmd_collect)
-
-    p = command("plot", "accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
-    p.add_argument("dir", help=RESULTS_DIR)
-    p.add_argument("-o", "--output", metavar="FIGDIR", help="folder for the PNG and PDF files (default: DIR/figures)")
-    p.set_defaults(func=cmd_plot)
-
-    p = command("table", "a markdown (or LaTeX) table, mean ± std over seeds")
-    p.add_argument("dir", help=RESULTS_DIR)
-    p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help="instead: the seed-paired difference A - B with its 95%% CI (paired t); A, B: "
-                        "METHOD[@RHO], e.g. norm_only@1.0 all@0.1 (no rho: the method's best rho)")
-    p.add_argument("--metric", default="test_acc", help="metric for --compare (default: test_acc)")
-    p.set_defaults(func=cmd_table)
-
-    p = command("report", "one self-contained HTML page: status, tables, figures, failed runs, environment")
-    p.add_argument("dir", help=RESULTS_DIR)
-    p.add_argument("-o", "--output", metavar="HTML", help="the page (default: DIR/report.html)")
-    p.set_defaults(func=cmd_report)
+    _result_parsers(command)
 
     p = command("sharpness", "m-sharpness and Hessian eigenvalue/trace of finished runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (holding checkpoint.pt)")
@@ -102,6 +92,45 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("what", choices=["masks", "variants", "models", "datasets"], help="which registry")
     p.set_defaults(func=cmd_list)
     return ap
+
+
+def _result_parsers(command) -> None:
+    """collect, plot, table, report and claims: results read back, each under a selection rule."""
+    p = command("collect", "one CSV row per run")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="CSV", help="the CSV file (default: DIR/results.csv)")
+    _selection_flags(p)
+    p.set_defaults(func=cmd_collect)
+
+    p = command("plot", "accuracy vs sparsity, rho sweeps, runtime vs accuracy, gamma")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="FIGDIR", help="folder for the PNG and PDF files (default: DIR/figures)")
+    _selection_flags(p)
+    p.set_defaults(func=cmd_plot)
+
+    p = command("table", "a markdown (or LaTeX) table, mean ± std over seeds")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("--latex", action="store_true", help="LaTeX (booktabs) instead of markdown")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="instead: the seed-paired difference A - B with its 95%% CI (paired t); A, B: "
+                        "METHOD[@RHO], e.g. norm_only@1.0 all@0.1 (no rho: the rho --select chose)")
+    p.add_argument("--metric", default=None,
+                   help="metric for --compare (default: what the rule reports, test_acc)")
+    _selection_flags(p)
+    p.set_defaults(func=cmd_table)
+
+    p = command("report", "one self-contained HTML page: status, tables, figures, failed runs, environment")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("-o", "--output", metavar="HTML", help="the page (default: DIR/report.html)")
+    _selection_flags(p)
+    p.set_defaults(func=cmd_report)
+
+    p = command("claims", "the SAM-ON paper's claims as seed-paired tests on these results, with verdicts")
+    p.add_argument("dir", help=RESULTS_DIR)
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate of Holm's correction")
+    p.add_argument("--csv", metavar="FILE", default=None, help="also write the tests to this CSV file")
+    _selection_flags(p)
+    p.set_defaults(func=cmd_claims)
 
 
 def _run_parser(p: argparse.ArgumentParser) -> None:

@@ -1,6 +1,7 @@
 """``sambench list | collect | plot | table | report | sharpness``: what is registered, and results read back."""
 from __future__ import annotations
 
+from bench.cli.claims_command import selection_args
 from bench.cli.paths import creatable_dir, creatable_file, existing_dir
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput, parse_set
 
@@ -44,11 +45,25 @@ def cmd_collect(args) -> int:
 
     folder = existing_dir(args.dir, "results folder")
     out = creatable_file(args.output, "-o") if args.output else folder / "results.csv"
+    rule, tune = selection_args(args)
     df = analysis.collect(folder)
+    if len(df):
+        df = _selected(lambda: analysis.mark_selection(df, rule, tune))
     analysis.write_csv(df, out)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
-    print(f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}) -> {out}")
+    tag = f"; column selected: the configuration chosen by {df['selected_by'].iloc[0]}" if len(df) else ""
+    print(f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}{tag}) -> {out}")
     return EXIT_OK
+
+
+def _selected(make):
+    """``make()``, a selection rule that cannot be applied being invalid input (exit 2)."""
+    import analysis
+
+    try:
+        return make()
+    except analysis.SelectionError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def cmd_plot(args) -> int:
@@ -56,7 +71,8 @@ def cmd_plot(args) -> int:
 
     folder = existing_dir(args.dir, "results folder")
     outdir = creatable_dir(args.output, "-o") if args.output else folder / "figures"
-    paths = analysis.plot_all(folder, outdir)
+    rule, tune = selection_args(args)
+    paths = _selected(lambda: analysis.plot_all(folder, outdir, select=rule, tune=tune))
     for p in paths:
         print(p)
     print(f"{len(paths)} figure files in {outdir}")
@@ -67,13 +83,16 @@ def cmd_table(args) -> int:
     import analysis
 
     folder = existing_dir(args.dir, "results folder")
+    rule, tune = selection_args(args)
     if args.compare:
         try:
-            print(analysis.compare(folder, *args.compare, metric=args.metric))
+            print(_selected(lambda: analysis.compare(folder, *args.compare, metric=args.metric, select=rule,
+                                                     tune=tune)))
         except analysis.CompareError as exc:
             raise InvalidInput(f"--compare: {exc}") from None
         return EXIT_OK
-    print(analysis.table(folder, fmt="latex" if args.latex else "markdown"), end="")
+    print(_selected(lambda: analysis.table(folder, fmt="latex" if args.latex else "markdown", select=rule,
+                                           tune=tune)), end="")
     return EXIT_OK
 
 
@@ -83,10 +102,11 @@ def cmd_report(args) -> int:
 
     folder = existing_dir(args.dir, "results folder")
     out = creatable_file(args.output, "-o") if args.output else folder / "report.html"
-    info = analysis.write_report(folder, out)
+    rule, tune = selection_args(args)
+    info = _selected(lambda: analysis.write_report(folder, out, select=rule, tune=tune))
     for text in info.warnings:  # collected while the page was made
         warn(text)
-    print(f"{len(info.figures)} figures, {len(info.tables)} tables -> {info.path}")
+    print(f"{len(info.figures)} figures, {len(info.tables)} tables, selected by {info.rule} -> {info.path}")
     return EXIT_OK
 
 

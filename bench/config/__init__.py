@@ -46,6 +46,8 @@ EXPERIMENT: dict[str, Any] = {
     "channels_last": False,
     "label_noise": 0.0,        # fraction of training labels replaced (bench.data.datasets.noisy_labels)
     "label_noise_type": "symmetric",  # symmetric | asymmetric (class c -> c+1 mod K)
+    "val_split": 0.0,          # fraction of the training set held out for validation (bench.data.split), or folder
+    "val_noisy": False,        # the held-out part's labels get the label noise too (else they stay clean)
     "seed": 0,
     "ascent": "synced",        # across processes: synced (ascent gradient averaged: the one-process
                                # perturbation of the global batch) | local (each process perturbs with
@@ -55,7 +57,7 @@ EXPERIMENT: dict[str, Any] = {
 }
 # fields added after run ids existed: left out of the run id while at their default, so every
 # earlier run keeps its id (and the noise type while there is no label noise: it changes nothing)
-ID_OMITS_DEFAULT = ("label_noise", "label_noise_type", "ascent", "sync_bn", "accumulate")
+ID_OMITS_DEFAULT = ("label_noise", "label_noise_type", "ascent", "sync_bn", "accumulate", "val_split", "val_noisy")
 
 RUNTIME: dict[str, Any] = {
     "device": "auto",          # auto | cpu | cuda | cuda:N
@@ -107,6 +109,9 @@ FIELD_HELP: dict[str, str] = {
     "channels_last": "channels-last memory format",
     "label_noise": "fraction of training labels replaced by wrong ones, in [0, 1)",
     "label_noise_type": "symmetric (a uniformly drawn other class) or asymmetric (class c -> c+1 mod K)",
+    "val_split": "fraction of the training set held out for validation, stratified by class and drawn with the "
+                 "seed, in [0, 0.9]; or folder (the data set's own val/ folder: --set val_split=folder)",
+    "val_noisy": "the held-out validation labels get the label noise too (else they stay clean)",
     "seed": "random seed (data order, augmentation, initialization, random masks)",
     "device": "auto, cpu, cuda or cuda:N",
     "data_root": "folder holding the data sets",
@@ -134,9 +139,10 @@ CHOICES = {
     "ascent": ["synced", "local"],
 }
 FLAGS = ("freeze_bn_second", "augment", "channels_last", "download", "compile", "compile_step", "save_gamma",
-         "sync_bn")
+         "sync_bn", "val_noisy")
 MAX_PROCESSES = 65_536
 MAX_EPOCHS = 100_000
+MAX_VAL_SPLIT = 0.9   # at least a tenth of the training set trains
 
 
 class ConfigError(InvalidInput):
@@ -239,6 +245,8 @@ def experiment_part(cfg: dict[str, Any]) -> dict[str, Any]:
             if not (k in ID_OMITS_DEFAULT and _same_value(cfg.get(k, EXPERIMENT[k]), EXPERIMENT[k]))}
     if not part.get("label_noise"):
         part.pop("label_noise_type", None)
+    if not part.get("label_noise") or not part.get("val_split"):
+        part.pop("val_noisy", None)  # no noise to put on the held-out labels, or nothing held out
     if world_changes_result(cfg):
         part["world_size"] = world_size(cfg)
     return part
@@ -525,6 +533,20 @@ def _science(cfg: dict) -> None:
         check_settings(cfg["sharpness"])
     except SettingsError as exc:
         raise ConfigError(f"sharpness{exc.field}", exc.message, exc.allowed) from None
+
+@step
+def _validation(cfg: dict) -> None:
+    """val_split: a fraction in [0, MAX_VAL_SPLIT], or folder for a data set with a validation folder."""
+    from bench.registries import DATASETS
+
+    v = cfg["val_split"]
+    if v == "folder":
+        if not getattr(DATASETS.get(cfg["dataset"]), "has_val_folder", False):
+            raise ConfigError("val_split", f"dataset {cfg['dataset']!r} has no validation folder of its own; "
+                                           f"hold out a fraction of its training set (e.g. 0.1)")
+    elif not _is_num(v) or not 0 <= v <= MAX_VAL_SPLIT:
+        raise ConfigError("val_split", f"must be a fraction in [0, {MAX_VAL_SPLIT}] or folder, got {show(v)}")
+
 
 @step
 def _logging(cfg: dict) -> None:

@@ -53,9 +53,14 @@ class DataSpec:
     crop_pad: int         # random-crop padding for augmentation (0 = no crop)
     flip: bool            # random horizontal flips in augmentation
     classes: tuple[str, ...] = field(default=())
+    val_x: Tensor | None = None   # the validation split held out of train (bench.data.split), or None
+    val_y: Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
+        splits = [("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)]
+        if self.val_x is not None:
+            splits.append(("validation", self.val_x, self.val_y))
+        for split, x, y in splits:
             if x.ndim != 4 or x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
                 raise DataError(f"{self.name}: {split} images have shape {tuple(x.shape)}, expected "
                                 f"(N, {self.in_chans}, {self.img_size}, {self.img_size})")
@@ -64,7 +69,8 @@ class DataSpec:
                                 f"shape {tuple(y.shape)}")
 
     def __repr__(self) -> str:
-        return (f"DataSpec({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
+        val = "" if self.val_y is None else f", validation={len(self.val_y)}"
+        return (f"DataSpec({self.name!r}, train={len(self.train_y)}{val}, test={len(self.test_y)}, "
                 f"classes={self.num_classes}, shape=({self.in_chans}, {self.img_size}, {self.img_size}))")
 
 

@@ -1,8 +1,12 @@
 """ImageNet-scale data: an image folder read as it goes (``dataset: imagefolder``).
 
-    <root>/train/<class>/*.JPEG      <root>/val/<class>/*.JPEG
+    <root>/train/<class>/*.JPEG      <root>/val/<class>/*.JPEG      [<root>/test/<class>/*.JPEG]
 
 ``<root>`` is ``data_root`` (or $SAMBENCH_DATA_ROOT, or ./data), or its ``imagenet/`` sub-folder.
+``val/`` is the test set (ImageNet's convention: its test labels are not public); a validation split
+is then held out of ``train/`` (``val_split: 0.1``, stratified by class, bench.data.split). A data set
+with a labelled ``test/`` folder of the same classes has a validation folder of its own:
+``val_split: folder`` validates on ``val/`` and tests on ``test/``.
 torchvision's ImageFolder reads the files in DataLoader worker processes (``data_workers`` per
 process), into pinned memory when the run is on a GPU. Training images get the standard
 RandomResizedCrop(224) + horizontal flip, evaluation images resize(256) + center-crop(224), both
@@ -13,7 +17,7 @@ key of (seed, epoch, sample index) alone, and the batches follow :func:`bench.da
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -134,16 +138,66 @@ class FolderLoader(StepLoader):
 
 
 @dataclass
+class FolderPart:
+    """Some samples of an image folder (what KeyedImages reads: ``samples`` and ``loader``)."""
+
+    samples: list
+    loader: object = field(repr=False)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+def _part(folder, index) -> FolderPart:
+    return FolderPart([folder.samples[i] for i in index.tolist()], folder.loader)
+
+
+@dataclass
 class FolderSpec:
     """An image-folder data set: its folders and classes (the images stay on disk)."""
 
     name: str
     root: Path
     classes: tuple[str, ...]
-    train_folder: object = field(repr=False)
-    val_folder: object = field(repr=False)
+    train_folder: object = field(repr=False)   # what trains (train/, less the held-out part)
+    val_folder: object = field(repr=False)     # val/: the test set, unless test_folder is set
     in_chans: int = 3
     img_size: int = IMG_SIZE
+    test_folder: object = field(default=None, repr=False)   # test/ (val_split: folder)
+    holdout: object = field(default=None, repr=False)       # the validation images, or None
+
+    @property
+    def test_images(self):
+        return self.val_folder if self.test_folder is None else self.test_folder
+
+    def with_holdout(self, fraction: float, seed: int) -> FolderSpec:
+        """A stratified part of train/ held out for validation (bench.data.split.stratified_split)."""
+        from bench.data.split import stratified_split
+
+        train, val = stratified_split(torch.tensor(self.train_folder.targets), fraction, seed)
+        return replace(self, train_folder=_part(self.train_folder, train), holdout=_part(self.train_folder, val))
+
+    def with_val_folder(self) -> FolderSpec:
+        """val/ validates and test/ tests (a labelled test/ folder with train/'s classes is needed)."""
+        from torchvision.datasets import ImageFolder
+
+        test_dir = self.root / "test"
+        if not test_dir.is_dir():
+            raise DataError(f"imagefolder {self.root}: no test/ folder, so val/ is this data set's test set; "
+                            f"hold out part of train/ instead (val_split: a fraction, e.g. 0.1)")
+        test = ImageFolder(str(test_dir))
+        if test.classes != list(self.classes):
+            extra = sorted(set(test.classes) ^ set(self.classes))[:5]
+            raise DataError(f"imagefolder {self.root}: test/ and train/ have different classes (e.g. {extra})")
+        return replace(self, test_folder=test, holdout=self.val_folder)
+
+    def make_val_loader(self, eval_batch_size, seed, device, *, shard=(0, 1), workers=None):
+        if self.holdout is None:
+            return None
+        return FolderLoader(KeyedImages(self.holdout, transforms(False, self.img_size), seed, False),
+                            eval_batch_size, shuffle=False, seed=seed, device=device, shard=shard, workers=workers,
+                            every_sample=True)
 
     @property
     def num_classes(self) -> int:
@@ -154,7 +208,7 @@ class FolderSpec:
         train = FolderLoader(KeyedImages(self.train_folder, transforms(augment, self.img_size), seed, augment),
                              batch_size, shuffle=True, seed=seed, device=device, drop_last=drop_last,
                              accumulate=accumulate, shard=shard, workers=workers)
-        test = FolderLoader(KeyedImages(self.val_folder, transforms(False, self.img_size), seed, False),
+        test = FolderLoader(KeyedImages(self.test_images, transforms(False, self.img_size), seed, False),
                             eval_batch_size, shuffle=False, seed=seed, device=device, shard=shard, workers=workers,
                             every_sample=True)
         return train, test
@@ -178,3 +232,6 @@ def imagefolder(root: str | None = None, download: bool = False) -> FolderSpec:
         extra = sorted(set(train.classes) ^ set(val.classes))[:5]
         raise DataError(f"imagefolder {base}: train/ and val/ have different classes (e.g. {extra})")
     return FolderSpec("imagefolder", base, tuple(train.classes), train, val)
+
+
+imagefolder.has_val_folder = True  # val_split: folder is allowed (a labelled test/ beside val/: config checks)

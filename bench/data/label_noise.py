@@ -25,12 +25,16 @@ from bench.data.files import (  # noqa: F401 -- DataError: part of this module's
 LABEL_NOISE_TYPES = ("symmetric", "asymmetric")
 
 
+TRAIN_STREAM = 0x1AB3   # the random stream of the training labels' noise (one per labelled part)
+
+
 def noisy_labels(labels: Tensor, fraction: float, kind: str, num_classes: int,
-                 seed: int) -> tuple[Tensor, Tensor]:
+                 seed: int, stream: int = TRAIN_STREAM) -> tuple[Tensor, Tensor]:
     """(new labels, bool mask of the changed ones): exactly round(fraction * N) labels changed.
 
     The changed samples are a uniform random subset of that size (drawn without replacement
-    from a generator seeded by ``seed`` only). ``symmetric``: each gets a class drawn uniformly
+    from a generator seeded by ``seed`` and ``stream`` only: the held-out validation part has a
+    stream of its own, bench.data.split). ``symmetric``: each gets a class drawn uniformly
     from the K - 1 *other* classes; ``asymmetric`` (class-pair flipping): class c becomes
     (c + 1) mod K. Either way every selected label really changes, so the fraction of wrong
     training labels is exactly the one asked for. ``labels`` is not modified.
@@ -43,7 +47,7 @@ def noisy_labels(labels: Tensor, fraction: float, kind: str, num_classes: int,
         raise ValueError(f"label noise needs at least 2 classes, got {num_classes}")
     n = len(labels)
     k = int(round(float(fraction) * n))
-    g = torch.Generator().manual_seed(int(seed) * 7_777 + 0x1AB3)  # its own stream, fixed by the seed
+    g = torch.Generator().manual_seed(int(seed) * 7_777 + int(stream))  # its own stream, fixed by the seed
     picked = torch.randperm(n, generator=g)[:k]
     old = labels.cpu()[picked]
     if kind == "symmetric":  # an offset in 1..K-1 never maps a class onto itself

@@ -1,6 +1,7 @@
 """The device-side loader: a plan of steps (shuffled per epoch, sharded per process, micro-batches for accumulation) over tensors on the device.
 
     train_loader, test_loader = make_loaders(spec, batch_size, eval_batch_size, seed, device, augment)
+    val_loader = make_val_loader(spec, eval_batch_size, seed, device)   # None without a validation split
 """
 from __future__ import annotations
 
@@ -220,6 +221,19 @@ def make_loaders(spec, batch_size: int, eval_batch_size: int, seed: int, device:
     test = DeviceLoader(spec.test_x, spec.test_y, eval_batch_size, shuffle=False, augment=False,
                         seed=seed, device=device, shard=shard, every_sample=True)
     return train, test
+
+
+def make_val_loader(spec, eval_batch_size: int, seed: int, device: str | torch.device,
+                    shard: tuple[int, int] = (0, 1), workers: int | None = None):
+    """The validation split's loader (bench.data.split), evaluated exactly like the test set: in order,
+    never augmented, process ``shard[0]`` of ``shard[1]`` taking its shard of every batch; None
+    without a validation split."""
+    if hasattr(spec, "make_val_loader"):
+        return spec.make_val_loader(eval_batch_size, seed, device, shard=shard, workers=workers)
+    if getattr(spec, "val_y", None) is None:
+        return None
+    return DeviceLoader(spec.val_x, spec.val_y, eval_batch_size, shuffle=False, augment=False, seed=seed,
+                        device=device, shard=shard, every_sample=True)
 
 
 def make_mask_loader(spec, train_loader, batch_size: int, seed: int, device: str | torch.device,

@@ -50,6 +50,7 @@ class Setup:
     amp_ctx: Any
     comm: Any = None          # bench.engine.distributed.Comm across processes, else None
     step: Any = None          # bench.engine.fast_step.FastStep (compile_step), else train_step runs
+    val_loader: Any = None    # the held-out validation split (val_split), evaluated like test; else None
 
 
 def build(cfg: dict, comm=None) -> Setup:
@@ -59,8 +60,8 @@ def build(cfg: dict, comm=None) -> Setup:
 
     import masks
     from bench.data.datasets import load_dataset
-    from bench.data.label_noise import with_label_noise
-    from bench.data.loader import make_loaders, make_mask_loader
+    from bench.data.loader import make_loaders, make_mask_loader, make_val_loader
+    from bench.data.split import run_data_of
     from bench.engine.amp import LossScaler, autocast_factory
     from bench.engine.distributed import device_for
     from bench.engine.sam import SAM
@@ -69,7 +70,7 @@ def build(cfg: dict, comm=None) -> Setup:
     device = pick_device(cfg["device"]) if comm is None else device_for(cfg["device"])
     torch.manual_seed(cfg["seed"])
     spec = load_dataset(cfg["dataset"], root=cfg["data_root"], download=cfg["download"])
-    spec = with_label_noise(spec, cfg["label_noise"], cfg["label_noise_type"], cfg["seed"])
+    spec = run_data_of(spec, cfg)  # the validation split (drawn on the clean labels), then label noise
     shard = (0, 1) if comm is None else (comm.rank, comm.world)
     train_loader, test_loader = make_loaders(spec, cfg["batch_size"], cfg["eval_batch_size"], cfg["seed"], device,
                                              cfg["augment"], accumulate=cfg["accumulate"], shard=shard,
@@ -109,7 +110,9 @@ def build(cfg: dict, comm=None) -> Setup:
                   model=model, forward=forward, ascent_forward=ascent_forward, base=base, opt=opt,
                   base_lrs=[g["lr"] for g in base.param_groups], n_params=masks.n_trainable(model),
                   criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"]),
-                  eval_criterion=torch.nn.CrossEntropyLoss(), amp_ctx=autocast_factory(cfg["amp"], device), comm=comm)
+                  eval_criterion=torch.nn.CrossEntropyLoss(), amp_ctx=autocast_factory(cfg["amp"], device), comm=comm,
+                  val_loader=make_val_loader(spec, cfg["eval_batch_size"], cfg["seed"], device, shard,
+                                             cfg["data_workers"]))
     if cfg["compile_step"]:
         from bench.engine.fast_step import FastStep
 

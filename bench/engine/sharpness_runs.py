@@ -63,14 +63,14 @@ def load_model_and_data(cfg: dict, run_dir: Path, n_samples: int, device):
     """(model from checkpoint.pt in eval mode, first n training inputs, their training labels)."""
     from bench import config, models
     from bench.data import datasets as data
-    from bench.data import label_noise
+    from bench.data.split import run_data_of
 
     ckpt = io.load_checkpoint(run_dir / "checkpoint.pt")
     if ckpt.get("run_id") != config.run_id(cfg):
         raise RunDirError(f"{run_dir}/checkpoint.pt belongs to run {ckpt.get('run_id')}, "
                           f"not {config.run_id(cfg)}")
     spec = data.load_dataset(cfg["dataset"], root=cfg["data_root"], download=False)
-    spec = label_noise.with_label_noise(spec, cfg["label_noise"], cfg["label_noise_type"], cfg["seed"])
+    spec = run_data_of(spec, cfg)  # the part that trained (val_split held out), with its label noise
     model = models.create_model(cfg["model"], num_classes=spec.num_classes, in_chans=spec.in_chans,
                                 img_size=spec.img_size)
     model.load_state_dict(ckpt["model"])

@@ -338,7 +338,7 @@ def finish_epoch(setup: Setup, cfg: dict, rid: str, run_dir: Path, epoch: int, s
                                    setup.comm)
     state.epoch_times.append(stats["epoch_time_s"])
     last = {"epoch": epoch + 1, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-            "test_loss": test_loss, "test_acc": test_acc, "lr": setup.base.param_groups[0]["lr"],
+            "test_loss": test_loss, "test_acc": test_acc, **validate(setup), "lr": setup.base.param_groups[0]["lr"],
             "epoch_time_s": stats["epoch_time_s"], "perturbed_fraction": setup.opt.perturbed_fraction,
             "threads": torch.get_num_threads()}
     state.metrics.append(last)
@@ -351,10 +351,36 @@ def finish_epoch(setup: Setup, cfg: dict, rid: str, run_dir: Path, epoch: int, s
             "model": setup.model.state_dict(), "optimizer": setup.opt.state_dict()})
     run_loggers.log_epoch(last)
     log(f"[{rid}] epoch {epoch + 1}/{cfg['epochs']}  train loss {stats['train_loss']:.4f} "
-        f"acc {stats['train_acc']:.2f}  test loss {test_loss:.4f} acc {test_acc:.2f}  {stats['epoch_time_s']:.1f}s")
+        f"acc {stats['train_acc']:.2f}  test loss {test_loss:.4f} acc {test_acc:.2f}"
+        + (f"  val loss {last['val_loss']:.4f} acc {last['val_acc']:.2f}" if "val_acc" in last else "")
+        + f"  {stats['epoch_time_s']:.1f}s")
     if setup.comm is not None:
         setup.comm.barrier()  # the checkpoint is complete before any process goes on (a dead rank 0: an error)
     return last
+
+
+def validate(setup: Setup) -> dict:
+    """``{val_loss, val_acc}`` on the held-out validation split (val_split), evaluated like the test
+    set; ``{}`` without one."""
+    if setup.val_loader is None:
+        return {}
+    val_loss, val_acc = evaluate(setup.ascent_forward, setup.val_loader, setup.eval_criterion, setup.amp_ctx,
+                                 setup.comm)
+    return {"val_loss": val_loss, "val_acc": val_acc}
+
+
+def validation_summary(setup: Setup, metrics: list[dict], last: dict) -> dict:
+    """result.json's validation numbers: the last epoch's ``val_acc``/``val_loss``, and early stopping by
+    validation (a selection on held-out data, named as one): ``best_val_epoch`` (the first epoch with
+    the highest val_acc), its ``best_val_acc`` and the test numbers at that epoch
+    (``test_acc_at_best_val``, ``test_loss_at_best_val``); ``{}`` without a validation split."""
+    if setup.val_loader is None:
+        return {}
+    scored = [m for m in metrics if isinstance(m.get("val_acc"), float) and math.isfinite(m["val_acc"])]
+    best = max(scored, key=lambda m: m["val_acc"], default={})  # max keeps the first of equal values
+    return {"val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"), "best_val_acc": best.get("val_acc"),
+            "best_val_epoch": best.get("epoch"), "test_acc_at_best_val": best.get("test_acc"),
+            "test_loss_at_best_val": best.get("test_loss"), "val_size": setup.val_loader.num_samples}
 
 
 def make_result(setup: Setup, cfg: dict, rid: str, status: str, last: dict, state: TrainState,
@@ -368,7 +394,8 @@ def make_result(setup: Setup, cfg: dict, rid: str, status: str, last: dict, stat
         "test_loss": last.get("test_loss"),
         "train_acc": last.get("train_acc"),
         "train_loss": last.get("train_loss"),
-        "best_test_acc": max((m["test_acc"] for m in state.metrics), default=None),
+        "best_test_acc": max((m["test_acc"] for m in state.metrics), default=None),  # the oracle's early stop
+        **validation_summary(setup, state.metrics, last),
         "epochs": last.get("epoch", 0),
         "wall_time_s": state.elapsed + time.perf_counter() - t_start,
         "seconds_per_epoch": sum(times) / len(times) if times else None,

@@ -8,13 +8,14 @@ from typing import Any
 
 # metrics.jsonl keys -> logger tags; other numeric keys are logged under their own name
 TAGS = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
-        "test_acc": "test/acc", "lr": "lr", "perturbed_fraction": "perturbed_fraction",
+        "test_acc": "test/acc", "val_loss": "val/loss", "val_acc": "val/acc", "lr": "lr", "perturbed_fraction": "perturbed_fraction",
         "epoch_time_s": "time/epoch_s"}
 
 
 # result.json keys logged once at the end as final/<key>
 FINAL_KEYS = ("test_acc", "test_loss", "train_acc", "train_loss", "best_test_acc", "perturbed_fraction",
-              "seconds_per_epoch", "wall_time_s")
+              "seconds_per_epoch", "wall_time_s", "val_acc", "val_loss", "best_val_acc", "best_val_epoch",
+              "test_acc_at_best_val")
 
 
 def flat_config(cfg: dict, prefix: str = "") -> dict[str, Any]:
