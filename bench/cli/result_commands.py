@@ -1,8 +1,26 @@
 """``sambench list | collect | plot | table | report | sharpness``: what is registered, and results read back."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from bench.cli.paths import creatable_dir, creatable_file, existing_dir
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput, parse_set
+
+RUN_FILES = ("config.json", "result.json")  # a run folder holds at least one of them
+
+
+def results_folder(path: str) -> Path:
+    """A folder holding at least one run folder (the way analysis.collect finds them); else
+    InvalidInput (exit 2) saying what was expected, before anything is read or written."""
+    folder = existing_dir(path, "results folder")
+    for _dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        if any(f in filenames for f in RUN_FILES):
+            return folder
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    raise InvalidInput(f"{path}: no sambench runs in this folder (no run folder with config.json or "
+                       f"result.json below it); give the --out folder of `sambench run` (e.g. results), "
+                       f"a suite's folder (results/demo) or one run's folder")
 
 
 def _print_rows(rows: list[tuple[str, str]]) -> None:
@@ -42,7 +60,7 @@ def cmd_list(args) -> int:
 def cmd_collect(args) -> int:
     import analysis
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     out = creatable_file(args.output, "-o") if args.output else folder / "results.csv"
     df = analysis.collect(folder)
     analysis.write_csv(df, out)
@@ -54,7 +72,7 @@ def cmd_collect(args) -> int:
 def cmd_plot(args) -> int:
     import analysis
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     outdir = creatable_dir(args.output, "-o") if args.output else folder / "figures"
     paths = analysis.plot_all(folder, outdir)
     for p in paths:
@@ -66,7 +84,7 @@ def cmd_plot(args) -> int:
 def cmd_table(args) -> int:
     import analysis
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     if args.compare:
         try:
             print(analysis.compare(folder, *args.compare, metric=args.metric))
@@ -81,7 +99,7 @@ def cmd_report(args) -> int:
     import analysis
     from bench.console import warn
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     out = creatable_file(args.output, "-o") if args.output else folder / "report.html"
     info = analysis.write_report(folder, out)
     for text in info.warnings:  # collected while the page was made

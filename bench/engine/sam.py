@@ -53,6 +53,32 @@ def make_variant(variant: str | Variant, mask: Any, **options: Any) -> Variant:
     return create_variant("none") if isinstance(mask, str) and mask == "none" else chosen
 
 
+def check_signature(model: Any, base_optimizer: Any, options: dict) -> None:
+    """TypeError for arguments in the davda54/sam form ``SAM(params, torch.optim.SGD, lr=...)``
+    (or any other model / base optimizer that is not one), saying what to pass instead."""
+    if isinstance(model, nn.Module) and isinstance(base_optimizer, torch.optim.Optimizer):
+        return
+    base_name = (f"{base_optimizer.__module__}.{base_optimizer.__qualname__}" if isinstance(base_optimizer, type)
+                 else "torch.optim.SGD")
+    if base_name.startswith("torch.optim.") and base_name.count(".") == 3:
+        base_name = "torch.optim." + base_name.rsplit(".", 1)[1]  # torch.optim.sgd.SGD -> torch.optim.SGD
+    hyper = {k: v for k, v in options.items() if k in ("lr", "momentum", "weight_decay", "nesterov", "betas",
+                                                         "eps", "dampening")} or {"lr": 0.1}
+    given = ", ".join(f"{k}={v!r}" for k, v in hyper.items())
+    adaptive = ', variant="asam"' if options.get("adaptive") else ""
+    got = []
+    if not isinstance(model, nn.Module):
+        got.append(f"model={type(model).__name__} (pass the nn.Module itself, not its parameters: the mask "
+                   f"finds the normalization layers by module type)")
+    if not isinstance(base_optimizer, torch.optim.Optimizer):
+        what = f"the class {base_name}" if isinstance(base_optimizer, type) else type(base_optimizer).__name__
+        got.append(f"base_optimizer={what} (pass an optimizer built on the model's parameters)")
+    raise TypeError(
+        "SAM(model, base_optimizer, rho=..., variant=..., mask=...): got " + "; ".join(got)
+        + f". The davda54/sam form SAM(params, {base_name.rsplit('.', 1)[-1]}, lr=...) becomes "
+        f"SAM(model, {base_name}(model.parameters(), {given}), rho=0.05{adaptive}, mask=\"all\")")
+
+
 class SAM(torch.optim.Optimizer):
     """Masked SAM around any base optimizer; shares the base's ``param_groups``."""
 
@@ -60,6 +86,7 @@ class SAM(torch.optim.Optimizer):
                  variant: str | Variant = "sam", mask: str | masks.Mask = "all",
                  rho_norm: str = "subset", freeze_bn_second: bool = False, comm: Any = None,
                  ascent: str = "synced", scaler: Any = None, **variant_opts: Any):
+        check_signature(model, base_optimizer, variant_opts)
         if rho < 0:
             raise ValueError(f"rho={rho}: must be >= 0")
         if rho_norm not in ("subset", "full"):
