@@ -578,6 +578,16 @@ def _variant_opts(cfg: dict) -> None:
     except (TypeError, ValueError) as exc:
         key = _blame(lambda kw: cls(**kw), opts)
         raise ConfigError("variant_opts" if key is None else f"variant_opts.{key}", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 -- a plugin's constructor failing: say which file
+        raise _constructor_failed("variant", name, cls, exc) from None
+
+
+def _constructor_failed(kind: str, name: str, cls: Any, exc: Exception) -> ConfigError:
+    """A strategy's or variant's ``__init__`` raising something other than a bad-option error."""
+    from masks.registry import source_file
+
+    return ConfigError(kind, f"{kind} {name!r} ({source_file(cls)}): creating it raised "
+                             f"{type(exc).__name__}: {exc}")
 
 
 @step
@@ -617,6 +627,8 @@ def _mask_opts(cfg: dict) -> None:
     except (TypeError, ValueError) as exc:
         fallback = "mask_opts" if cfg["mask_opts"] else ("sparsity" if cfg["sparsity"] is not None else "mask")
         raise ConfigError(_blame(build, given) or fallback, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 -- a plugin's constructor failing: say which file
+        raise _constructor_failed("mask", cfg["mask"], masks.base.MASKS.get(cfg["mask"]), exc) from None
 
 
 @step

@@ -79,6 +79,21 @@ def check_signature(model: Any, base_optimizer: Any, options: dict) -> None:
         f"SAM(model, {base_name}(model.parameters(), {given}), rho=0.05{adaptive}, mask=\"all\")")
 
 
+def check_direction(variant: Variant, names: list[str], params: list[torch.Tensor], d: Any) -> None:
+    """ValueError naming the variant's file unless ``d`` is one tensor of each parameter's shape
+    (checked at a run's first perturbation: a plugin's ``direction`` returning wrong shapes)."""
+    from masks.registry import source_file
+
+    where = f"variant {variant.registered_name!r} ({source_file(type(variant))}): direction()"
+    if not isinstance(d, (list, tuple)) or len(d) != len(params):
+        got = f"{len(d)} tensors" if isinstance(d, (list, tuple)) else type(d).__name__
+        raise ValueError(f"{where} returned {got}; it returns one tensor per ascent tensor ({len(params)})")
+    for name, p, x in zip(names, params, d):
+        if not isinstance(x, torch.Tensor) or x.shape != p.shape:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{where} returned {got} for {name!r}, whose shape is {tuple(p.shape)}")
+
+
 class SAM(torch.optim.Optimizer):
     """Masked SAM around any base optimizer; shares the base's ``param_groups``."""
 
@@ -303,6 +318,9 @@ class SAM(torch.optim.Optimizer):
         d = self.variant.direction(self._ascent_names, self._ascent, grads)
         if d is None:
             return  # nothing to perturb along (MSAM before its momentum exists)
+        if not getattr(self, "_direction_checked", False):
+            check_direction(self.variant, self._ascent_names, self._ascent, d)
+            self._direction_checked = True
         e = self.variant.finish(self._perturbation(d))
         torch._foreach_copy_(self._backup, self._perturbed)
         torch._foreach_add_(self._perturbed, e)

@@ -26,6 +26,7 @@ from typing import Any
 from bench import config, env, io, loggers, rundir
 from bench.engine.build import Setup, build, share_selection
 from bench.engine.step import evaluate, train_step
+from masks.registry import plugin_frame
 
 
 class CheckpointMismatch(RuntimeError):
@@ -119,7 +120,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
             result = _train(cfg, rid, run_dir, progress, log, suite)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
             io.write_json(run_dir / "result.json", {
-                "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
+                "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}{plugin_frame(exc)}",
                 "traceback": _traceback(), "config": cfg, "submission": submission})
             raise
         result["submission"] = submission
