@@ -79,6 +79,17 @@ def check_signature(model: Any, base_optimizer: Any, options: dict) -> None:
         f"SAM(model, {base_name}(model.parameters(), {given}), rho=0.05{adaptive}, mask=\"all\")")
 
 
+def step_stats(opt: SAM, grads: list[torch.Tensor] | None, e: list[torch.Tensor]) -> dict[str, Any]:
+    """What a logged step reports of its perturbation: ``rho_t`` (the variant's radius, GSAM's follows
+    the learning rate), ``e_norm`` (||e||_2 over the perturbed entries) and ``ascent_grad_norm``
+    (||g||_2 of the ascent gradient over the tensors it was computed for); norms as 0-dim tensors,
+    so nothing waits for the device until they are read."""
+    def total(ts):
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts))) if ts else None
+
+    return {"rho_t": float(opt.variant.radius(opt.rho)), "e_norm": total(e), "ascent_grad_norm": total(grads)}
+
+
 def check_direction(variant: Variant, names: list[str], params: list[torch.Tensor], d: Any) -> None:
     """ValueError naming the variant's file unless ``d`` is one tensor of each parameter's shape
     (checked at a run's first perturbation: a plugin's ``direction`` returning wrong shapes)."""
@@ -97,6 +108,7 @@ def check_direction(variant: Variant, names: list[str], params: list[torch.Tenso
 class SAM(torch.optim.Optimizer):
     """Masked SAM around any base optimizer; shares the base's ``param_groups``."""
 
+    record_stats = False   # set for the steps a training loop logs: ``stats`` then holds step_stats
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  variant: str | Variant = "sam", mask: str | masks.Mask = "all",
                  rho_norm: str = "subset", freeze_bn_second: bool = False, comm: Any = None,
@@ -322,6 +334,8 @@ class SAM(torch.optim.Optimizer):
             check_direction(self.variant, self._ascent_names, self._ascent, d)
             self._direction_checked = True
         e = self.variant.finish(self._perturbation(d))
+        if self.record_stats:
+            self.stats = step_stats(self, grads, e)
         torch._foreach_copy_(self._backup, self._perturbed)
         torch._foreach_add_(self._perturbed, e)
         self._perturbed_now = True
