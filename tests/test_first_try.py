@@ -121,6 +121,14 @@ def test_no_prefix_matching_and_an_unknown_flag_gets_its_subcommands_usage(capsy
         assert hint is None or hint in err
 
 
+def test_an_invalid_choice_suggests_the_one_meant(capsys):
+    with pytest.raises(SystemExit) as info:
+        app.main(["list", "mask"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("usage: sambench list")
+    assert "invalid choice: 'mask'" in err and "(did you mean 'masks'?)" in err
+
+
 @pytest.mark.parametrize("command", ["collect", "plot", "table", "report"])
 def test_result_commands_refuse_a_folder_without_runs(command, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a run\n")

@@ -49,6 +49,17 @@ class Parser(argparse.ArgumentParser):
             owner.error(f"unrecognized arguments: {' '.join(extras)}" + "".join(f"; {h}" for h in hints))
         return parsed
 
+    def error(self, message: str):
+        """argparse's error, with the choice one edit away for an invalid choice (``list mask``)."""
+        import re
+
+        from bench.errors import did_you_mean
+
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            message += did_you_mean(found.group(1), re.findall(r"'([^']*)'", found.group(2)))
+        super().error(message)
+
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
