@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-fast demo docs lint perf perf-gpu slurm-up slurm-down clean
+.PHONY: install test test-fast demo docs lint perf perf-gpu slurm-up slurm-down clean readme-figures check-readme
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,17 @@ test-fast:
 	SAMBENCH_NO_SLURM=1 $(PY) -m pytest -q -m "not slurm"
 
 demo:
+	@if ls results/demo/*/result.json >/dev/null 2>&1; then echo "demo: results/demo already holds runs:" \
+	  "finished ones are kept and only missing or unfinished ones train; the figures, table and report are" \
+	  "made again from all of them (make clean asks before deleting results/)"; fi
 	$(VENV)/bin/sambench run suites/demo.yaml --out results --executor local
 	$(VENV)/bin/sambench plot results/demo -o results/demo/figures
 	$(VENV)/bin/sambench table results/demo > results/demo/table.md
 	$(VENV)/bin/sambench collect results/demo -o results/demo/results.csv
+	$(VENV)/bin/sambench report results/demo -o results/demo/report.html
 	@echo "demo: figures in results/demo/figures/ (accuracy_vs_sparsity, sharpness_vs_accuracy,"
-	@echo "      sharpness_vs_sparsity, norm_gamma, ...), table in results/demo/table.md"
+	@echo "      sharpness_vs_sparsity, norm_gamma, ...), table in results/demo/table.md, one row per run"
+	@echo "      in results/demo/results.csv, everything on one page: results/demo/report.html"
 
 # the documentation site in site/ (open site/index.html): the CLI page regenerated from the parsers,
 # then mkdocs build --strict (a broken link, anchor or API reference is an error)
@@ -51,5 +56,31 @@ slurm-up:
 slurm-down:
 	bash bench/slurm/down.sh
 
+# The README's demo numbers and figures, from the demo run at HEAD (analysis/readme_numbers.py):
+# docs/demo_numbers.json, docs/demo_*.png and README.md's demo blocks. The runs go to a folder of
+# their own commit, so numbers of another commit are never reused (a second call only re-plots).
+README_COMMIT = $(shell git rev-parse HEAD 2>/dev/null)
+README_RUNS  ?= results/readme-$(shell git rev-parse --short HEAD 2>/dev/null)
+readme-figures:
+	@git diff --quiet HEAD -- || { echo "readme-figures: the working tree has changes; commit them first" \
+	  "(the README's numbers come from the runs of one commit)"; exit 1; }
+	$(VENV)/bin/sambench run suites/demo.yaml --out $(README_RUNS) --executor local
+	$(PY) -m analysis.readme_numbers $(README_RUNS)/demo --head $(README_COMMIT) --command "make readme-figures"
+
+# The slow check: the whole demo again at HEAD, in a scratch folder, with the thread count per run of
+# the committed numbers; every run's numbers must equal docs/demo_numbers.json's (make test checks one)
+CHECK_DIR ?= $(or $(TMPDIR),/tmp)/sambench-check-readme
+CHECK_THREADS = $(shell $(PY) -c "import json; print(json.load(open('docs/demo_numbers.json'))['machine']['threads_per_run'][0])" 2>/dev/null || echo 1)
+check-readme:
+	rm -rf $(CHECK_DIR)/demo
+	OMP_NUM_THREADS=$(CHECK_THREADS) $(VENV)/bin/sambench run suites/demo.yaml --out $(CHECK_DIR) --executor local
+	$(PY) -m analysis.readme_numbers $(CHECK_DIR)/demo --check
+
+# results/ is deleted only after a yes typed at the prompt (no answer, or no terminal: kept)
 clean:
-	rm -rf results site .pytest_cache
+	rm -rf site .pytest_cache
+	@if [ -d results ]; then \
+	  printf "make clean: delete results/ (%s finished runs)? [y/N] " "$$(find results -name result.json | wc -l)"; \
+	  read answer || answer=; \
+	  case "$$answer" in y|Y|yes|YES) rm -rf results && echo "results/ deleted";; *) echo "results/ kept";; esac; \
+	fi

@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import selection
@@ -37,7 +38,9 @@ FAILED = ("failed", "diverged", "corrupt")
 LOG_TAIL_LINES = 30
 MAX_RUN_ROWS = 2000
 RUN_COLUMNS = ("run_id", "suite", "status", "setting", "variant_label", "method", "rho", "seed", "test_acc",
-               "epochs_done", "seconds_per_epoch", "perturbed_fraction")
+               "train_acc", "epochs_done", "seconds_per_epoch", "perturbed_fraction")
+CURVES = (("train_loss", "train loss"), ("train_acc", "train accuracy (%)"), ("test_acc", "test accuracy (%)"))
+MAX_CURVE_SETTINGS = 6
 ENV_COLUMNS_FIRST = ("env.git_commit", "env.torch", "env.device_name", "env.device", "env.cuda", "env.python",
                      "env.threads", "env.hostname", "env.platform")
 TABLES = (("Test accuracy (%) at each method's chosen ρ, mean ± std over seeds", {}),
@@ -215,6 +218,71 @@ def _figures_section(df: pd.DataFrame, info: ReportInfo, rule=None, tune=None) -
     return "\n".join(parts) or "<p>No figures (no finished runs).</p>"
 
 
+def _epoch_curves(paths: list[str], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std over runs) of one metrics.jsonl key, over the epochs every run logged."""
+    import json
+
+    series = []
+    for path in paths:
+        try:
+            lines = (Path(path) / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            continue
+        rec = [json.loads(ln) for ln in lines if ln.strip().startswith("{")]
+        series.append([r.get(key) if isinstance(r.get(key), (int, float)) else np.nan for r in rec])
+    n = min((len(s) for s in series), default=0)
+    if not n:
+        return np.arange(0), np.zeros(0), np.zeros(0)
+    values = np.array([s[:n] for s in series], dtype=float)
+    std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(n)
+    return np.arange(1, n + 1), values.mean(axis=0), std
+
+
+def learning_curves(df: pd.DataFrame, info: ReportInfo) -> str:
+    """Train loss, train accuracy and test accuracy per epoch (from metrics.jsonl) of each method at
+    its best ρ, mean ± std over seeds: one figure per setting, embedded as PNG."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    from analysis.labels import BASELINE_COLOR, mask_color
+    from analysis.stats import aggregate, best_rho
+
+    best = best_rho(aggregate(df)) if len(df) else df
+    if not len(best):
+        return "<p>No finished runs.</p>"
+    paths = dict(zip(df["run_id"].astype(str), df["path"].astype(str)))
+    settings = sorted(best["setting"].unique())
+    parts = []
+    for s in settings[:MAX_CURVE_SETTINGS]:
+        fig = Figure(figsize=(10, 2.8), layout="constrained")
+        axes = fig.subplots(1, len(CURVES))
+        for _, r in best[best["setting"] == s].iterrows():
+            runs = [paths[i] for i in r["run_ids"] if i in paths]
+            color = BASELINE_COLOR if bool(r["baseline"]) else mask_color(str(r["mask"]))
+            rho = "" if bool(r["baseline"]) else f" (ρ={plain(r['rho']):g})"
+            for ax, (key, label) in zip(axes, CURVES):
+                x, mean, std = _epoch_curves(runs, key)
+                ax.plot(x, mean, color=color, lw=1.2, label=f"{r['variant_label']} {r['method']}{rho}"
+                        if not bool(r["baseline"]) else str(r["variant_label"]))
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(label)
+        axes[-1].legend(fontsize=7, loc="best")
+        fig.suptitle(f"{s}: learning curves at each method's best ρ (mean ± std over seeds)", fontsize=9)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        stem = f"learning_curves_{re.sub(r'[^A-Za-z0-9]+', '_', s).strip('_')}"
+        info.figures.append(stem)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        parts.append(f'<figure id="fig-{esc(stem)}"><img alt="{esc(stem)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{esc(s)}: train loss, train accuracy and test accuracy per epoch</figcaption>"
+                     "</figure>")
+    if len(settings) > MAX_CURVE_SETTINGS:
+        parts.append(f"<p>First {MAX_CURVE_SETTINGS} of {len(settings)} settings.</p>")
+    return "\n".join(parts)
+
+
 def _log_files(run_dir: Path) -> list[Path]:
     """Log files recorded for a run: job.json's stdout/stderr paths (submitit), then logs in the folder."""
     import json
@@ -286,7 +354,7 @@ def _runs_section(df: pd.DataFrame) -> str:
     shown = df.head(MAX_RUN_ROWS)
     rows = []
     for _, r in shown.iterrows():
-        cells = [esc(_fmt(r[c])) for c in cols]
+        cells = [esc("" if c == "rho" and bool(r.get("baseline")) else _fmt(r[c])) for c in cols]  # SGD: no ρ
         if "status" in cols:
             i = cols.index("status")
             cells[i] = f'<span class="status-{cells[i]}">{cells[i]}</span>'
@@ -338,6 +406,7 @@ def render(folder: str | os.PathLike, title: str | None = None, select=None,
             ("tables", "Tables", _tables_section(df, info, rule, tune)),
             ("claims", "Claims of the SAM-ON paper", _claims_section(df, info, rule, tune)),
             ("figures", "Figures", _figures_section(df, info, rule, tune)),
+            ("curves", "Learning curves", learning_curves(df, info)),
             ("failed", "Failed runs", _failed_section(df)),
             ("runs", "All runs", _runs_section(df)),
             ("environment", "Environment", _environment_section(df)),

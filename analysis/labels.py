@@ -442,3 +442,32 @@ def method_colors(items: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "x"
+
+
+# --- telling a method's rhos apart in a scatter plot ----------------------------------------------
+
+_LABEL_OFFSETS = ((4, 3), (4, -9), (-26, 3), (-26, -9))  # points: by the rho's rank within its method
+
+
+def several_rhos(rows) -> dict:
+    """{(variant_label, method): its rhos, sorted} for the methods drawn at more than one rho in ``rows``."""
+    sam = rows[~rows["baseline"].astype(bool)]
+    rhos = sam.groupby(["variant_label", "method"])["rho"].agg(lambda v: sorted(set(v)))
+    return {key: list(v) for key, v in rhos.items() if len(v) > 1}
+
+
+def rho_size(r, several: dict, size: float = 5.0) -> float:
+    """Marker size growing with the rho's rank within its method (larger rho, larger point)."""
+    rhos = several.get((r["variant_label"], r["method"])) if not bool(r["baseline"]) else None
+    return size if not rhos else size - 1.0 + 2.5 * rhos.index(r["rho"]) / (len(rhos) - 1)
+
+
+def rho_label(ax, x: float, y: float, r, color: str, several: dict) -> None:
+    """``ρ=0.1`` beside a point whose method has points at several rhos, so they can be told apart."""
+    rhos = several.get((r["variant_label"], r["method"])) if not bool(r["baseline"]) else None
+    if not rhos or is_missing(x) or is_missing(y):
+        return
+    rho = plain(r["rho"])
+    ax.annotate(f"ρ={rho:g}" if isinstance(rho, float) else f"ρ={rho}", (x, y),
+                xytext=_LABEL_OFFSETS[rhos.index(r["rho"]) % len(_LABEL_OFFSETS)],
+                textcoords="offset points", fontsize=6, color=color, zorder=4)

@@ -40,6 +40,9 @@ from analysis.labels import (
     mask_marker,
     method_sort_key,
     plain,
+    rho_label,
+    rho_size,
+    several_rhos,
     slug,
     variant_sort_key,
 )
@@ -224,6 +227,7 @@ def _runtime(d: Prepared, outdir, formats) -> PlotPaths:
     for ax, s in zip(axes, settings):
         ref = refs[s]
         p = a[a["setting"] == s]
+        several = several_rhos(p)
         base_spe = float(ref["seconds_per_epoch_mean"])
         for _, r in p.iterrows():
             base = bool(r["baseline"])
@@ -233,11 +237,12 @@ def _runtime(d: Prepared, outdir, formats) -> PlotPaths:
             x = r["seconds_per_epoch_mean"] / base_spe
             xerr = r["seconds_per_epoch_std"] / base_spe
             ax.errorbar([x], [r[f"{d.acc_col}_mean"]], xerr=nz([xerr]), yerr=nz([r[f"{d.acc_col}_std"]]),
-                        color=color, marker="o" if base else vmarkers[r["variant_label"]], ms=5,
+                        color=color, marker="o" if base else vmarkers[r["variant_label"]], ms=rho_size(r, several),
                         mec="black" if base else color, mew=0.6, ls="none", alpha=0.9,
                         zorder=3)
+            rho_label(ax, x, r[f"{d.acc_col}_mean"], r, color, several)
         ax.axvline(1.0, color=BASELINE_COLOR, ls=":", lw=0.8, zorder=0)
-        ax.set_xlabel(f"step cost relative to {ref['variant_label']} (seconds per epoch)")
+        ax.set_xlabel(f"time per epoch relative to {ref['variant_label']} (×)")
         ax.set_ylabel(acc_label(d))
         title(ax, f"{s} ({ref['variant_label']}: {base_spe:.3g} s/epoch)")
     extra = [(Line2D([], [], color=c, marker="o", ls="none", ms=5), lab) for lab, c in masks_seen.items()]

@@ -22,6 +22,9 @@ from analysis.labels import (
     mask_color,
     mask_marker,
     method_sort_key,
+    rho_label,
+    rho_size,
+    several_rhos,
     slug,
     variant_sort_key,
 )
@@ -94,6 +97,7 @@ def sharpness_vs_accuracy(d, outdir, formats) -> list:
         seen: dict[str, str] = {}
         for ax, c in zip(axes, cols):
             pts = rows[rows[f"{c}_mean"].notna()]
+            several = several_rhos(pts)
             for _, r in pts.iterrows():
                 base = bool(r["baseline"])
                 mask = "none" if base else str(r["mask"])
@@ -101,8 +105,10 @@ def sharpness_vs_accuracy(d, outdir, formats) -> list:
                 seen.setdefault(r["variant_label"] if base else r["mask_label"], color)
                 ax.errorbar([r[f"{c}_mean"]], [r[f"{d.acc_col}_mean"]], xerr=figures.nz([r[f"{c}_std"]]),
                             yerr=figures.nz([r[f"{d.acc_col}_std"]]), color=color, ls="none", alpha=0.9,
-                            marker=vmarkers[r["variant_label"]], ms=5, mec="black" if base else color,
+                            marker=vmarkers[r["variant_label"]], ms=rho_size(r, several),
+                            mec="black" if base else color,
                             mew=0.6, zorder=3)
+                rho_label(ax, r[f"{c}_mean"], r[f"{d.acc_col}_mean"], r, color, several)
             _log_if_spread(ax, pts[f"{c}_mean"])
             ax.set_xlabel(measure_axis(c))
             ax.set_ylabel(figures.ACC_LABEL)

@@ -36,6 +36,38 @@ def show(value: Any, limit: int = SHOW_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# --- names one edit away ---------------------------------------------------------------------
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether a and b differ by one insertion, deletion, substitution or swap of neighbours."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    i = next((i for i, (x, y) in enumerate(zip(short, long)) if x != y), len(short))
+    return short[i:] == long[i + 1:]
+
+
+def suggest(name: Any, allowed: Any, limit: int = 3) -> list[str]:
+    """The allowed names one edit away from ``name`` (ignoring case), at most ``limit``: the one
+    rule behind every "did you mean" (masks, variants, models, data sets, config and suite keys,
+    options, flags)."""
+    if not isinstance(name, str) or not name or isinstance(allowed, (str, bytes)) or allowed is None:
+        return []
+    low = name.lower()
+    out = [a for a in allowed if isinstance(a, str) and a != name and (a.lower() == low or _one_edit(low, a.lower()))]
+    return list(dict.fromkeys(out))[:limit]
+
+
+def did_you_mean(name: Any, allowed: Any) -> str:
+    """``" (did you mean 'random'?)"`` (or ``""``): appended to an unknown-name message."""
+    close = suggest(name, allowed)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
 class InvalidInput(ValueError):
     """Bad input from the user: printed without a traceback, exit status 2.
 

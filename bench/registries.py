@@ -19,8 +19,8 @@ from masks.registry import Registry, UnknownNameError
 class LazyRegistry(Registry):
     """A Registry that imports its provider modules before the first lookup."""
 
-    def __init__(self, kind: str, providers: list[str]):
-        super().__init__(kind)
+    def __init__(self, kind: str, providers: list[str], plugin_env: str | None = None):
+        super().__init__(kind, plugin_env)
         self.providers = list(providers)
         self._loaded = False
 
@@ -52,7 +52,7 @@ class LazyRegistry(Registry):
 
 DATASETS = LazyRegistry("dataset", ["bench.data.datasets", "bench.data.imagefolder"])
 MODELS = LazyRegistry("model", ["bench.models"])
-VARIANTS = LazyRegistry("variant", ["bench.engine.variants:load_all"])
+VARIANTS = LazyRegistry("variant", ["bench.engine.variants:load_all"], plugin_env="SAMBENCH_VARIANT_PATH")
 _BY_KIND = {"dataset": DATASETS, "model": MODELS, "variant": VARIANTS}
 
 

@@ -28,6 +28,9 @@ from masks.base import (
 from masks.base import (
     list_masks as _list_masks,
 )
+from masks.base import (
+    mask_options as _mask_options,
+)
 from masks.registry import UnknownNameError, import_modules  # noqa: F401
 
 _loaded = False
@@ -56,3 +59,9 @@ def list_masks(pattern: str = "*") -> list[str]:
 def describe_masks() -> list[tuple[str, str, str]]:
     load_all()
     return _describe_masks()
+
+
+def mask_options(name) -> list[str]:
+    """The option names of a strategy (``mask_opts`` keys it takes; sparsity and seed among them)."""
+    load_all()
+    return _mask_options(name)

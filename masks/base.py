@@ -12,11 +12,11 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from masks.registry import Registry
+from masks.registry import PLUGIN_FILES, Registry, source_file
 
 Selection = dict[str, torch.Tensor]
 
-MASKS = Registry("mask")
+MASKS = Registry("mask", plugin_env="SAMBENCH_MASK_PATH")
 
 
 class MaskError(ValueError):
@@ -171,7 +171,12 @@ class Mask:
 
     def __init__(self, sparsity: float | str | None = None, seed: int = 0, **options: Any):
         if options:
-            raise TypeError(f"mask {self.registered_name!r} got unknown options {sorted(options)}")
+            from bench.errors import did_you_mean
+
+            allowed = mask_options(type(self))
+            hints = "".join(did_you_mean(k, allowed) for k in sorted(options))
+            raise TypeError(f"mask {self.registered_name!r} has no option {', '.join(map(repr, sorted(options)))}"
+                            f"{hints} (allowed: {', '.join(allowed) or 'none'})")
         if sparsity is not None and not self.uses_sparsity:
             raise TypeError(f"mask {self.registered_name!r} takes no sparsity")
         check_sparsity(sparsity)
@@ -183,10 +188,37 @@ class Mask:
         raise NotImplementedError
 
     # public API -----------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A strategy's own ``update`` is checked like ``select`` (see :meth:`checked`)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("update")
+        if own is not None and not getattr(own, "_checked", False):
+            def update(self, model, data, epoch, epochs, current, _own=own):
+                return self.checked(model, "update", lambda: _own(self, model, data, epoch, epochs, current))
+
+            update._checked = True
+            update.__doc__ = own.__doc__
+            cls.update = update
+
+    def checked(self, model: nn.Module, hook: str, call) -> Selection:
+        """``call()``'s selection, checked: a mapping of the model's trainable parameter names to
+        bool tensors of their shapes. A strategy breaking that, or a plugin's strategy raising,
+        is a MaskError naming the strategy's file and what was wrong."""
+        where = f"mask {self.registered_name!r} ({source_file(type(self))})"
+        try:
+            sel = call()
+        except MaskError:
+            raise
+        except Exception as exc:
+            if source_file(type(self)) not in PLUGIN_FILES:
+                raise
+            raise MaskError(f"{where}: {hook}() raised {type(exc).__name__}: {exc}") from exc
+        return check_selection(sel, model, f"{where}: {hook}()")
+
     def build(self, model: nn.Module, data: Iterable | None = None) -> Selection:
         if self.needs_data and data is None:
             raise MaskError(f"mask {self.registered_name!r} needs data batches to be built")
-        sel = prune_empty(self.select(model, data))
+        sel = prune_empty(self.checked(model, "select", lambda: self.select(model, data)))
         if not sel:
             raise MaskError(
                 f"mask {self.registered_name!r} selects no parameter of "
@@ -223,6 +255,26 @@ class Mask:
         return f"{type(self).__name__}(sparsity={self.sparsity!r}, seed={self.seed})"
 
 
+def check_selection(sel: Any, model: nn.Module, where: str) -> Selection:
+    """``sel`` if it is ``{trainable parameter name: bool tensor of that parameter's shape}``;
+    else MaskError saying ``where`` and what is wrong."""
+    if not isinstance(sel, dict):
+        raise MaskError(f"{where} returned {type(sel).__name__}, not a dict {{parameter name: bool tensor}}")
+    params = trainable(model)
+    for name, m in sel.items():
+        if name not in params:
+            close = [n for n in params if n.endswith(str(name))][:1]
+            raise MaskError(f"{where} returned a mask for {name!r}, which is not a trainable parameter of "
+                            f"{type(model).__name__}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            what = f"a {m.dtype} tensor" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise MaskError(f"{where} returned {what} for {name!r}; a mask is a bool tensor")
+        if m.shape != params[name].shape:
+            raise MaskError(f"{where} returned a mask of shape {tuple(m.shape)} for {name!r}, whose shape "
+                            f"is {tuple(params[name].shape)}")
+    return sel
+
+
 def check_sparsity(sparsity: Any) -> None:
     if sparsity is None:
         return
@@ -238,11 +290,36 @@ def check_sparsity(sparsity: Any) -> None:
 def create_mask(name: "str | Mask", **kwargs: Any) -> Mask:
     if isinstance(name, Mask):
         return name
-    return MASKS.get(name)(**kwargs)
+    cls = MASKS.get(name)
+    allowed = mask_options(cls)
+    unknown = sorted(k for k in kwargs if k not in allowed)
+    if unknown and not _takes_any(cls):
+        from bench.errors import did_you_mean
+
+        hints = "".join(did_you_mean(k, allowed) for k in unknown)
+        raise TypeError(f"mask {name!r} has no option {', '.join(map(repr, unknown))}{hints} "
+                        f"(allowed: {', '.join(allowed) or 'none'})")
+    return cls(**kwargs)
+
+
+def _takes_any(cls: type) -> bool:
+    """Whether a strategy's ``__init__`` takes ``**options`` (then it checks them itself)."""
+    import inspect
+
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
 
 
 def list_masks(pattern: str = "*") -> list[str]:
     return MASKS.names(pattern)
+
+
+def mask_options(cls_or_name: "type | str") -> list[str]:
+    """The options of a strategy: the keyword parameters of its ``__init__`` (its schema)."""
+    import inspect
+
+    cls = MASKS.get(cls_or_name) if isinstance(cls_or_name, str) else cls_or_name
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def describe_masks() -> list[tuple[str, str, str]]:

@@ -132,11 +132,40 @@ def test_report_made_without_torch_and_self_contained(made):
     assert out.read_text().startswith("<!DOCTYPE html>")
 
 
-def test_every_figure_is_embedded(made):
+def test_every_figure_is_embedded(made, df):
     _, _, info, page, _ = made
-    assert info["plot_all"] and sorted(page.figures) == sorted(info["plot_all"]) == sorted(info["figures"])
+    curves = sorted(s for s in page.figures if s.startswith("learning_curves_"))
+    figures = sorted(set(page.figures) - set(curves))
+    assert info["plot_all"] and figures == sorted(info["plot_all"])
+    assert sorted(info["figures"]) == sorted(figures + curves)
+    done = df[df["status"] == "done"]
+    assert len(curves) == done["setting"].nunique() >= 2  # one figure of learning curves per setting
     for stem, png in page.figures.items():
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, stem
+
+
+def test_learning_curves_are_the_seed_means_of_metrics_jsonl(made, df):
+    from analysis.html_report import _epoch_curves
+
+    done = df[(df["status"] == "done") & (df["epochs_logged"] == 10)]
+    paths = list(done["path"])[:3]
+    for key, offset in (("train_acc", 50), ("test_acc", 40)):  # the fixture logs 50 + e and 40 + e
+        epochs, mean, std = _epoch_curves(paths, key)
+        assert list(epochs) == list(range(1, 11)) and list(mean) == [offset + e for e in range(1, 11)]
+        assert list(std) == [0.0] * 10
+    epochs, mean, _ = _epoch_curves(paths, "train_loss")
+    assert mean == pytest.approx([1.0 / e for e in range(1, 11)])
+
+
+def test_the_runs_table_shows_train_accuracy_and_no_rho_for_sgd(made, df):
+    _, _, _, page, _ = made
+    (runs,) = [rows for section, rows in page.tables if section == "runs"]
+    header = runs[0]
+    assert "train_acc" in header and "rho" in header
+    rows = {r[header.index("run_id")]: r for r in runs[1:]}
+    for _, r in df.iterrows():
+        shown = rows[r["run_id"]][header.index("rho")]
+        assert (shown == "") == bool(r["baseline"]), (r["run_id"], shown)
 
 
 def test_every_table_is_there_cell_for_cell(made, df):

@@ -232,10 +232,12 @@ MALFORMED = {
     "grid_key": (BASE + "grid: [{rho: [1]}, {mask: all, bar: [1]}]\n", "grid[1].bar: unknown key (allowed: "),
     "include_key": (BASE + "include: [{variant: none}, {foo: 1}]\n", "include[1].foo: unknown key"),
     "mask": (BASE + "grid:\n  - {mask: all}\n  - {mask: norm_only}\n  - {mask: randm}\n",
-             "grid[2].mask: unknown mask 'randm' (allowed: all, "),
+             "grid[2].mask: unknown mask 'randm' (did you mean 'random'?); a mask of your own: its file in a "
+             "folder named in SAMBENCH_MASK_PATH"),
     "model": (BASE + "grid: {model: [resnet_ci, resnet99]}\n", "grid.model: unknown model 'resnet99' (allowed: "),
     "dataset": ("name: t\ndefaults: {dataset: mnist}\n", "defaults.dataset: unknown dataset 'mnist' (allowed: cifar10"),
-    "variant": (BASE + "include: [{variant: asm}]\n", "include[0].variant: unknown variant 'asm' (allowed: asam, esam, fsam, gsam, looksam, msam, none, sam)"),
+    "variant": (BASE + "include: [{variant: asm}]\n", "include[0].variant: unknown variant 'asm' (did you mean 'asam' or "
+                "'sam'?); a variant of your own: its file in a folder named in SAMBENCH_VARIANT_PATH"),
     "sparsity_one": (BASE + "grid: {mask: random, sparsity: 1.0}\n", "grid.sparsity: sparsity 1.0 must be a number in [0, 1)"),
     "sparsity_negative": ("name: t\ndefaults: {dataset: digits, model: resnet_ci, mask: random, sparsity: -0.1}\n",
                           "defaults.sparsity: sparsity -0.1 must be a number in [0, 1)"),
@@ -252,10 +254,11 @@ MALFORMED = {
     "match_no_norms": (BASE + "grid: {model: test_nonorm, mask: random, sparsity: 'match:norm_only'}\n",
                        "grid.sparsity: 'match:norm_only' on 'test_nonorm'"),
     "variant_option": (BASE + "grid: {variant: asam, variant_opts: {pp: 3}}\n",
-                       "grid.variant_opts: variant 'asam' has no option 'pp' (allowed: adaptive, p, eta, normalize_bias, m, "
-                       "sam_start_epoch)"),
+                       "grid.variant_opts: variant 'asam' has no option 'pp' (did you mean 'p'?) (allowed: adaptive, p, "
+                       "eta, normalize_bias, m, sam_start_epoch)"),
     "name": ("name: ../up\n", "name: must be a folder name"),
-    "slurm": (BASE + "slurm: {partitoin: gpu}\n", "slurm.partitoin: unknown key (allowed: account, "),
+    "slurm": (BASE + "slurm: {partitoin: gpu}\n", "slurm.partitoin: unknown key (did you mean 'partition'?) (allowed: "
+              "account, "),
     "logging": (BASE + "logging: {wandb: {mode: cloud}}\n",
                 "logging.wandb.mode: got 'cloud' (allowed: online, offline, disabled)"),
     "logging_base": (BASE + "grid: {rho: [1], base: {name: lion, lr: 0}}\n",

@@ -46,7 +46,7 @@ def test_sambench_plot_draws_accuracy_against_step_cost(tmp_path, monkeypatch):
     assert len(ax.containers) == 7 * 3 + 1  # one point per variant x mask, and SGD
     xs = sorted(round(float(c.lines[0].get_xdata()[0]), 2) for c in ax.containers)
     assert {1.0, 1.02, 1.5, 0.92} <= set(xs)  # seconds per epoch over SGD's (SGD, MSAM, ESAM, MSAM-ON)
-    assert "step cost relative to SGD" in ax.get_xlabel()
+    assert ax.get_xlabel() == "time per epoch relative to SGD (×)"  # a ratio: no unit
     legend = [t.get_text() for t in drawn["runtime_vs_accuracy"].legends[0].get_texts()]
     assert {"MSAM", "LOOKSAM", "GSAM", "ESAM", "FSAM", "SAM"} <= set(legend)
 

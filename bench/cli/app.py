@@ -13,7 +13,7 @@ from bench.cli.perf_command import cmd_perf
 from bench.cli.result_commands import cmd_collect, cmd_list, cmd_plot, cmd_report, cmd_sharpness, cmd_table
 from bench.cli.suite_commands import cmd_run, cmd_status
 from bench.cli.train_command import cmd_train
-from bench.errors import EXIT_FAIL, EXIT_INVALID, Interrupted, InvalidInput, RunFailed
+from bench.errors import EXIT_FAIL, EXIT_INVALID, Interrupted, InvalidInput, RunFailed, suggest
 
 # --- the parser -----------------------------------------------------------------------------------
 
@@ -29,6 +29,37 @@ class HelpFormatter(argparse.HelpFormatter):
         if action.default is None:
             return f"{text} (default: none)"
         return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse without prefix matching (``--epoch`` is not ``--epochs``); an unknown flag is reported
+    by the subcommand it was given to (its usage, and the flag one edit away when there is one)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner = self.commands.get(getattr(parsed, "command", None), self)
+            flags = [s for a in owner._actions for s in a.option_strings]
+            hints = [f"{x}: did you mean {' or '.join(close)}?" for x in extras if x.startswith("-")
+                     for close in [suggest(x.split("=", 1)[0], flags)] if close]
+            owner.error(f"unrecognized arguments: {' '.join(extras)}" + "".join(f"; {h}" for h in hints))
+        return parsed
+
+    def error(self, message: str):
+        """argparse's error, with the choice one edit away for an invalid choice (``list mask``)."""
+        import re
+
+        from bench.errors import did_you_mean
+
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            message += did_you_mean(found.group(1), re.findall(r"'([^']*)'", found.group(2)))
+        super().error(message)
 
 
 def _version() -> str:
@@ -57,14 +88,14 @@ def _selection_flags(p: argparse.ArgumentParser) -> None:
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     """The whole command line; ``train_flags=False`` leaves out train's run-config flags (they
     read the variant registry, which imports torch), for the other commands' start-up time."""
-    ap = argparse.ArgumentParser(prog="sambench", description=__doc__.splitlines()[0],
-                                 formatter_class=HelpFormatter)
+    ap = Parser(prog="sambench", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     ap.add_argument("--version", action="version", version=f"sambench {_version()}",
                     help="print the version and exit")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        ap.commands[name] = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        return ap.commands[name]
 
     _run_parser(command("run", "run a suite (local by default, or SLURM)"))
 
@@ -203,6 +234,20 @@ def _unknown_name(exc: BaseException) -> bool:
     return registry is not None and isinstance(exc, registry.UnknownNameError)
 
 
+def _pipe_closed() -> int:
+    """Exit status 141 (128 + SIGPIPE, as a shell reports a writer whose pipe closed), without a
+    traceback: what is still buffered for stdout goes to /dev/null instead of the closed pipe."""
+    import os
+    import signal
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.console import plain_warnings
 
@@ -224,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + exc.signum
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`sambench ... | head`): stop quietly
+        return _pipe_closed()
     except Exception as exc:
         if not _unknown_name(exc):
             raise

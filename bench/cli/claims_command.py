@@ -2,7 +2,7 @@
 their verdicts (analysis.claims, analysis/paper_claims.py; the protocol: docs/protocol.md)."""
 from __future__ import annotations
 
-from bench.cli.paths import creatable_file, existing_dir
+from bench.cli.paths import creatable_file, results_folder
 from bench.errors import EXIT_OK, InvalidInput
 
 
@@ -22,7 +22,7 @@ def selection_args(args) -> tuple:
 def cmd_claims(args) -> int:
     import analysis
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     if not 0 < args.alpha < 1:
         raise InvalidInput(f"--alpha: must be in (0, 1), got {args.alpha}")
     out = creatable_file(args.csv, "--csv") if args.csv else None

@@ -1,6 +1,7 @@
 """Paths given on the command line, checked before anything is written."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bench.errors import InvalidInput
@@ -32,3 +33,19 @@ def creatable_file(path: str, flag: str) -> Path:
         raise InvalidInput(f"{flag} {path}: is a folder, expected a file name")
     creatable_dir(str(p.parent), flag)
     return p
+
+
+RUN_FILES = ("config.json", "result.json")  # a run folder holds at least one of them
+
+
+def results_folder(path: str) -> Path:
+    """A folder holding at least one run folder (the way analysis.collect finds them); else
+    InvalidInput (exit 2) saying what was expected, before anything is read or written."""
+    folder = existing_dir(path, "results folder")
+    for _dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        if any(f in filenames for f in RUN_FILES):
+            return folder
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    raise InvalidInput(f"{path}: no sambench runs in this folder (no run folder with config.json or "
+                       f"result.json below it); give the --out folder of `sambench run` (e.g. results), "
+                       f"a suite's folder (results/demo) or one run's folder")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench.cli.claims_command import selection_args
-from bench.cli.paths import creatable_dir, creatable_file, existing_dir
+from bench.cli.paths import creatable_dir, creatable_file, results_folder
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput, parse_set
 
 
@@ -43,7 +43,7 @@ def cmd_list(args) -> int:
 def cmd_collect(args) -> int:
     import analysis
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     out = creatable_file(args.output, "-o") if args.output else folder / "results.csv"
     rule, tune = selection_args(args)
     df = analysis.collect(folder)
@@ -69,7 +69,7 @@ def _selected(make):
 def cmd_plot(args) -> int:
     import analysis
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     outdir = creatable_dir(args.output, "-o") if args.output else folder / "figures"
     rule, tune = selection_args(args)
     paths = _selected(lambda: analysis.plot_all(folder, outdir, select=rule, tune=tune))
@@ -82,7 +82,7 @@ def cmd_plot(args) -> int:
 def cmd_table(args) -> int:
     import analysis
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     rule, tune = selection_args(args)
     if args.compare:
         try:
@@ -100,7 +100,7 @@ def cmd_report(args) -> int:
     import analysis
     from bench.console import warn
 
-    folder = existing_dir(args.dir, "results folder")
+    folder = results_folder(args.dir)
     out = creatable_file(args.output, "-o") if args.output else folder / "report.html"
     rule, tune = selection_args(args)
     info = _selected(lambda: analysis.write_report(folder, out, select=rule, tune=tune))

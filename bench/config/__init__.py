@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from bench.errors import InvalidInput, show
+from bench.errors import InvalidInput, did_you_mean, show
 
 EXPERIMENT: dict[str, Any] = {
     "dataset": "digits",
@@ -188,7 +188,9 @@ def describe(cfg: dict[str, Any]) -> str:
     else:
         opts = ",".join(f"{k}={v}" for k, v in sorted(cfg["variant_opts"].items()))
         sparsity = "" if cfg["sparsity"] is None else f" sparsity={cfg['sparsity']}"
-        what = f"{cfg['variant']}{f'({opts})' if opts else ''} mask={cfg['mask']}{sparsity} rho={cfg['rho']}"
+        mopts = ",".join(f"{k}={v}" for k, v in sorted(cfg["mask_opts"].items()))
+        what = (f"{cfg['variant']}{f'({opts})' if opts else ''} mask={cfg['mask']}{f'({mopts})' if mopts else ''}"
+                f"{sparsity} rho={cfg['rho']}")
     return f"{cfg['dataset']}/{cfg['model']} {what} seed={cfg['seed']}"
 
 
@@ -357,7 +359,7 @@ def _keys(cfg: dict) -> None:
     allowed = list(EXPERIMENT) + list(RUNTIME)
     for key in cfg:
         if key not in allowed:
-            raise ConfigError(str(key), "unknown key", sorted(allowed))
+            raise ConfigError(str(key), f"unknown key{did_you_mean(key, allowed)}", sorted(allowed))
 
 
 def _non_finite(value: Any) -> tuple[str, float] | None:
@@ -389,7 +391,8 @@ def _dataset(cfg: dict) -> None:
     from bench.registries import DATASETS
 
     if not isinstance(cfg["dataset"], str) or cfg["dataset"] not in DATASETS:
-        raise ConfigError("dataset", f"unknown dataset {show(cfg['dataset'])}", DATASETS.names())
+        raise ConfigError("dataset", f"unknown dataset {show(cfg['dataset'])}"
+                                     f"{did_you_mean(cfg['dataset'], DATASETS.names())}", DATASETS.names())
 
 
 @step
@@ -399,25 +402,33 @@ def _model(cfg: dict) -> None:
     try:
         parse_model_name(cfg["model"])
     except UnknownNameError as exc:
-        raise ConfigError("model", f"unknown {exc.kind} {show(exc.name)}", exc.allowed) from None
+        names = [a for a in exc.allowed if "<" not in a]  # not the patterns (wrn<depth>_<width>)
+        raise ConfigError("model", f"unknown {exc.kind} {show(exc.name)}{did_you_mean(exc.name, names)}",
+                          exc.allowed) from None
 
 
 @step
 def _variant(cfg: dict) -> None:
     from bench.registries import VARIANTS
+    from masks.registry import plugin_hint
 
     if not isinstance(cfg["variant"], str) or cfg["variant"] not in VARIANTS:
-        raise ConfigError("variant", f"unknown variant {show(cfg['variant'])}", VARIANTS.names())
+        raise ConfigError("variant", f"unknown variant {show(cfg['variant'])}"
+                                     f"{did_you_mean(cfg['variant'], VARIANTS.names())}; "
+                                     f"{plugin_hint('variant', VARIANTS.plugin_env)}", VARIANTS.names())
 
 
 @step
 def _mask(cfg: dict) -> None:
     import masks
     from masks.base import MASKS
+    from masks.registry import plugin_hint
 
     masks.load_all()
     if not isinstance(cfg["mask"], str) or (cfg["mask"] != "none" and cfg["mask"] not in MASKS):
-        raise ConfigError("mask", f"unknown mask {show(cfg['mask'])}", masks.list_masks() + ["none"])
+        allowed = masks.list_masks() + ["none"]
+        raise ConfigError("mask", f"unknown mask {show(cfg['mask'])}{did_you_mean(cfg['mask'], allowed)}; "
+                                  f"{plugin_hint('mask', MASKS.plugin_env)}", allowed)
 
 
 @step
@@ -499,7 +510,8 @@ def _base(cfg: dict) -> None:
     base = cfg["base"]
     if not isinstance(base, dict) or base.get("name") not in BASE_OPTIMIZERS:
         got = base.get("name") if isinstance(base, dict) else base
-        raise ConfigError("base.name", f"unknown base optimizer {show(got)}", sorted(BASE_OPTIMIZERS))
+        raise ConfigError("base.name", f"unknown base optimizer {show(got)}{did_you_mean(got, list(BASE_OPTIMIZERS))}",
+                          sorted(BASE_OPTIMIZERS))
     options = BASE_OPTIMIZERS[base["name"]]
     for k, v in base.items():
         if k == "name":
@@ -580,13 +592,24 @@ def _variant_opts(cfg: dict) -> None:
     allowed = list(variant_options(name))
     for key in opts:
         if key not in allowed:
-            raise ConfigError("variant_opts", f"variant {name!r} has no option {show(key)}", allowed or "none")
+            raise ConfigError("variant_opts", f"variant {name!r} has no option {show(key)}{did_you_mean(key, allowed)}",
+                              allowed or "none")
     cls = VARIANTS.get(name)
     try:
         cls(**opts)
     except (TypeError, ValueError) as exc:
         key = _blame(lambda kw: cls(**kw), opts)
         raise ConfigError("variant_opts" if key is None else f"variant_opts.{key}", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 -- a plugin's constructor failing: say which file
+        raise _constructor_failed("variant", name, cls, exc) from None
+
+
+def _constructor_failed(kind: str, name: str, cls: Any, exc: Exception) -> ConfigError:
+    """A strategy's or variant's ``__init__`` raising something other than a bad-option error."""
+    from masks.registry import source_file
+
+    return ConfigError(kind, f"{kind} {name!r} ({source_file(cls)}): creating it raised "
+                             f"{type(exc).__name__}: {exc}")
 
 
 @step
@@ -608,6 +631,11 @@ def _mask_opts(cfg: dict) -> None:
 
     if is_baseline(cfg):
         return
+    allowed = [o for o in masks.mask_options(cfg["mask"]) if o not in ("sparsity", "seed")]
+    for key in cfg["mask_opts"]:
+        if key not in allowed:
+            raise ConfigError(f"mask_opts.{key}", f"mask {cfg['mask']!r} has no option {show(key)}"
+                              f"{did_you_mean(key, allowed)}", allowed or "none")
     given = {f"mask_opts.{k}": v for k, v in cfg["mask_opts"].items()}
     if cfg["sparsity"] is not None:
         given["sparsity"] = cfg["sparsity"]
@@ -621,6 +649,8 @@ def _mask_opts(cfg: dict) -> None:
     except (TypeError, ValueError) as exc:
         fallback = "mask_opts" if cfg["mask_opts"] else ("sparsity" if cfg["sparsity"] is not None else "mask")
         raise ConfigError(_blame(build, given) or fallback, str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 -- a plugin's constructor failing: say which file
+        raise _constructor_failed("mask", cfg["mask"], masks.base.MASKS.get(cfg["mask"]), exc) from None
 
 
 @step

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 import masks
+from bench.engine.sam_checks import check_direction, check_signature, step_stats
 from bench.engine.variants import Variant, create_variant
 from bench.engine.variants.base import EPS
 
@@ -56,10 +57,12 @@ def make_variant(variant: str | Variant, mask: Any, **options: Any) -> Variant:
 class SAM(torch.optim.Optimizer):
     """Masked SAM around any base optimizer; shares the base's ``param_groups``."""
 
+    record_stats = False   # set for the steps a training loop logs: ``stats`` then holds step_stats
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  variant: str | Variant = "sam", mask: str | masks.Mask = "all",
                  rho_norm: str = "subset", freeze_bn_second: bool = False, comm: Any = None,
                  ascent: str = "synced", scaler: Any = None, **variant_opts: Any):
+        check_signature(model, base_optimizer, variant_opts)
         if rho < 0:
             raise ValueError(f"rho={rho}: must be >= 0")
         if rho_norm not in ("subset", "full"):
@@ -276,7 +279,12 @@ class SAM(torch.optim.Optimizer):
         d = self.variant.direction(self._ascent_names, self._ascent, grads)
         if d is None:
             return  # nothing to perturb along (MSAM before its momentum exists)
+        if not getattr(self, "_direction_checked", False):
+            check_direction(self.variant, self._ascent_names, self._ascent, d)
+            self._direction_checked = True
         e = self.variant.finish(self._perturbation(d))
+        if self.record_stats:
+            self.stats = step_stats(self, grads, e)
         torch._foreach_copy_(self._backup, self._perturbed)
         torch._foreach_add_(self._perturbed, e)
         self._perturbed_now = True

@@ -125,6 +125,9 @@ def compute_for_run(run_dir: str | Path, cfg: dict, settings: dict, device: str 
                      if k in ("torch", "device", "device_name", "threads", "git_commit")}}
     store(run_dir, block)
     (run_dir / PARTIAL).unlink(missing_ok=True)
+    from bench import loggers
+
+    loggers.log_sharpness(run_dir, cfg, block)  # also into the run's TensorBoard / W&B / MLflow runs
     return block
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from bench import config, env, io, loggers, rundir
 from bench.engine.build import Setup, build, share_selection
 from bench.engine.step import evaluate, train_step
+from masks.registry import plugin_frame
 
 
 class CheckpointMismatch(RuntimeError):
@@ -119,7 +120,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
             result = _train(cfg, rid, run_dir, progress, log, suite)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
             io.write_json(run_dir / "result.json", {
-                "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}",
+                "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}{plugin_frame(exc)}",
                 "traceback": _traceback(), "config": cfg, "submission": submission})
             raise
         result["submission"] = submission
@@ -202,10 +203,10 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log, suite: str |
         io.write_jsonl(run_dir / "metrics.jsonl", state.metrics)
     rank = 0 if comm is None else comm.rank
     with loggers.open_loggers(cfg["logging"], run_dir, rid, suite, cfg, history=state.metrics,
-                              rank=rank) as run_loggers:
+                              rank=rank, steps_per_epoch=len(setup.train_loader)) as run_loggers:
         status, last = "done", (state.metrics[-1] if state.metrics else {})
         for epoch in range(state.epoch, cfg["epochs"]):
-            stats = train_epoch(setup, cfg, rid, epoch, progress)
+            stats = train_epoch(setup, cfg, rid, epoch, progress, run_loggers.log_step if run_loggers.loggers else None)
             if not math.isfinite(stats["train_loss"]):
                 status = "diverged"
                 last = {"epoch": epoch + 1, "train_loss": float("nan"), "train_acc": stats["train_acc"],
@@ -279,9 +280,23 @@ def _resume_main(setup: Setup, cfg: dict, rid: str, run_dir: Path, log) -> Train
     return state
 
 
-def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -> dict:
+def step_scalars(setup: Setup, window: list[float]) -> dict[str, float]:
+    """A logged step's scalars: train loss and accuracy over the steps since the last logged one
+    (``window``: loss x samples, correct, samples), the learning rate, and the SAM step's rho_t, ||e||
+    and ascent-gradient norm (when it perturbed and recorded them)."""
+    loss, correct, samples = window
+    out = {"step/loss": loss / samples, "step/acc": 100.0 * correct / samples,
+           "step/lr": float(setup.base.param_groups[0]["lr"])}
+    for key, value in (getattr(setup.opt, "stats", None) or {}).items():
+        if value is not None:
+            out[f"sam/{key}"] = float(value)
+    return out
+
+
+def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool,
+                step_log: Callable[[int, dict], None] | None = None) -> dict:
     """One pass over the training set; ``{train_loss, train_acc, epoch_time_s}`` (loss may be nan),
-    summed over the processes."""
+    summed over the processes. ``step_log(global step, scalars)`` every ``log_every`` steps."""
     import torch
 
     s = setup
@@ -295,8 +310,9 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -
     sums = torch.zeros(2, device=s.device, dtype=torch.float64)  # loss x samples, correct
     bar = Progress(steps_per_epoch, f"{rid} epoch {epoch + 1}/{cfg['epochs']}", progress)
     t0 = time.perf_counter()
-    seen = 0
+    seen, logged = 0, [0.0, 0.0, 0]  # logged: loss x samples, correct, samples at the last log
     for i, (x, y, sizes, total) in enumerate(s.train_loader.steps()):
+        s.opt.record_stats, s.opt.stats = step_log is not None and (i + 1) % cfg["log_every"] == 0, None
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
@@ -311,12 +327,16 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool) -
         sums[1] += (out.detach().argmax(1) == y).sum()
         seen += total
         if (i + 1) % cfg["log_every"] == 0:
-            check = sums[:1].clone()  # one host sync every log_every steps, agreed across processes
+            check = sums.clone()  # one host sync every log_every steps, agreed across processes
             if s.comm is not None:
                 s.comm.sum_(check)
-            if not math.isfinite(float(check)):
+            if not math.isfinite(float(check[0])):
                 break
-            bar.update(cfg["log_every"], loss=f"{float(check) / seen:.3f}")
+            bar.update(cfg["log_every"], loss=f"{float(check[0]) / seen:.3f}")
+            if step_log is not None:
+                now = [float(check[0]), float(check[1]), seen]
+                step_log(epoch * steps_per_epoch + i + 1, step_scalars(s, [a - b for a, b in zip(now, logged)]))
+                logged = now
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     epoch_time = time.perf_counter() - t0

@@ -30,12 +30,15 @@ from bench.loggers.base import (
            epoch_scalars,
            final_scalars,
            flat_config,
+           hyperparameters,
            process_rank,
+           sharpness_scalars,
 )
 from bench.loggers.run_loggers import (
            STATE_FILE,
            Loggers,
            create_logger,
+           log_sharpness,
            open_loggers,
            read_state,
            restart_state,
@@ -52,5 +55,5 @@ from bench.loggers.settings import (
 from bench.loggers.wandb_logger import wandb_run_id
 
 __all__ = ["BACKENDS", "DEFAULTS", "FINAL_KEYS", "OPTIONS", "STATE_FILE", "TAGS", "Logger", "Loggers", "LoggingError",
-           "create_logger", "epoch_scalars", "final_scalars", "flat_config", "from_flag", "missing_package",
-           "normalize", "open_loggers", "process_rank", "read_state", "restart_state", "wandb_run_id"]
+           "create_logger", "log_sharpness", "epoch_scalars", "final_scalars", "flat_config", "from_flag", "missing_package",
+           "normalize", "open_loggers", "process_rank", "hyperparameters", "sharpness_scalars", "read_state", "restart_state", "wandb_run_id"]

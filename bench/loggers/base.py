@@ -43,8 +43,25 @@ def epoch_scalars(record: dict) -> dict[str, float]:
 
 
 def final_scalars(result: dict) -> dict[str, float]:
-    return {f"final/{k}": float(result[k]) for k in FINAL_KEYS
-            if isinstance(result.get(k), (int, float)) and math.isfinite(result[k])}
+    """final/<key> of result.json's numbers, and sharpness/<measure> of its sharpness block."""
+    out = {f"final/{k}": float(result[k]) for k in FINAL_KEYS
+           if isinstance(result.get(k), (int, float)) and math.isfinite(result[k])}
+    return {**out, **sharpness_scalars(result.get("sharpness"))}
+
+
+def sharpness_scalars(block: Any) -> dict[str, float]:
+    """sharpness/<measure> for the finite numbers of a result's ``sharpness`` block."""
+    if not isinstance(block, dict):
+        return {}
+    return {f"sharpness/{k}": float(v) for k, v in block.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def hyperparameters(config: dict, result: dict) -> dict[str, Any]:
+    """The run config (flat) with every option of its SAM variant, defaults included
+    (``variant_options.<option>``, from result.json's ``variant_options``)."""
+    options = result.get("variant_options") if isinstance(result.get("variant_options"), dict) else {}
+    return {**flat_config(config), **{f"variant_options.{k}": v for k, v in options.items()}}
 
 
 def process_rank(rank: int | None = None) -> int:
@@ -74,7 +91,15 @@ class Logger:
     def log_epoch(self, epoch: int, scalars: dict[str, float]) -> None:
         raise NotImplementedError
 
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        """Scalars of training step ``step`` (1-based, counted over the whole run)."""
+        raise NotImplementedError
+
     def log_final(self, hparams: dict[str, Any], final: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def log_summary(self, scalars: dict[str, float], step: int) -> None:
+        """Numbers of the finished run (its sharpness measures), at its last epoch."""
         raise NotImplementedError
 
     def finish(self, status: str) -> None:

@@ -37,6 +37,7 @@ class MlflowLogger(Logger):
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.run_id = run.info.run_id
         self.logged = self._last_step()
+        self.logged_step = self._last_step("step/loss")
 
     @staticmethod
     def default_uri(ctx) -> str:
@@ -73,9 +74,10 @@ class MlflowLogger(Logger):
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i:i + 100])
 
-    def _last_step(self) -> int:
-        """The last epoch this MLflow run already holds (a kill may fall between log and state)."""
-        history = self.client.get_metric_history(self.run_id, "epoch")
+    def _last_step(self, key: str = "epoch") -> int:
+        """The last epoch (or training step) this MLflow run already holds (a kill may fall between
+        log and state)."""
+        history = self.client.get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=0)
 
     def _log(self, values: dict[str, float], step: int) -> None:
@@ -92,8 +94,16 @@ class MlflowLogger(Logger):
         self._log({**scalars, "epoch": float(epoch)}, epoch)
         self.logged = epoch
 
+    def log_step(self, step, scalars):
+        if step > self.logged_step:
+            self._log(scalars, step)
+            self.logged_step = step
+
     def log_final(self, hparams, final, step):
         self._log(final, step)
+
+    def log_summary(self, scalars, step):
+        self._log(scalars, step)
 
     def finish(self, status):
         self.client.set_terminated(self.run_id, status="FINISHED" if status in ("done", "diverged") else "FAILED")

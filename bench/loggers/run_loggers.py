@@ -5,7 +5,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import io, rundir
-from bench.loggers.base import Logger, _warn, epoch_scalars, final_scalars, flat_config, process_rank
+from bench.loggers.base import (
+    Logger,
+    _warn,
+    epoch_scalars,
+    final_scalars,
+    hyperparameters,
+    process_rank,
+    sharpness_scalars,
+)
 from bench.loggers.mlflow_logger import MlflowLogger
 from bench.loggers.settings import BACKENDS, LoggingError, normalize
 from bench.loggers.tensorboard_logger import TensorBoardLogger
@@ -56,9 +64,9 @@ class Loggers:
                 self.warn(f"{lg.name} logging stopped ({what}): {type(exc).__name__}: {exc}")
                 self.loggers.remove(lg)
 
-    def _save_state(self) -> None:
+    def _save_state(self, sync: bool = True) -> None:
         if self.run_dir is not None:
-            io.write_json(self.run_dir / STATE_FILE, self.state)
+            io.write_json(self.run_dir / STATE_FILE, self.state, sync=sync)
 
     def log_epoch(self, record: dict) -> None:
         """Log one metrics.jsonl line (step = its ``epoch``), once per epoch."""
@@ -70,12 +78,22 @@ class Loggers:
         self.state["logged_epoch"] = epoch
         self._save_state()
 
+    def log_step(self, step: int, scalars: dict[str, float]) -> None:
+        """Log one training step's scalars (every ``log_every`` steps; step = steps since the run
+        began), each step once: a resumed run skips the steps its loggers already hold."""
+        if not self.loggers or step <= int(self.state.get("logged_step", 0)):
+            return
+        self._each("step", lambda lg: lg.log_step(step, scalars))
+        self.state["logged_step"] = step
+        self._save_state(sync=False)  # often; a lost update only logs a step again after a crash
+
     def log_final(self, result: dict, config: dict) -> None:
-        """The config as hyperparameters with the final metrics of result.json."""
+        """The config (and every variant option) as hyperparameters with the final metrics of
+        result.json (its sharpness measures included)."""
         if not self.loggers:
             return
         self.status = str(result.get("status", "done"))
-        hparams, final = flat_config(config), final_scalars(result)
+        hparams, final = hyperparameters(config, result), final_scalars(result)
         step = int(result.get("epochs") or 0)
         self._each("final", lambda lg: lg.log_final(hparams, final, step))
 
@@ -89,6 +107,26 @@ class Loggers:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("failed" if exc_type is not None else None)
+
+
+def log_sharpness(run_dir: str | Path, config: dict, block: dict, warn: Callable[[str], None] = _warn) -> None:
+    """Add a finished run's sharpness measures (``sharpness/<measure>``, at its last epoch) to the
+    logger runs it trained in (reopened as a resume does). Never raises: a logger problem is a warning."""
+    scalars = sharpness_scalars(block)
+    if not scalars or process_rank() != 0:
+        return
+    run_dir = Path(run_dir)
+    try:
+        if not any(opts is not None for opts in normalize(config.get("logging")).values()):
+            return
+        doc = io.read_json(run_dir / "config.json")
+        history = io.read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+        with open_loggers(config["logging"], run_dir, doc["run_id"], doc.get("suite"), config, history=history,
+                          warn=warn) as group:
+            step = int(history[-1]["epoch"]) if history else 0
+            group._each("sharpness", lambda lg: lg.log_summary(scalars, step))
+    except Exception as exc:  # noqa: BLE001 -- the measures are in result.json already
+        warn(f"sharpness not logged to the run's loggers: {type(exc).__name__}: {exc}")
 
 
 def read_state(run_dir: Path, warn: Callable[[str], None] = _warn) -> dict:
@@ -120,10 +158,12 @@ def restart_state(state: dict, history: list[dict]) -> dict | None:
 
 def open_loggers(block: Any, run_dir: str | Path, run_id: str, suite: str | None, config: dict,
                  history: list[dict] = (), rank: int | None = None,
-                 warn: Callable[[str], None] = _warn) -> Loggers:
+                 warn: Callable[[str], None] = _warn, steps_per_epoch: int | None = None) -> Loggers:
     """Start (or resume) the run's loggers and catch up on ``history`` (metrics.jsonl lines so far).
 
-    Only rank 0 logs. Raises LoggingError for a bad block or a missing package.
+    Only rank 0 logs. Raises LoggingError for a bad block or a missing package. With
+    ``steps_per_epoch`` W&B counts its steps in training steps (an epoch's line at its last step),
+    so per-step scalars and epochs share one axis there.
     """
     if process_rank(rank) != 0:
         return Loggers([], None, {}, warn)
@@ -133,7 +173,7 @@ def open_loggers(block: Any, run_dir: str | Path, run_id: str, suite: str | None
     state = read_state(run_dir, warn)
     restart = restart_state(state, history)
     ctx = {"run_dir": run_dir, "run_id": run_id, "suite": suite, "config": config,
-           "resumed": bool(history) or restart is not None}
+           "resumed": bool(history) or restart is not None, "steps_per_epoch": steps_per_epoch}
     state = restart or state
     group = Loggers([], run_dir, state, warn)
     try:

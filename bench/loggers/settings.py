@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from bench.errors import InvalidInput, show
+from bench.errors import InvalidInput, did_you_mean, show
 
 DEFAULTS: dict[str, Any] = {"tensorboard": True, "wandb": False, "mlflow": False}
 
@@ -67,7 +67,7 @@ def normalize(block: Any, field: str = "logging") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in block:
         if key not in DEFAULTS:
-            raise LoggingError(f"{field}.{key}", "unknown logger", list(BACKENDS))
+            raise LoggingError(f"{field}.{key}", f"unknown logger{did_you_mean(key, BACKENDS)}", list(BACKENDS))
     for backend, default in DEFAULTS.items():
         value = block.get(backend, default)
         where = f"{field}.{backend}"
@@ -77,7 +77,8 @@ def normalize(block: Any, field: str = "logging") -> dict[str, Any]:
             opts = dict(OPTIONS[backend])
             for k, v in value.items():
                 if k not in OPTIONS[backend]:
-                    raise LoggingError(f"{where}.{k}", "unknown option", sorted(OPTIONS[backend]))
+                    raise LoggingError(f"{where}.{k}", f"unknown option{did_you_mean(k, OPTIONS[backend])}",
+                                       sorted(OPTIONS[backend]))
                 opts[k] = v
             _check_options(backend, opts, where)
         else:
@@ -113,5 +114,5 @@ def from_flag(text: str) -> dict[str, bool]:
         return {b: False for b in BACKENDS}
     for n in names:
         if n not in BACKENDS:
-            raise LoggingError("--log", f"unknown logger {n!r}", list(BACKENDS) + ["none"])
+            raise LoggingError("--log", f"unknown logger {n!r}{did_you_mean(n, BACKENDS)}", list(BACKENDS) + ["none"])
     return {b: b in names for b in BACKENDS}

@@ -41,7 +41,7 @@ from typing import Any
 
 from bench import config
 from bench.config import EXPERIMENT, OPTION_MAPS, RUNTIME, ConfigError
-from bench.errors import InvalidInput, load_yaml, show
+from bench.errors import InvalidInput, did_you_mean, load_yaml, show
 from bench.orchestration import suite_cache
 
 TOP_KEYS = ["defaults", "grid", "include", "logging", "name", "reference", "seeds", "slurm"]
@@ -183,7 +183,7 @@ def _parse_doc(text: str, source: str) -> dict:
                          source=source)
     for key in doc:
         if key not in TOP_KEYS:
-            raise _err(source, str(key), "unknown key", TOP_KEYS)
+            raise _err(source, str(key), f"unknown key{did_you_mean(key, TOP_KEYS)}", TOP_KEYS)
     return doc
 
 
@@ -216,7 +216,8 @@ def _check_key(source: str, prefix: str, key: Any) -> None:
         raise _err(source, f"{prefix}{show(key)}", "keys must be strings", _allowed_run_keys())
     top = key.split(".", 1)[0]
     if top not in EXPERIMENT and top not in RUNTIME:
-        raise _err(source, f"{prefix}{key}", "unknown key", _allowed_run_keys())
+        raise _err(source, f"{prefix}{key}", f"unknown key{did_you_mean(top, _allowed_run_keys())}",
+                   _allowed_run_keys())
     if "." in key and top not in OPTION_MAPS:
         raise _err(source, f"{prefix}{key}", f"{top} has no sub-fields (dotted keys only for "
                    f"{', '.join(OPTION_MAPS)})")
@@ -261,7 +262,8 @@ def _check_slurm(settings: Any, source: str) -> dict[str, Any]:
     out = {}
     for key, value in settings.items():
         if key not in SLURM_KEYS:
-            raise _err(source, f"slurm.{key}", "unknown key", sorted(SLURM_KEYS))
+            raise _err(source, f"slurm.{key}", f"unknown key{did_you_mean(key, sorted(SLURM_KEYS))}",
+                       sorted(SLURM_KEYS))
         kind, desc = SLURM_KEYS[key]
         if value is None:
             continue

@@ -84,14 +84,19 @@ def log_tail(run_dir: Path, rid: str, n: int = 5) -> list[str]:
     return []
 
 
+def _options(opts: dict) -> str:
+    """``(num_samples=256,update_every=5)`` for an option map, ``""`` for an empty one."""
+    text = ",".join(f"{k}={v}" for k, v in sorted(opts.items()))
+    return f"({text})" if text else ""
+
+
 def table(states: list[RunState], resolved_sparsity: dict[str, float]) -> str:
     """The dry run's table: one row per run."""
     rows = [("id", "dataset", "model", "base", "variant", "mask", "sparsity", "rho", "seed", "state")]
     for st in states:
         cfg = st.cfg
         baseline = config.is_baseline(cfg)
-        opts = ",".join(f"{k}={v}" for k, v in sorted(cfg["variant_opts"].items()))
-        variant = cfg["variant"] + (f"({opts})" if opts else "")
+        variant = cfg["variant"] + _options(cfg["variant_opts"])
         sp = cfg["sparsity"]
         if baseline or sp is None:
             sparsity = "-"
@@ -99,7 +104,7 @@ def table(states: list[RunState], resolved_sparsity: dict[str, float]) -> str:
             sparsity = f"{sp}={resolved_sparsity[st.rid]:.4f}"
         else:
             sparsity = str(sp)
-        rows.append((st.rid, cfg["dataset"], cfg["model"], cfg["base"]["name"], variant, "-" if baseline else cfg["mask"], sparsity,
+        rows.append((st.rid, cfg["dataset"], cfg["model"], cfg["base"]["name"], variant, "-" if baseline else cfg["mask"] + _options(cfg["mask_opts"]), sparsity,
                      "-" if baseline else f"{cfg['rho']:g}", str(cfg["seed"]), st.state))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
