@@ -238,17 +238,18 @@ def _epoch_curves(paths: list[str], key: str) -> tuple[np.ndarray, np.ndarray, n
     return np.arange(1, n + 1), values.mean(axis=0), std
 
 
-def learning_curves(df: pd.DataFrame, info: ReportInfo) -> str:
+def learning_curves(df: pd.DataFrame, info: ReportInfo, rule) -> str:
     """Train loss, train accuracy and test accuracy per epoch (from metrics.jsonl) of each method at
-    its best ρ, mean ± std over seeds: one figure per setting, embedded as PNG."""
+    the ρ its selection rule chose, mean ± std over seeds: one figure per setting, embedded as PNG."""
     import io
 
     from matplotlib.figure import Figure
 
     from analysis.labels import BASELINE_COLOR, mask_color
-    from analysis.stats import aggregate, best_rho
+    from analysis.selection import choose
+    from analysis.stats import aggregate
 
-    best = best_rho(aggregate(df)) if len(df) else df
+    best = choose(aggregate(df), rule) if len(df) else df
     if not len(best):
         return "<p>No finished runs.</p>"
     paths = dict(zip(df["run_id"].astype(str), df["path"].astype(str)))
@@ -269,7 +270,8 @@ def learning_curves(df: pd.DataFrame, info: ReportInfo) -> str:
                 ax.set_xlabel("epoch")
                 ax.set_ylabel(label)
         axes[-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{s}: learning curves at each method's best ρ (mean ± std over seeds)", fontsize=9)
+        fig.suptitle(f"{s}: learning curves at each method's ρ chosen by {rule.tag} (mean ± std over seeds)",
+                     fontsize=9)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         stem = f"learning_curves_{re.sub(r'[^A-Za-z0-9]+', '_', s).strip('_')}"
@@ -406,7 +408,7 @@ def render(folder: str | os.PathLike, title: str | None = None, select=None,
             ("tables", "Tables", _tables_section(df, info, rule, tune)),
             ("claims", "Claims of the SAM-ON paper", _claims_section(df, info, rule, tune)),
             ("figures", "Figures", _figures_section(df, info, rule, tune)),
-            ("curves", "Learning curves", learning_curves(df, info)),
+            ("curves", "Learning curves", learning_curves(df, info, rule)),
             ("failed", "Failed runs", _failed_section(df)),
             ("runs", "All runs", _runs_section(df)),
             ("environment", "Environment", _environment_section(df)),

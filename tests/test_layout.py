@@ -28,6 +28,7 @@ MODULES = sorted(_dotted(p) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.p
 LAYERS = [
     ("bench.__main__", "bench.cli"),                   # the command line
     # analysis reads result files only (it imports nothing of bench or masks: test below); the CLI uses it
+    ("analysis.readme_numbers",),                       # the README's demo numbers, generated and checked
     ("analysis.html_report",),                          # sambench report
     ("analysis.plots",),                                # the figures
     ("analysis.science",),                              # sharpness and γ figures
