@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.cli import data_command
 from bench.cli.perf_command import cmd_perf
 from bench.cli.result_commands import cmd_collect, cmd_list, cmd_plot, cmd_report, cmd_sharpness, cmd_table
 from bench.cli.suite_commands import cmd_run, cmd_status
@@ -97,6 +98,9 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
 
     _train_parser(command("train", "one run, in process"), train_flags)
     _perf_parser(command("perf", "step-time ratios to SGD, in one process"))
+
+    data_command.add_parser(command("data", "fetch the public data sets, list what is present and where"),
+                            HelpFormatter)
 
     p = command("list", "the registries")
     p.add_argument("what", choices=["masks", "variants", "models", "datasets"], help="which registry")
