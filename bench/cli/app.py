@@ -11,7 +11,7 @@ import sys
 from bench.cli import data_command
 from bench.cli.perf_command import cmd_perf
 from bench.cli.result_commands import cmd_collect, cmd_list, cmd_plot, cmd_report, cmd_sharpness, cmd_table
-from bench.cli.suite_commands import cmd_run, cmd_status
+from bench.cli.suite_commands import WATCH_EVERY_S, cmd_run, cmd_status
 from bench.cli.train_command import cmd_train
 from bench.errors import EXIT_FAIL, EXIT_INVALID, Interrupted, InvalidInput, RunFailed
 
@@ -57,10 +57,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
 
     _run_parser(command("run", "run a suite (local by default, or SLURM)"))
 
-    p = command("status", "counts of done/failed/running/... runs, and why runs failed")
-    p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
-    p.add_argument("--out", default="results", help="results folder (for a suite file)")
-    p.set_defaults(func=cmd_status)
+    _status_parser(command("status", "counts of done/failed/running/... runs, and why runs failed"))
 
     p = command("collect", "one CSV row per run")
     p.add_argument("dir", help=RESULTS_DIR)
@@ -127,6 +124,14 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
                    help="override a run field for every run (epochs=1, base.lr=0.05, logging.wandb=true), "
                         "or slurm.KEY, name, seeds; repeatable")
     p.set_defaults(func=cmd_run)
+
+
+def _status_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", help="a suite file, a suite's results folder, or a results folder of suites")
+    p.add_argument("--out", default="results", help="results folder (for a suite file)")
+    p.add_argument("--watch", nargs="?", const=str(WATCH_EVERY_S), metavar="SECONDS",
+                   help=f"refresh every SECONDS (default: {WATCH_EVERY_S:g}) until no run is running; Ctrl-C stops")
+    p.set_defaults(func=cmd_status)
 
 
 def _train_parser(p: argparse.ArgumentParser, train_flags: bool) -> None:

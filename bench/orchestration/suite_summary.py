@@ -106,18 +106,20 @@ def table(states: list[RunState], resolved_sparsity: dict[str, float]) -> str:
 
 
 class Reporter:
-    """One line per finished run while waiting (tqdm on a terminal)."""
+    """While ``sambench run`` waits: one line per finished run, printed for good (all that pipes and
+    logs get, each with the ETA), and on a terminal a live line under them::
 
-    def __init__(self, total: int):
-        self.total, self.n = total, 0
-        self.bar = None
-        if total and sys.stdout.isatty():
-            try:
-                from tqdm import tqdm
+        runs: 5/21 finished (4 done, 1 failed), 2 running, 14 pending  ETA ~1:20
 
-                self.bar = tqdm(total=total, unit="run", desc="runs")
-            except ImportError:
-                pass
+    The ETA is the mean wall time of the runs finished so far, times the runs left, over the most
+    runs seen training at once (the workers); rough when the runs differ in length."""
+
+    def __init__(self, total: int, stream=None):
+        from bench.console import LiveLine
+
+        self.total, self.n, self.failed, self.running, self.slots = total, 0, 0, 0, 1
+        self.durations: list[float] = []
+        self.live = LiveLine(sys.stdout if stream is None else stream, interval=0.5)
 
     def finished(self, rid: str, cfg: dict, result: dict | None) -> None:
         self.n += 1
@@ -128,13 +130,44 @@ class Reporter:
             what = f"failed   {str(result.get('error', ''))[:80]}"
         else:
             what = f"{status:<8}"
+        if status in FINAL and isinstance(result.get("wall_time_s"), (int, float)):
+            self.durations.append(float(result["wall_time_s"]))
+        self.failed += status not in FINAL
+        self.running = max(0, self.running - 1)
         line = f"[{self.n}/{self.total}] {rid}  {what}  {config.describe(cfg)}"
-        if self.bar is not None:
-            self.bar.write(line)
-            self.bar.update(1)
-        else:
-            print(line, flush=True)
+        if not self.live.enabled and self.n < self.total:
+            line += f"  (ETA {self._eta()})"
+        self.live.print(line)
+        self._draw(force=True)
+
+    def update(self, running: int) -> None:
+        """How many of the runs not finished yet are training now (called while waiting)."""
+        self.running = running
+        self.slots = max(self.slots, running)
+        self._draw()
+
+    def eta_s(self) -> float | None:
+        """Seconds until every run is finished, roughly; None before any run finished."""
+        left = self.total - self.n
+        if not left:
+            return 0.0
+        if not self.durations:
+            return None
+        return sum(self.durations) / len(self.durations) * left / self.slots
+
+    def _eta(self) -> str:
+        from bench.console import duration
+
+        eta = self.eta_s()
+        return "after the first run" if eta is None else f"~{duration(eta)}"
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.live.enabled or self.n >= self.total:
+            return
+        done = self.n - self.failed
+        pending = max(0, self.total - self.n - self.running)
+        self.live.show(f"runs: {self.n}/{self.total} finished ({done} done, {self.failed} failed), "
+                       f"{self.running} running, {pending} pending  ETA {self._eta()}", force=force)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.live.clear()
