@@ -100,11 +100,22 @@ class LiveLine:
     def show(self, text: str, force: bool = False) -> None:
         if not self.enabled or not (force or self.due()):
             return
-        width = shutil.get_terminal_size((100, 24)).columns - 1
-        self._text = text[:max(20, width)]
+        text = text[:max(20, self._columns() - 1)]  # a wrapped line could not be redrawn in place
         self._shown_at = time.monotonic()
+        if text == self._text and not force:
+            return  # unchanged: nothing to redraw
+        self._text = text
         self.stream.write("\r" + self._text + "\x1b[K")
         self.stream.flush()
+
+    def _columns(self) -> int:
+        """The terminal's width ($COLUMNS, else what the terminal says, else 100)."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        env = os.environ.get("COLUMNS", "")
+        return (int(env) if env.isdigit() else 0) or columns or shutil.get_terminal_size((100, 24)).columns
 
     def clear(self) -> None:
         """Erase the line (before other output, and at the end); the next :meth:`show` draws it again."""
@@ -114,9 +125,10 @@ class LiveLine:
             self._text = ""
             self._shown_at = None
 
-    def print(self, line: str) -> None:
-        """Print ``line`` for good (on every stream), above the live line, which is then drawn again."""
-        text = self._text
+    def print(self, line: str, then: str | None = None) -> None:
+        """Print ``line`` for good (on every stream) above the live line, which is then drawn again
+        (as ``then``, if given)."""
+        text = self._text if then is None else then
         self.clear()
         print(line, file=self.stream, flush=True)
         if text:

@@ -86,18 +86,18 @@ SOURCES: dict[str, Source] = {
          Archive(_FASHION_URL + "t10k-images-idx3-ubyte.gz", "md5:bef4ecab320f06d8554ea6380940ec79"),
          Archive(_FASHION_URL + "t10k-labels-idx1-ubyte.gz", "md5:bb300cfdad3c16e7a12a480ee83cd310")),
         "FashionMNIST/raw", tuple(f"{stem}.gz" for stem in datafiles.FASHION_FILES.values()),
-        extract=False, size="30 MB"),
+        extract=False, size="about 30 MB"),
     "cifar10": Source(
         "cifar10", datafiles.CIFAR10.title,
         (Archive(_CIFAR_URL + "cifar-10-python.tar.gz", "md5:c58f30108f718f92721af3b95e74349a"),),
         datafiles.CIFAR10.folder, datafiles.CIFAR10.train + datafiles.CIFAR10.test + (datafiles.CIFAR10.meta,),
-        extract=True, size="163 MB"),
+        extract=True, size="about 170 MB"),
     "cifar100": Source(
         "cifar100", datafiles.CIFAR100.title,
         (Archive(_CIFAR_URL + "cifar-100-python.tar.gz", "md5:eb9058c3a382ffc7106e4002c42a8d85"),),
         datafiles.CIFAR100.folder,
         datafiles.CIFAR100.train + datafiles.CIFAR100.test + (datafiles.CIFAR100.meta,),
-        extract=True, size="161 MB"),
+        extract=True, size="about 170 MB"),
 }
 
 IMAGENET_HELP = """\

@@ -137,8 +137,7 @@ class Reporter:
         line = f"[{self.n}/{self.total}] {rid}  {what}  {config.describe(cfg)}"
         if not self.live.enabled and self.n < self.total:
             line += f"  (ETA {self._eta()})"
-        self.live.print(line)
-        self._draw(force=True)
+        self.live.print(line, then=self._status())
 
     def update(self, running: int) -> None:
         """How many of the runs not finished yet are training now (called while waiting)."""
@@ -161,13 +160,17 @@ class Reporter:
         eta = self.eta_s()
         return "after the first run" if eta is None else f"~{duration(eta)}"
 
-    def _draw(self, force: bool = False) -> None:
-        if not self.live.enabled or self.n >= self.total:
-            return
-        done = self.n - self.failed
-        pending = max(0, self.total - self.n - self.running)
-        self.live.show(f"runs: {self.n}/{self.total} finished ({done} done, {self.failed} failed), "
-                       f"{self.running} running, {pending} pending  ETA {self._eta()}", force=force)
+    def _status(self) -> str:
+        """The live line's text ('' once every run is finished)."""
+        if self.n >= self.total:
+            return ""
+        done, pending = self.n - self.failed, max(0, self.total - self.n - self.running)
+        return (f"runs: {self.n}/{self.total} finished ({done} done, {self.failed} failed), "
+                f"{self.running} running, {pending} pending  ETA {self._eta()}")
+
+    def _draw(self) -> None:
+        if self.live.enabled and self.n < self.total:
+            self.live.show(self._status())
 
     def close(self) -> None:
         self.live.clear()
