@@ -25,7 +25,7 @@ test-fast:
 # SAM-ON on noisy-label digits, 5 seeds; the two seed-paired differences with their 95% intervals
 demo:
 	$(VENV)/bin/sambench run suites/demo.yaml --out results --executor local
-	$(VENV)/bin/sambench table results/demo | tee results/demo/table.md
+	$(VENV)/bin/sambench table results/demo > results/demo/table.md && cat results/demo/table.md
 	$(VENV)/bin/sambench table results/demo --compare all SGD
 	$(VENV)/bin/sambench table results/demo --compare norm_only all
 	$(VENV)/bin/sambench plot results/demo -o results/demo/figures
