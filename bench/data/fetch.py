@@ -298,18 +298,23 @@ def fetch(name: str, root: str | os.PathLike | None = None, log: Callable[[str],
     where = root if src.extract else root / src.folder
     where.mkdir(parents=True, exist_ok=True)
     line = ProgressLine(stream)
+
+    def say(message: str) -> None:  # a line for good, never written into the live line
+        line.clear()
+        log(message)
+
     downloaded = 0
     try:
         for archive in src.archives:
             dest = where / archive.filename
             if dest.is_file():
-                log(f"{dest}: already here, checking its {archive.checksum.partition(':')[0]}")
+                say(f"{dest}: already here, checking its {archive.checksum.partition(':')[0]}")
                 try:
                     verify(dest, archive)
                 except FetchError as exc:
                     raise FetchError(f"{exc}; delete it and run `{command}` again to download it") from None
             else:
-                log(f"downloading {archive.url} -> {dest}")
+                say(f"downloading {archive.url} -> {dest}")
                 downloaded += download(archive, dest, command, line)
     finally:
         line.clear()
@@ -328,17 +333,18 @@ class ProgressLine:
         from bench.console import LiveLine
 
         self.live = LiveLine(sys.stderr if stream is None else stream)
-        self.t0, self.first = time.monotonic(), None
+        self.t0, self.first, self.filename = time.monotonic(), 0, None
 
     def __call__(self, filename: str, done: int, total: int | None) -> None:
         from bench.console import duration
 
-        if self.first is None:
-            self.first, self.t0 = done, time.monotonic()
+        if filename != self.filename:  # a new file: its speed from its first chunk on
+            self.filename, self.first, self.t0 = filename, done, time.monotonic()
         rate = (done - self.first) / max(time.monotonic() - self.t0, 1e-6)
         size = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+        speed = f"  {rate / 1e6:.1f} MB/s" if rate > 0 else ""
         eta = f"  ETA {duration((total - done) / rate)}" if total and rate > 0 else ""
-        self.live.show(f"{filename}  {size}  {rate / 1e6:.1f} MB/s{eta}")
+        self.live.show(f"{filename}  {size}{speed}{eta}")
 
     def clear(self) -> None:
         self.live.clear()
