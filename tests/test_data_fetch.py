@@ -174,7 +174,7 @@ def test_checksum_mismatch_fails_and_leaves_nothing_a_loader_takes(server, isola
     assert f"{server.url}/cifar10/cifar-10-python.tar.gz" in err
     assert f"md5 is {hashlib.md5(tarball).hexdigest()}, expected {'0' * 32}" in err
     assert list(root.iterdir()) == []  # the download is deleted, nothing was unpacked
-    with pytest.raises(datafiles.DataError):
+    with pytest.raises(datafiles.DataError, match="Get it with `sambench data fetch cifar10`"):
         datafiles.check_available("cifar10", str(root))
 
 
@@ -246,4 +246,5 @@ def test_names_that_cannot_be_fetched(isolated, capsys):
     assert "(allowed: fashion_mnist, cifar10, cifar100)" in capsys.readouterr().err
     assert main(["data", "fetch", "digits"]) == 0
     assert "nothing to fetch" in capsys.readouterr().out
+    assert main(["data", "fetch", "cifar10", "imagenet", "--root", str(isolated / "r")]) == 2  # checked first
     assert list(isolated.iterdir()) == []  # nothing created

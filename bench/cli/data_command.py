@@ -1,4 +1,4 @@
-"""``sambench data fetch NAME [--root DIR]`` and ``sambench data list [--root DIR]``: the data sets.
+"""``sambench data fetch NAME... [--root DIR]`` and ``sambench data list [--root DIR]``: the data sets.
 
 fetch downloads a public data set (checksums verified, resumable) into the layout its loader reads
 (bench.data.fetch); list says for every data set whether the loaders find it, where, and how to get
@@ -33,7 +33,7 @@ def add_parser(p: argparse.ArgumentParser, formatter: type[argparse.HelpFormatte
                                    "resumes), verify their checksums and unpack them where the loaders look. Exit "
                                    "status: 0 ready, 1 download failed (offline, checksum mismatch), 2 bad input.",
                        epilog=_imagenet_help())
-    f.add_argument("name", metavar="NAME", help=f"one of {', '.join(FETCHABLE)}")
+    f.add_argument("names", nargs="+", metavar="NAME", help=f"one or more of {', '.join(FETCHABLE)}")
     f.add_argument("--root", metavar="DIR", help=ROOT_HELP)
     f.set_defaults(func=cmd_data_fetch)
     ls = sub.add_parser("list", formatter_class=Formatter, help="every data set: present or not, where, how to get it",
@@ -51,15 +51,21 @@ def _imagenet_help() -> str:
 def cmd_data_fetch(args) -> int:
     from bench.data import fetch
 
-    name = args.name
-    if name in BUNDLED:
-        print(f"{name}: {BUNDLED[name]}")
-        return EXIT_OK
-    if name in IMAGE_FOLDERS:
-        raise InvalidInput(fetch.IMAGENET_HELP)
-    if name not in fetch.SOURCES:
-        raise InvalidInput(f"{name!r} cannot be fetched", field="NAME", allowed=list(fetch.SOURCES))
+    for name in args.names:  # every name checked before anything is downloaded
+        if name in IMAGE_FOLDERS:
+            raise InvalidInput(fetch.IMAGENET_HELP)
+        if name not in fetch.SOURCES and name not in BUNDLED:
+            raise InvalidInput(f"{name!r} cannot be fetched", field="NAME", allowed=list(fetch.SOURCES))
     root = creatable_dir(args.root, "--root") if args.root else None
+    for name in dict.fromkeys(args.names):
+        if name in BUNDLED:
+            print(f"{name}: {BUNDLED[name]}")
+        else:
+            _fetch_one(fetch, name, root)
+    return EXIT_OK
+
+
+def _fetch_one(fetch, name: str, root: Path | None) -> None:
     src = fetch.SOURCES[name]
     try:
         got = fetch.fetch(name, root)
@@ -69,13 +75,12 @@ def cmd_data_fetch(args) -> int:
         raise RunFailed(f"{src.title}: {exc}") from None
     if got.already:
         print(f"{src.title}: already present in {got.path}; nothing to do")
-    else:
-        print(f"{src.title}: ready in {got.path} ({got.downloaded / 1e6:.1f} MB downloaded)")
+        return
+    print(f"{src.title}: ready in {got.path} ({got.downloaded / 1e6:.1f} MB downloaded)")
     target = root if root is not None else fetch.default_root()
-    if not got.already and target.resolve() != fetch.default_root().resolve():
+    if target.resolve() != fetch.default_root().resolve():
         print(f"  the loaders look there with `data_root: {target}` in a suite, `--data-root {target}`, "
               f"or SAMBENCH_DATA_ROOT={target}")
-    return EXIT_OK
 
 
 def cmd_data_list(args) -> int:
