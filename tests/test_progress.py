@@ -97,10 +97,10 @@ CFG = {"dataset": "digits", "model": "resnet_ci", "variant": "sam", "mask": "all
 
 
 def test_suite_reporter_live_line_on_a_terminal(terminal):
-    rep = Reporter(6, stream=terminal.stream)
-    rep.update(2)
+    rep = Reporter(6, stream=terminal.stream, count_every=0)
+    rep.update(lambda: 2)
     rep.finished("aaaaaaaaaaaa", CFG, _result(wall=10.0))
-    rep.update(2)
+    rep.update(lambda: 2)
     rep.finished("bbbbbbbbbbbb", CFG, _result("failed"))
     rep.finished("cccccccccccc", CFG, _result(wall=20.0))
     assert rep.eta_s() == pytest.approx(15.0 * 3 / 2)  # mean of the finished runs x runs left / workers
@@ -116,7 +116,10 @@ def test_suite_reporter_live_line_on_a_terminal(terminal):
 def test_suite_reporter_plain_lines_elsewhere():
     out = io.StringIO()
     rep = Reporter(3, stream=out)
-    rep.update(1)
+    counted = []
+    for _ in range(3):  # the locks are read at most every 5 s off a terminal
+        rep.update(lambda: counted.append(1) or 1)
+    assert counted == [1] and rep.running == 1
     rep.finished("aaaaaaaaaaaa", CFG, _result(wall=30.0))
     rep.finished("bbbbbbbbbbbb", CFG, _result(wall=10.0))
     rep.finished("cccccccccccc", CFG, _result(wall=20.0))

@@ -230,7 +230,7 @@ def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], 
             harvest()
             if not pending:
                 break
-            reporter.update(sum(rundir.lock_held(st.dir) for st in pending.values()))
+            reporter.update(lambda: sum(rundir.lock_held(st.dir) for st in pending.values()))
             if time.time() - last_check >= 3 * poll_s:
                 last_check = time.time()
                 if not executors.jobs_running(sub, queue) and not any(working(st) for st in pending.values()):

@@ -3,6 +3,8 @@ one line per finished run while waiting."""
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,12 +116,14 @@ class Reporter:
     The ETA is the mean wall time of the runs finished so far, times the runs left, over the most
     runs seen training at once (the workers); rough when the runs differ in length."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: int, stream=None, count_every: float | None = None):
         from bench.console import LiveLine
 
         self.total, self.n, self.failed, self.running, self.slots = total, 0, 0, 0, 1
         self.durations: list[float] = []
+        self._counted_at = float("-inf")
         self.live = LiveLine(sys.stdout if stream is None else stream, interval=0.5)
+        self.count_every = count_every if count_every is not None else 0.5 if self.live.enabled else 5.0
 
     def finished(self, rid: str, cfg: dict, result: dict | None) -> None:
         self.n += 1
@@ -139,10 +143,16 @@ class Reporter:
             line += f"  (ETA {self._eta()})"
         self.live.print(line, then=self._status())
 
-    def update(self, running: int) -> None:
-        """How many of the runs not finished yet are training now (called while waiting)."""
-        self.running = running
-        self.slots = max(self.slots, running)
+    def update(self, count_running: Callable[[], int]) -> None:
+        """Called while waiting: ``count_running()`` says how many of the runs not finished yet
+        train now (it reads every run's lock, so it is called at most every ``count_every`` seconds:
+        0.5 on a terminal, 5 otherwise)."""
+        now = time.monotonic()
+        if now - self._counted_at < self.count_every:
+            return
+        self._counted_at = now
+        self.running = count_running()
+        self.slots = max(self.slots, self.running)
         self._draw()
 
     def eta_s(self) -> float | None:
