@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test test-fast demo docs lint perf perf-gpu slurm-up slurm-down clean readme-figures check-readme
+.PHONY: install test test-fast demo demo-full docs lint perf perf-gpu slurm-up slurm-down clean readme-figures check-readme
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -21,18 +21,32 @@ test:
 test-fast:
 	SAMBENCH_NO_SLURM=1 $(PY) -m pytest -q -m "not slurm"
 
+# the first thing to run (about 3 minutes on 2 CPU cores, offline: docs/first-hour.md): SGD, SAM and
+# SAM-ON on noisy-label digits, 5 seeds; the two seed-paired differences with their 95% intervals
 demo:
 	@if ls results/demo/*/result.json >/dev/null 2>&1; then echo "demo: results/demo already holds runs:" \
 	  "finished ones are kept and only missing or unfinished ones train; the figures, table and report are" \
 	  "made again from all of them (make clean asks before deleting results/)"; fi
 	$(VENV)/bin/sambench run suites/demo.yaml --out results --executor local
+	$(VENV)/bin/sambench table results/demo > results/demo/table.md && cat results/demo/table.md
+	$(VENV)/bin/sambench table results/demo --compare all SGD
+	$(VENV)/bin/sambench table results/demo --compare norm_only all
 	$(VENV)/bin/sambench plot results/demo -o results/demo/figures
-	$(VENV)/bin/sambench table results/demo > results/demo/table.md
 	$(VENV)/bin/sambench collect results/demo -o results/demo/results.csv
 	$(VENV)/bin/sambench report results/demo -o results/demo/report.html
-	@echo "demo: figures in results/demo/figures/ (accuracy_vs_sparsity, sharpness_vs_accuracy,"
-	@echo "      sharpness_vs_sparsity, norm_gamma, ...), table in results/demo/table.md, one row per run"
-	@echo "      in results/demo/results.csv, everything on one page: results/demo/report.html"
+	@echo "demo: open results/demo/report.html (tables, figures, every run); table in results/demo/table.md,"
+	@echo "      figures in results/demo/figures/; the longer demo with more methods and sharpness: make demo-full"
+
+# the longer demo (ResNet-20, 21 runs with sharpness measures; see suites/demo_full.yaml)
+demo-full:
+	$(VENV)/bin/sambench run suites/demo_full.yaml --out results --executor local
+	$(VENV)/bin/sambench plot results/demo_full -o results/demo_full/figures
+	$(VENV)/bin/sambench table results/demo_full > results/demo_full/table.md
+	$(VENV)/bin/sambench collect results/demo_full -o results/demo_full/results.csv
+	$(VENV)/bin/sambench report results/demo_full -o results/demo_full/report.html
+	@echo "demo-full: figures in results/demo_full/figures/ (accuracy_vs_sparsity, sharpness_vs_accuracy,"
+	@echo "           sharpness_vs_sparsity, norm_gamma, ...), table in results/demo_full/table.md, one page:"
+	@echo "           results/demo_full/report.html"
 
 # the documentation site in site/ (open site/index.html): the CLI page regenerated from the parsers,
 # then mkdocs build --strict (a broken link, anchor or API reference is an error)

@@ -21,6 +21,7 @@ import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +432,45 @@ def render(folder: str | os.PathLike, title: str | None = None, select=None,
     return page, info
 
 
+_LINK_ATTRS = ("src", "href", "srcset", "poster", "action", "data", "background")
+_CSS_LINK = re.compile(r"""url\(\s*["']?([^"')\s]+)|@import\s+(?:url\(\s*)?["']?([^"')\s;]+)""", re.IGNORECASE)
+_IN_PAGE = ("data:", "#", "mailto:")
+
+
+class _Links(HTMLParser):
+    """Every place the page's tags and styles point to (attributes, CSS url() and @import)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in _LINK_ATTRS and value:
+                self.found += [v.split()[0] for v in value.split(",") if v.strip()] if key == "srcset" else [value]
+            elif key == "style" and value:
+                self.found += [a or b for a, b in _CSS_LINK.findall(value)]
+        self._in_style = tag == "style"
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.found += [a or b for a, b in _CSS_LINK.findall(data)]
+
+
+def external_resources(page: str) -> list[str]:
+    """What ``page`` would load from anywhere but itself (scripts, style sheets, fonts, images,
+    frames, links to files or sites); empty for a report, so it works offline and attached to a
+    mail: its figures are ``data:`` URLs, its style is inline, its fonts are the system's."""
+    parser = _Links()
+    parser.feed(page)
+    parser.close()
+    return [u for u in parser.found if not u.strip().lower().startswith(_IN_PAGE)]
+
+
 def write_report(folder: str | os.PathLike, output: str | os.PathLike, title: str | None = None,
                  select=None, tune=None) -> ReportInfo:
     """Write the report page for ``folder`` to ``output`` (parent folders created)."""
@@ -444,4 +484,4 @@ def write_report(folder: str | os.PathLike, output: str | os.PathLike, title: st
     return info
 
 
-__all__ = ["write_report", "render", "markdown_to_html", "ReportInfo"]
+__all__ = ["write_report", "render", "markdown_to_html", "external_resources", "ReportInfo"]

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.cli import data_command
 from bench.cli.claims_command import cmd_claims
 from bench.cli.perf_command import cmd_perf
 from bench.cli.result_commands import cmd_collect, cmd_list, cmd_plot, cmd_report, cmd_sharpness, cmd_table
-from bench.cli.suite_commands import cmd_run, cmd_status
+from bench.cli.suite_commands import WATCH_EVERY_S, cmd_run, cmd_status
 from bench.cli.train_command import cmd_train
 from bench.errors import EXIT_FAIL, EXIT_INVALID, Interrupted, InvalidInput, RunFailed, suggest
 
@@ -99,10 +100,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
 
     _run_parser(command("run", "run a suite (local by default, or SLURM)"))
 
-    p = command("status", "counts of done/failed/running/... runs, and why runs failed")
-    p.add_argument("target", help="a suite file, a suite's results folder, or a results folder of suites")
-    p.add_argument("--out", default="results", help="results folder (for a suite file)")
-    p.set_defaults(func=cmd_status)
+    _status_parser(command("status", "counts of done/failed/running/... runs, and why runs failed"))
 
     _result_parsers(command)
 
@@ -118,6 +116,9 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
 
     _train_parser(command("train", "one run, in process"), train_flags)
     _perf_parser(command("perf", "step-time ratios to SGD, in one process"))
+
+    data_command.add_parser(command("data", "fetch the public data sets, list what is present and where"),
+                            HelpFormatter)
 
     p = command("list", "the registries")
     p.add_argument("what", choices=["masks", "variants", "models", "datasets"], help="which registry")
@@ -183,6 +184,14 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
                    help="override a run field for every run (epochs=1, base.lr=0.05, logging.wandb=true), "
                         "or slurm.KEY, name, seeds; repeatable")
     p.set_defaults(func=cmd_run)
+
+
+def _status_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", nargs="?", help="a suite file, a suite's results folder, or a results folder of suites")
+    p.add_argument("--out", default="results", help="results folder (for a suite file)")
+    p.add_argument("--watch", nargs="?", const=str(WATCH_EVERY_S), metavar="SECONDS",
+                   help=f"refresh every SECONDS (default: {WATCH_EVERY_S:g}) until no run is running; Ctrl-C stops")
+    p.set_defaults(func=cmd_status)
 
 
 def _train_parser(p: argparse.ArgumentParser, train_flags: bool) -> None:

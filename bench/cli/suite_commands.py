@@ -6,6 +6,8 @@ from pathlib import Path
 from bench.cli.paths import creatable_dir
 from bench.errors import InvalidInput, parse_set, signals_interrupt
 
+WATCH_EVERY_S = 2.0   # `sambench status --watch` without SECONDS
+
 
 def cmd_run(args) -> int:
     from bench.orchestration import runner
@@ -21,6 +23,21 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """``sambench status TARGET [--watch [SECONDS]]`` (``--watch TARGET`` works too)."""
     from bench.orchestration import runner
 
-    return runner.print_status(Path(args.target), Path(args.out), cache=True)
+    target, every = args.target, None
+    if args.watch is not None:
+        try:
+            every = float(args.watch)
+        except ValueError:
+            if target is not None:
+                raise InvalidInput(f"--watch: SECONDS must be a number, got {args.watch!r}") from None
+            target, every = args.watch, WATCH_EVERY_S
+        if not every > 0:
+            raise InvalidInput(f"--watch: SECONDS must be > 0, got {args.watch}")
+    if target is None:
+        raise InvalidInput("give a suite file, a suite's results folder, or a results folder of suites")
+    if every is None:
+        return runner.print_status(Path(target), Path(args.out), cache=True)
+    return runner.watch_status(Path(target), Path(args.out), every, cache=True)

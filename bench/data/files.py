@@ -102,7 +102,8 @@ def fashion_missing(tried: list[Path]) -> DataError:
     return DataError(
         "Fashion-MNIST not found; looked for " + names + " in:\n  "
         + "\n  ".join(str(p) for p in tried)
-        + "\nGet it with `apt-get install dataset-fashion-mnist` (installs " + FASHION_SYSTEM_DIR
+        + "\nGet it with `sambench data fetch fashion_mnist` (checksums verified; docs/data.md) or "
+        "`apt-get install dataset-fashion-mnist` (installs " + FASHION_SYSTEM_DIR
         + "), point --data-root (or $SAMBENCH_DATA_ROOT) at a folder holding the files, "
         "or set `download: true` to fetch it with torchvision.")
 
@@ -143,8 +144,9 @@ def cifar_missing(fmt: CifarFormat, bases: list[Path]) -> DataError:
     return DataError(
         f"{fmt.title} not found; expected the extracted python-version folder "
         + " or ".join(str(b / fmt.folder) for b in bases)
-        + f" (holding {', '.join(fmt.train + fmt.test)}). Point --data-root (or "
-        "$SAMBENCH_DATA_ROOT) at its parent folder, or set `download: true`.")
+        + f" (holding {', '.join(fmt.train + fmt.test)}). Get it with `sambench data fetch "
+        f"{fmt.tv_class.lower()}` (docs/data.md), point --data-root (or $SAMBENCH_DATA_ROOT) at its "
+        "parent folder, or set `download: true`.")
 
 
 def _cifar_locator(fmt: CifarFormat):

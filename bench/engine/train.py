@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench import config, env, io, loggers, rundir
 from bench.engine.build import Setup, build, share_selection
@@ -44,24 +43,50 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 class Progress:
-    """tqdm on a terminal; otherwise one line per epoch (set by the caller)."""
+    """The live line of a run on a terminal (stderr), redrawn a few times a second::
 
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+        3f2a9c1b04de epoch 3/20 step 7/12  loss 1.2345 acc 56.78%  21.3 it/s  ETA 1:05
 
-            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    loss and accuracy are the epoch's so far (on a process group: rank 0's shard), it/s this
+    epoch's training steps per second, ETA the rest of the run at the pace since it (re)started,
+    evaluations included. When stderr is not a terminal, or ``enabled`` is false, it writes
+    nothing: logs keep the one line per epoch the run prints anyway.
+    """
 
-    def update(self, n: int, **postfix: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
+    def __init__(self, rid: str, epochs: int, steps_per_epoch: int, enabled: bool, stream=None):
+        from bench.console import LiveLine
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.line = LiveLine(sys.stderr if stream is None else stream, enabled=enabled)
+        self.rid, self.epochs, self.steps_per_epoch = rid, epochs, max(1, steps_per_epoch)
+        self.t_start = self.t_epoch = time.perf_counter()
+        self.steps_done = 0      # since this process started the run
+        self.epoch_steps = 0
+
+    def start_epoch(self) -> None:
+        self.t_epoch, self.epoch_steps = time.perf_counter(), 0
+
+    def step(self, epoch: int, step: int, read_stats: Callable[[], tuple[float, float, float]]) -> None:
+        """After training step ``step`` (1-based) of ``epoch`` (0-based); ``read_stats()`` gives
+        the epoch's (loss sum, correct, samples) so far and is called only when the line is redrawn
+        (it syncs with the device)."""
+        self.steps_done += 1
+        self.epoch_steps += 1
+        if not self.line.due():
+            return
+        loss_sum, correct, n = read_stats()
+        now = time.perf_counter()
+        rate = self.epoch_steps / max(now - self.t_epoch, 1e-9)
+        left = (self.epochs - epoch - 1) * self.steps_per_epoch + self.steps_per_epoch - step
+        eta = left * (now - self.t_start) / self.steps_done
+        from bench.console import duration
+
+        self.line.show(f"{self.rid} epoch {epoch + 1}/{self.epochs} step {step}/{self.steps_per_epoch}  "
+                       f"loss {loss_sum / max(n, 1):.4f} acc {100.0 * correct / max(n, 1):.2f}%  "
+                       f"{rate:.1f} it/s  ETA {duration(eta)}")
+
+    def clear(self) -> None:
+        """Erase the line (before the epoch's log line; the next step draws it again)."""
+        self.line.clear()
 
 
 def norm_gammas(model) -> list[float]:
@@ -205,8 +230,9 @@ def _train(cfg: dict, rid: str, run_dir: Path, progress: bool, log, suite: str |
     with loggers.open_loggers(cfg["logging"], run_dir, rid, suite, cfg, history=state.metrics,
                               rank=rank, steps_per_epoch=len(setup.train_loader)) as run_loggers:
         status, last = "done", (state.metrics[-1] if state.metrics else {})
+        bar = Progress(rid, cfg["epochs"], len(setup.train_loader), progress and _writes(comm))
         for epoch in range(state.epoch, cfg["epochs"]):
-            stats = train_epoch(setup, cfg, rid, epoch, progress, run_loggers.log_step if run_loggers.loggers else None)
+            stats = train_epoch(setup, cfg, rid, epoch, bar, run_loggers.log_step if run_loggers.loggers else None)
             if not math.isfinite(stats["train_loss"]):
                 status = "diverged"
                 last = {"epoch": epoch + 1, "train_loss": float("nan"), "train_acc": stats["train_acc"],
@@ -293,10 +319,11 @@ def step_scalars(setup: Setup, window: list[float]) -> dict[str, float]:
     return out
 
 
-def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool,
+def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, bar: Progress | None = None,
                 step_log: Callable[[int, dict], None] | None = None) -> dict:
     """One pass over the training set; ``{train_loss, train_acc, epoch_time_s}`` (loss may be nan),
-    summed over the processes. ``step_log(global step, scalars)`` every ``log_every`` steps."""
+    summed over the processes. ``bar``: the run's live line (:class:`Progress`), if any;
+    ``step_log(global step, scalars)`` every ``log_every`` steps."""
     import torch
 
     s = setup
@@ -308,9 +335,15 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool,
     steps_per_epoch = len(s.train_loader)
     total_steps, warmup = cfg["epochs"] * steps_per_epoch, cfg["warmup_epochs"] * steps_per_epoch
     sums = torch.zeros(2, device=s.device, dtype=torch.float64)  # loss x samples, correct
-    bar = Progress(steps_per_epoch, f"{rid} epoch {epoch + 1}/{cfg['epochs']}", progress)
+    bar = bar or Progress(rid, cfg["epochs"], steps_per_epoch, enabled=False)
+    bar.start_epoch()
     t0 = time.perf_counter()
     seen, logged = 0, [0.0, 0.0, 0]  # logged: loss x samples, correct, samples at the last log
+    local_seen = 0
+
+    def so_far() -> tuple[float, float, float]:  # this process's loss sum, correct, samples
+        return (*sums.tolist(), local_seen)
+
     for i, (x, y, sizes, total) in enumerate(s.train_loader.steps()):
         s.opt.record_stats, s.opt.stats = step_log is not None and (i + 1) % cfg["log_every"] == 0, None
         if cfg["channels_last"]:
@@ -326,13 +359,14 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool,
         sums[0] += loss.detach().double() * y.numel()
         sums[1] += (out.detach().argmax(1) == y).sum()
         seen += total
+        local_seen += y.numel()
+        bar.step(epoch, i + 1, so_far)
         if (i + 1) % cfg["log_every"] == 0:
             check = sums.clone()  # one host sync every log_every steps, agreed across processes
             if s.comm is not None:
                 s.comm.sum_(check)
             if not math.isfinite(float(check[0])):
                 break
-            bar.update(cfg["log_every"], loss=f"{float(check[0]) / seen:.3f}")
             if step_log is not None:
                 now = [float(check[0]), float(check[1]), seen]
                 step_log(epoch * steps_per_epoch + i + 1, step_scalars(s, [a - b for a, b in zip(now, logged)]))
@@ -340,7 +374,7 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, progress: bool,
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     epoch_time = time.perf_counter() - t0
-    bar.close()
+    bar.clear()
     if s.comm is not None:
         s.comm.sum_(sums)
     n_train = s.train_loader.samples_per_epoch

@@ -230,6 +230,7 @@ def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], 
             harvest()
             if not pending:
                 break
+            reporter.update(lambda: sum(rundir.lock_held(st.dir) for st in pending.values()))
             if time.time() - last_check >= 3 * poll_s:
                 last_check = time.time()
                 if not executors.jobs_running(sub, queue) and not any(working(st) for st in pending.values()):
@@ -319,10 +320,43 @@ def status_groups(target: Path, out: Path, cache: bool = False) -> list[tuple[st
     return groups
 
 
+def status_lines(groups: list[tuple[str, Path, list[RunState]]]) -> list[str]:
+    """One summary line per suite, then what failed and why."""
+    lines = []
+    for name, root, states in groups:
+        lines.append(f"{name}: {suite_summary.summarize(states).line()}  ({root})")
+        lines += suite_summary.problems([s for s in states if s.state in ("failed", "corrupt")], details=True)
+    return lines
+
+
 def print_status(target: Path, out: Path, cache: bool = False) -> int:
     """``sambench status``: one summary line per suite, then what failed and why."""
-    for name, root, states in status_groups(Path(target), Path(out), cache):
-        print(f"{name}: {suite_summary.summarize(states).line()}  ({root})")
-        for line in suite_summary.problems([s for s in states if s.state in ("failed", "corrupt")], details=True):
-            print(line)
+    for line in status_lines(status_groups(Path(target), Path(out), cache)):
+        print(line)
     return EXIT_OK
+
+
+def watch_status(target: Path, out: Path, every: float = 2.0, cache: bool = False, stream=None) -> int:
+    """``sambench status --watch``: the status again every ``every`` seconds until no run is running
+    (Ctrl-C stops it sooner: KeyboardInterrupt, exit 130). On a terminal the screen is redrawn;
+    elsewhere the lines are printed again, with the time, whenever they change."""
+    from bench.console import is_terminal
+
+    stream = sys.stdout if stream is None else stream
+    redraw, shown = is_terminal(stream), None
+    while True:
+        groups = status_groups(Path(target), Path(out), cache)
+        lines = status_lines(groups)
+        running = sum(st.state == "running" for _, _, states in groups for st in states)
+        now = time.strftime("%H:%M:%S")
+        if redraw:
+            footer = (f"{now}  every {every:g} s until no run is running; Ctrl-C stops" if running
+                      else f"{now}  no run is running")
+            stream.write("\x1b[H\x1b[2J" + "\n".join(lines + ["", footer]) + "\n")
+            stream.flush()
+        elif lines != shown:
+            print(f"[{now}]", *lines, sep="\n", file=stream, flush=True)
+        shown = lines
+        if not running:
+            return EXIT_OK
+        time.sleep(every)

@@ -3,6 +3,8 @@ one line per finished run while waiting."""
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,18 +113,22 @@ def table(states: list[RunState], resolved_sparsity: dict[str, float]) -> str:
 
 
 class Reporter:
-    """One line per finished run while waiting (tqdm on a terminal)."""
+    """While ``sambench run`` waits: one line per finished run, printed for good (all that pipes and
+    logs get, each with the ETA), and on a terminal a live line under them::
 
-    def __init__(self, total: int):
-        self.total, self.n = total, 0
-        self.bar = None
-        if total and sys.stdout.isatty():
-            try:
-                from tqdm import tqdm
+        runs: 5/21 finished (4 done, 1 failed), 2 running, 14 pending  ETA ~1:20
 
-                self.bar = tqdm(total=total, unit="run", desc="runs")
-            except ImportError:
-                pass
+    The ETA is the mean wall time of the runs finished so far, times the runs left, over the most
+    runs seen training at once (the workers); rough when the runs differ in length."""
+
+    def __init__(self, total: int, stream=None, count_every: float | None = None):
+        from bench.console import LiveLine
+
+        self.total, self.n, self.failed, self.running, self.slots = total, 0, 0, 0, 1
+        self.durations: list[float] = []
+        self._counted_at = float("-inf")
+        self.live = LiveLine(sys.stdout if stream is None else stream, interval=0.5)
+        self.count_every = count_every if count_every is not None else 0.5 if self.live.enabled else 5.0
 
     def finished(self, rid: str, cfg: dict, result: dict | None) -> None:
         self.n += 1
@@ -133,13 +139,53 @@ class Reporter:
             what = f"failed   {str(result.get('error', ''))[:80]}"
         else:
             what = f"{status:<8}"
+        if status in FINAL and isinstance(result.get("wall_time_s"), (int, float)):
+            self.durations.append(float(result["wall_time_s"]))
+        self.failed += status not in FINAL
+        self.running = max(0, self.running - 1)
         line = f"[{self.n}/{self.total}] {rid}  {what}  {config.describe(cfg)}"
-        if self.bar is not None:
-            self.bar.write(line)
-            self.bar.update(1)
-        else:
-            print(line, flush=True)
+        if not self.live.enabled and self.n < self.total:
+            line += f"  (ETA {self._eta()})"
+        self.live.print(line, then=self._status())
+
+    def update(self, count_running: Callable[[], int]) -> None:
+        """Called while waiting: ``count_running()`` says how many of the runs not finished yet
+        train now (it reads every run's lock, so it is called at most every ``count_every`` seconds:
+        0.5 on a terminal, 5 otherwise)."""
+        now = time.monotonic()
+        if now - self._counted_at < self.count_every:
+            return
+        self._counted_at = now
+        self.running = count_running()
+        self.slots = max(self.slots, self.running)
+        self._draw()
+
+    def eta_s(self) -> float | None:
+        """Seconds until every run is finished, roughly; None before any run finished."""
+        left = self.total - self.n
+        if not left:
+            return 0.0
+        if not self.durations:
+            return None
+        return sum(self.durations) / len(self.durations) * left / self.slots
+
+    def _eta(self) -> str:
+        from bench.console import duration
+
+        eta = self.eta_s()
+        return "after the first run" if eta is None else f"~{duration(eta)}"
+
+    def _status(self) -> str:
+        """The live line's text ('' once every run is finished)."""
+        if self.n >= self.total:
+            return ""
+        done, pending = self.n - self.failed, max(0, self.total - self.n - self.running)
+        return (f"runs: {self.n}/{self.total} finished ({done} done, {self.failed} failed), "
+                f"{self.running} running, {pending} pending  ETA {self._eta()}")
+
+    def _draw(self) -> None:
+        if self.live.enabled and self.n < self.total:
+            self.live.show(self._status())
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.live.clear()
