@@ -146,7 +146,7 @@ def parse_configs(text: str) -> list[PerfConfig]:
         ascent = opts.pop("ascent", config.EXPERIMENT["ascent"])  # --nproc: synced or local
         if ascent not in config.CHOICES["ascent"]:
             raise InvalidInput(f"{item!r}: ascent={ascent!r}", field="--configs", allowed=config.CHOICES["ascent"])
-        if variant == LOOP or config.perturbs(variant, mask):  # the base optimizer alone is there already
+        if (variant, mask) != (SGD.variant, SGD.mask):  # the baseline itself is there already
             out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts, ascent=ascent,
                                   step=kind))
     return out
