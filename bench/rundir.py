@@ -16,6 +16,9 @@ result.json. The rule:
   Whether a result belongs to the current submission is read from the ``submission`` it
   records, never from file times.
 - **State** (:func:`run_state`): done | diverged | failed | corrupt | running | resume | new.
+- **Writers.** This module alone writes config.json (:func:`write_config`, :func:`write_configs`)
+  and the result of a run that trained (:func:`write_result`); the engine, the runner and the
+  command line call these.
 """
 from __future__ import annotations
 
@@ -152,6 +155,37 @@ def record_failure(run_dir: Path, rid: str, error: str, submission: str | None =
             "status": "failed", "run_id": rid, "error": error, "submission": submission,
             "traceback": traceback.format_exc()[-4000:]})
     return True
+
+
+# --- config.json and the finished result.json: their one writer --------------------------------------
+
+def config_doc(rid: str, suite: str | None, cfg: dict, variant_options: dict) -> dict:
+    """What config.json holds: the run id, the suite, the resolved config and the variant's every option."""
+    return {"run_id": rid, "suite": suite, "config": cfg, "variant_options": variant_options}
+
+
+def write_config(run_dir: Path, rid: str, suite: str | None, cfg: dict, variant_options: dict,
+                 keep: bool = False) -> None:
+    """Write config.json (atomically); ``keep``: not over one already there (it names this run then:
+    :func:`check_owner`)."""
+    path = run_dir / "config.json"
+    if not (keep and path.exists()):
+        io.write_json(path, config_doc(rid, suite, cfg, variant_options))
+
+
+def write_configs(items) -> int:
+    """config.json of many folders at a submission, ``items`` = (run_dir, rid, suite, cfg, variant
+    options); one sync for all of them. Returns how many were written."""
+    return io.write_json_many((run_dir / "config.json", config_doc(rid, suite, cfg, options))
+                              for run_dir, rid, suite, cfg, options in items)
+
+
+def write_result(run_dir: Path, result: dict, sync: bool = True) -> None:
+    """result.json of a run that trained (done or diverged; a sharpness block added later), atomically
+    (``sync=False``: not brought to disk at once, for many synthetic folders: bench.perf.scale)."""
+    if result.get("status") not in FINAL:
+        raise ValueError(f"write_result writes finished results, not status {result.get('status')!r}")
+    io.write_json(run_dir / "result.json", result, sync=sync)
 
 
 # --- the owner ----------------------------------------------------------------------------------

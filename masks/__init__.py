@@ -31,6 +31,9 @@ from masks.base import (
 from masks.base import (
     mask_options as _mask_options,
 )
+from masks.base import (
+    mask_perturbs as _mask_perturbs,
+)
 from masks.registry import UnknownNameError, import_modules  # noqa: F401
 
 _loaded = False
@@ -54,6 +57,12 @@ def create_mask(name, **kwargs) -> Mask:
 def list_masks(pattern: str = "*") -> list[str]:
     load_all()
     return _list_masks(pattern)
+
+
+def mask_perturbs(mask) -> bool:
+    """False for the ``none`` mask (a baseline run: the plain base optimizer), True for the others."""
+    load_all()
+    return _mask_perturbs(mask)
 
 
 def describe_masks() -> list[tuple[str, str, str]]:

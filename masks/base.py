@@ -160,13 +160,15 @@ class Mask:
     ``"match:<mask>"``, resolved on the actual model by :meth:`target_count`.
 
     Masks that change during training set ``update_every`` (epochs); the optimizer then
-    calls :meth:`update` at the start of those epochs.
+    calls :meth:`update` at the start of those epochs. A mask with ``perturbs = False``
+    (``none``) makes the run a baseline: SAM steps as its base optimizer.
     """
 
     registered_name: str = "?"
     description: str = ""
     needs_data: bool = False
     uses_sparsity: bool = False
+    perturbs: bool = True            # False: the ``none`` mask (a baseline: SAM is the base optimizer)
     update_every: int | None = None
 
     def __init__(self, sparsity: float | str | None = None, seed: int = 0, **options: Any):
@@ -320,6 +322,12 @@ def mask_options(cls_or_name: "type | str") -> list[str]:
     cls = MASKS.get(cls_or_name) if isinstance(cls_or_name, str) else cls_or_name
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def mask_perturbs(mask: "str | Mask") -> bool:
+    """Whether a mask (a registered name or an instance) perturbs anything: False for ``none``, the
+    baseline. Read from the class, so a name is not constructed (it may need options)."""
+    return (mask if isinstance(mask, Mask) else MASKS.get(mask)).perturbs
 
 
 def describe_masks() -> list[tuple[str, str, str]]:

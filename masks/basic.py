@@ -36,3 +36,17 @@ class NoNormMask(Mask):
     def select(self, model, data):
         norms = set(norm_param_names(model))
         return full_selection(model, [n for n in trainable(model) if n not in norms])
+
+
+@register_mask("none")
+class NoneMask(Mask):
+    """Perturbs nothing: the run is the plain base optimizer (a baseline, like variant ``none``)."""
+
+    description = "perturbs nothing: the plain base optimizer, a baseline (as variant none)"
+    perturbs = False
+
+    def __init__(self, seed: int = 0):
+        super().__init__(seed=seed)
+
+    def select(self, model, data):
+        return {}

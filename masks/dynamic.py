@@ -34,7 +34,7 @@ from masks.base import (
     register_mask,
     trainable,
 )
-from masks.fisher import _logits, model_device
+from masks.fisher_taps import logits_of, model_device
 from masks.random import random_selection, split_flat
 
 
@@ -65,7 +65,7 @@ def grad_magnitude(model, data, num_batches: int = 1) -> dict[str, torch.Tensor]
     try:
         for batch in data:
             x, y = batch[0].to(device), batch[1].to(device)
-            loss = F.cross_entropy(_logits(model(x)), y)
+            loss = F.cross_entropy(logits_of(model(x)), y)
             grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
             for n, g in zip(names, grads):
                 if g is not None:

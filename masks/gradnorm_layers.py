@@ -77,6 +77,3 @@ class GradNormLayersMask(Mask):
         order = sorted(range(len(layers)), key=lambda i: (-scores[i], i))
         chosen = fit_in_order(sizes, order, self.target_count(model, data))
         return full_selection(model, [n for i in chosen for n in layers[i][2]])
-
-    def chosen_layers(self, model, selection) -> list[str]:
-        return [name for name, _, names in model_layers(model) if all(n in selection for n in names)]

@@ -22,16 +22,16 @@ from torch.nn.parallel import DistributedDataParallel
 from bench import io
 from bench.data.loader import plan_steps
 from bench.engine import distributed, train
-from bench.engine.amp import LossScaler
+from bench.engine.amp import LossScaler, autocast_factory
 from bench.engine.sam import SAM
-from bench.engine.step import amp_context, train_step
+from bench.engine.step import train_step
 from bench.models import create_model, create_model_for
 
 B = 8                     # global batch of one forward pass
 STEPS = 3
 LR, MU, WD = 0.1, 0.9, 5e-4
 CRITERION = nn.CrossEntropyLoss()
-NO_AMP = amp_context(False)
+NO_AMP = autocast_factory("none", "cpu")
 
 
 def ln_net() -> nn.Module:

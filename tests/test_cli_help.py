@@ -71,13 +71,17 @@ def test_train_flags_are_the_run_config_fields():
 
 
 def test_a_field_added_to_the_config_later_gets_a_flag(monkeypatch):
-    monkeypatch.setitem(config.RUNTIME, "brand_new_field", 7)
-    monkeypatch.setitem(config.RUNTIME, "brand_new_switch", False)
-    monkeypatch.setitem(config.RUNTIME, "brand_new_block", {})
+    """A new row of the field table is a flag with its help, default and choices."""
+    for row in (config.Field("brand_new_field", 7, "a new count", experiment=False),
+                config.Field("brand_new_switch", False, "a new switch", experiment=False),
+                config.Field("brand_new_block", {}, "a new block", experiment=False),
+                config.Field("brand_new_mode", "a", "a new mode", choices=("a", "b"), experiment=False)):
+        monkeypatch.setitem(config.FIELDS, row.name, row)
     train = subcommands(cli.build_parser())["train"]
     by_dest = {a.dest: a for a in train._actions}
-    assert "(default: 7)" in by_dest["brand_new_field"].help and by_dest["brand_new_field"].type is int
+    assert by_dest["brand_new_field"].help == "a new count (default: 7)" and by_dest["brand_new_field"].type is int
     assert "(default: none)" in by_dest["brand_new_block"].help
+    assert by_dest["brand_new_mode"].help == "a new mode: one of a, b (default: a)"
     args = train.parse_args(["--brand-new-field", "9", "--brand-new-switch", "--brand-new-block", "every=2",
                              "--brand-new-block", "on=true"])
     over = flags.train_overrides(args)
@@ -116,10 +120,12 @@ def test_train_flags_become_config_overrides():
                              "--set", "logging.mlflow.experiment=paper", "--sparsity", "match:norm_only",
                              "--mask", "fisher"])
     over = flags.train_overrides(args)
-    assert over["base"] == {"name": "lion", "lr": 3e-4, "betas": [0.9, 0.98]}
+    assert {k: v for k, v in over.items() if k.startswith("base")} == {
+        "base.name": "lion", "base.lr": 3e-4, "base.betas": [0.9, 0.98]}
     assert over["augment"] is False and over["variant_opts.p"] == "inf"
     assert over["mask_opts.num_samples"] == 64 and over["sparsity"] == "match:norm_only"
     cfg = config.resolve(over)
+    assert cfg["base"] == {"name": "lion", "lr": 3e-4, "betas": [0.9, 0.98]}  # lion's own defaults for the rest
     assert cfg["logging"]["mlflow"] == {"experiment": "paper"} and cfg["logging"]["wandb"] is False
     assert cfg["logging"]["tensorboard"] is True
 

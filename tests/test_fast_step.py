@@ -14,9 +14,10 @@ from torch import nn
 from bench import config, io
 from bench.cli import app as cli
 from bench.engine import fast_step, train
+from bench.engine.amp import autocast_factory
 from bench.engine.fast_step import FastStep, FusedUpdate
 from bench.engine.sam import SAM
-from bench.engine.step import amp_context, train_step
+from bench.engine.step import train_step
 from bench.engine.variants.base import EPS
 from bench.models import create_model_for
 
@@ -56,7 +57,7 @@ def _reference(model, opt, crit, amp):
 
 def _three_steps(case, step_kind, model_name="resnet_ci", **fast_opts):
     """(reference state, fast state, reference losses, fast losses) after 3 steps on 3 batches."""
-    crit, amp = nn.CrossEntropyLoss(label_smoothing=0.1), amp_context(False)
+    crit, amp = nn.CrossEntropyLoss(label_smoothing=0.1), autocast_factory("none", "cpu")
     ref_model, ref_opt = _setup(case, model_name)
     model, opt = _setup(case, model_name)
     fast = FastStep(model, opt, crit, amp, _reference(model, opt, crit, amp), compiled=step_kind != "fused",
@@ -106,7 +107,7 @@ def test_compiled_step_with_inductor_equals_the_reference():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("case", ["sam/norm_only", "asam/norm_only"])
 def test_compiled_step_cuda_bf16_equals_the_reference(case):
-    crit, amp = nn.CrossEntropyLoss(), amp_context(True)
+    crit, amp = nn.CrossEntropyLoss(), autocast_factory("bf16", "cuda")
     (ref_model, ref_opt), (model, opt) = _setup(case, device="cuda"), _setup(case, device="cuda")
     fast = FastStep(model, opt, crit, amp, _reference(model, opt, crit, amp), compiled=True)
     x, y = (t.cuda() for t in _batch())

@@ -18,7 +18,7 @@ import analysis
 from bench import config, io, rundir
 from bench.cli import app as cli
 from bench.engine import train
-from bench.orchestration import suite
+from bench.orchestration import suite, suite_file
 from bench.orchestration.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def test_non_finite_numbers_exit_2(tmp_path, capsys, write_file, key, value):
 
 
 def test_adamw_betas_must_be_finite(tmp_path, capsys, write_file):
-    path = write_file("s.yaml", TINY + "grid: {base: {name: adamw, betas: [0.9, .nan]}}\n")
+    path = write_file("s.yaml", TINY + "grid: {base: {name: adamw, betas: [[0.9, .nan]]}}\n")
     assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
     assert "grid.base.betas[1]: must be a finite number, got nan" in capsys.readouterr().err
 
@@ -375,7 +375,7 @@ def test_keep_running_leaves_the_workers_and_says_so(tmp_path, sambench_env):
 # --- 10: a large suite says so before the long part -----------------------------------------------------
 
 def test_large_suite_warns_before_expanding(tmp_path, capsys, write_file, monkeypatch):
-    monkeypatch.setattr(suite, "LARGE_SUITE", 5)
+    monkeypatch.setattr(suite_file, "LARGE_SUITE", 5)
     path = write_file("s.yaml", TINY + "grid: {rho: [0.1, 0.2, 0.3]}\nseeds: [0, 1]\n")
     assert cli.main(["run", str(path), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
     captured = capsys.readouterr()

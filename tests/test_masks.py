@@ -265,7 +265,7 @@ def test_fisher_conv_and_linear_ways_are_exact(monkeypatch, way, cls):
     """Every way of summing squared per-sample products, forced on every conv and linear layer
     with several positions: the pair form, blocks of one sample (product kept in cache, squared
     in place) and one batched GEMM over the whole chunk."""
-    import masks.fisher as FM
+    import masks.fisher_taps as FM
 
     monkeypatch.setattr(FM, "_PAIR_EXTRA", 10**9 if way == "pairs" else -(10**9))
     monkeypatch.setattr(FM, "_CACHE_BYTES", 1 if way == "one_sample_blocks" else 2**40)

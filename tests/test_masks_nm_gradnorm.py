@@ -8,8 +8,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import masks
+from bench.engine.amp import autocast_factory
 from bench.engine.sam import SAM
-from bench.engine.step import amp_context, train_step
+from bench.engine.step import train_step
 from masks.fisher import fisher_diagonal
 from masks.layerwise import model_layers
 
@@ -119,7 +120,7 @@ def test_gradnorm_layers_is_rechosen_every_update_every_epochs():
     opt.build_mask(data)
     assert not opt.on_epoch_start(1, 4, data)
     for x, y in data * 3:
-        train_step(model, opt, x, y, nn.CrossEntropyLoss(), amp_context(False))
+        train_step(model, opt, x, y, nn.CrossEntropyLoss(), autocast_factory("none", "cpu"))
     assert opt.on_epoch_start(2, 4, data)
     assert set(opt.selection) == set(opt.mask.build(model, data))  # re-chosen on the trained weights
     assert "selection" in opt.state_dict()

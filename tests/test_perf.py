@@ -7,8 +7,8 @@ from torch import nn
 
 import masks
 from bench.cli import app as cli
+from bench.engine.amp import autocast_factory
 from bench.engine.sam import SAM
-from bench.engine.step import amp_context
 from bench.models import create_model_for
 from bench.perf.timing import LoopSAM, parse_configs
 from masks.base import Mask
@@ -78,7 +78,7 @@ def test_loop_baseline_equals_dense_sam():
     x, y = data()
     crit = nn.CrossEntropyLoss()
     loop = LoopSAM(a, torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), rho=0.05)
-    loop.step(a, x, y, crit, amp_context(False))
+    loop.step(a, x, y, crit, autocast_factory("none", "cpu"))
     opt = SAM(b, torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9), rho=0.05, mask="all")
     crit(b(x), y).backward()
     opt.first_step(zero_grad=True)

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from bench import io
+from bench.engine.amp import autocast_factory
 from bench.engine.sam import SAM
-from bench.engine.step import amp_context, train_step
+from bench.engine.step import train_step
 from bench.registries import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_the_example_rule_is_what_a_step_does(tmp_path):
         x, y = torch.randn(8, 4, generator=g), torch.randint(0, 2, (8,), generator=g)
         crit = nn.CrossEntropyLoss()
         opt = SAM(model, torch.optim.SGD(model.parameters(), lr=0.1), rho=0.3, variant="gcsam")
-        train_step(model, opt, x, y, crit, amp_context(False))
+        train_step(model, opt, x, y, crit, autocast_factory("none", "cpu"))
 
         hand = nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3), nn.ReLU(), nn.Linear(3, 2))
         with torch.no_grad():

@@ -88,7 +88,8 @@ def test_nested_and_dotted_keys_merge(tmp_path):
     assert a["variant_opts"] == {"adaptive": "layerwise", "p": "inf"}
     assert b["base"]["lr"] == 0.1 and b["base"]["weight_decay"] == 0.0 and b["base"]["momentum"] == 0.9
     assert b["variant_opts"] == {"adaptive": "layerwise", "eta": 0.1}
-    assert c["base"] == {"name": "adamw", "lr": 0.001}  # another optimizer drops SGD's fields
+    # another optimizer drops SGD's fields and starts from its own defaults (bench.config.optimizers)
+    assert c["base"] == {"name": "adamw", "lr": 0.001, "weight_decay": 0.05}
 
 
 def test_overrides(tmp_path):

@@ -12,8 +12,9 @@ from torch.func import functional_call
 
 import masks
 from bench.engine import train
+from bench.engine.amp import autocast_factory
 from bench.engine.sam import SAM
-from bench.engine.step import amp_context, train_step
+from bench.engine.step import train_step
 from bench.engine.variants import list_variants
 
 LR, MU, WD = 0.1, 0.9, 5e-4
@@ -160,7 +161,7 @@ def run_opt(model, variant, mask, rho, opts, batches_, path):
         for group in opt.param_groups:
             group["lr"] = LRS[i]
         if path == "train_step":
-            train_step(model, opt, x, y, CRITERION, amp_context(False))
+            train_step(model, opt, x, y, CRITERION, autocast_factory("none", "cpu"))
         else:
             def closure():
                 loss = CRITERION(model(x), y)
@@ -317,7 +318,7 @@ def test_looksam_equals_pytorch_optimizer_on_one_tensor():
               alpha=0.7)
     got = []
     for x, y in batches_:
-        train_step(model, opt, x, y, CRITERION, amp_context(False))
+        train_step(model, opt, x, y, CRITERION, autocast_factory("none", "cpu"))
         got.append({n: p.detach().clone() for n, p in model.named_parameters()})
     assert_same(got, theirs)
 
@@ -373,10 +374,10 @@ def test_every_variant_and_mask_trains_a_step(variant, mask, model_kind):
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     bs = batches(n=24, batch_size=8)
     for x, y in bs[:2]:  # MSAM's first step is plain; LookSAM's second is not a SAM step
-        train_step(model, opt, x, y, CRITERION, amp_context(False))
+        train_step(model, opt, x, y, CRITERION, autocast_factory("none", "cpu"))
     assert opt.sam_now
     seen.clear()
-    out, loss = train_step(model, opt, *bs[2], CRITERION, amp_context(False))
+    out, loss = train_step(model, opt, *bs[2], CRITERION, autocast_factory("none", "cpu"))
     assert torch.isfinite(loss) and out.shape == (8, 10)
     assert any(not torch.equal(p, start[n]) for n, p in model.named_parameters())
     perturbed = set(opt.selection)
@@ -405,7 +406,7 @@ def test_before_sam_start_epoch_steps_are_the_base_optimizer_bit_for_bit(variant
                   variant=name, mask="norm_only", **opts)
         opt.on_epoch_start(0, 1)
         for x, y in bs:
-            train_step(model, opt, x, y, CRITERION, amp_context(False))
+            train_step(model, opt, x, y, CRITERION, autocast_factory("none", "cpu"))
         got.append({**model.state_dict()})
     assert all(torch.equal(got[0][k], got[1][k]) for k in got[1])
 
@@ -428,7 +429,7 @@ def test_sam_start_epoch_switches_sam_on():
               sam_start_epoch=1)
     (x, y), = data(1)
     assert not opt.sam_now
-    train_step(model, opt, x, y, CRITERION, amp_context(False))
+    train_step(model, opt, x, y, CRITERION, autocast_factory("none", "cpu"))
     assert opt.sam_steps == 0  # the base optimizer alone: no LookSAM step counted
     opt.on_epoch_start(1, 2)
     assert opt.sam_now  # the first SAM-phase step is a SAM step
@@ -454,10 +455,10 @@ def test_checkpoint_resumes_variant_state_exactly(tmp_path, variant):
     for i, (x, y) in enumerate(bs[:3]):
         for g in opt.param_groups:
             g["lr"] = 0.05 / (i + 1)
-        train_step(model, opt, x, y, CRITERION, amp_context(False))
+        train_step(model, opt, x, y, CRITERION, autocast_factory("none", "cpu"))
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
     for x, y in bs[3:]:
-        train_step(model, opt, x, y, CRITERION, amp_context(False))
+        train_step(model, opt, x, y, CRITERION, autocast_factory("none", "cpu"))
     want = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -469,7 +470,7 @@ def test_checkpoint_resumes_variant_state_exactly(tmp_path, variant):
     opt2.load_state_dict(saved["opt"])
     assert opt2.sam_steps == 3
     for x, y in bs[3:]:
-        train_step(model2, opt2, x, y, CRITERION, amp_context(False))
+        train_step(model2, opt2, x, y, CRITERION, autocast_factory("none", "cpu"))
     for n, p in model2.named_parameters():
         assert torch.equal(p, want[n]), n
 

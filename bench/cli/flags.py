@@ -1,10 +1,11 @@
 """The ``sambench train`` flags, generated from the run config so they cannot drift from it.
 
-Every field of :func:`bench.config.default_config` is a flag:
+Every row of the field table (:data:`bench.config.FIELDS`) is a flag:
 
 - a top-level field ``name`` -> ``--name`` (``_`` -> ``-``); a boolean -> ``--name`` / ``--no-name``;
 - the base optimizer (``base.*``) -> ``--optimizer`` (``base.name``) and ``--lr``, ``--momentum``,
-  ``--weight-decay``, ... (every option of every base optimizer);
+  ``--weight-decay``, ... (every option of every base optimizer, bench.config.optimizers; naming
+  an optimizer starts from its defaults there, as a suite's ``base: {name: ...}`` does);
 - the options of every registered variant (``variant_opts.*``, read from the variant registry's
   signatures, plug-in variants included) -> ``--p``, ``--adaptive``, ``--k``, ...; an option
   whose name a config field already has gets ``--variant-<option>`` (esam's ``--variant-seed``);
@@ -12,13 +13,12 @@ Every field of :func:`bench.config.default_config` is a flag:
 - ``logging`` -> ``--log tensorboard,wandb,mlflow`` (or ``none``);
 - any other block of options (a mapping) -> ``--name KEY=VALUE``, repeatable.
 
-Help lines come from ``bench.config.FIELD_HELP``; each shows the field's default. Any field, nested
+Help lines and choices come from the table's rows; each shows the field's default. Any field, nested
 ones included, can also be given as ``--set path=value``.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -88,33 +88,16 @@ def _help(path: str, field_help: dict[str, str], default_text: str) -> str:
     return f"{text} (default: {default_text})"
 
 
-# what ``--optimizer NAME`` starts from besides the optimizer's own defaults
-OPTIMIZER_FLAG_DEFAULTS = {"adamw": {"lr": 1e-3, "weight_decay": 0.05}}
+def _base_flags(field_help) -> list[Flag]:
+    """``--optimizer`` and one flag per option of any base optimizer (bench.config.optimizers)."""
+    from bench.config import optimizers
 
-
-def optimizer_defaults(config) -> dict[str, dict[str, Any]]:
-    """{optimizer: {option: default}} as a run gets them: the config's for its default optimizer,
-    else the optimizer class's own (plus OPTIMIZER_FLAG_DEFAULTS from the command line)."""
-    from bench.engine.build import base_optimizer_class
-
-    out = {}
-    base = config.default_config()["base"]
-    for name, options in sorted(config.BASE_OPTIMIZERS.items()):
-        params = inspect.signature(base_optimizer_class(name).__init__).parameters
-        own = {k: params[k].default for k in options if k in params and params[k].default is not params[k].empty}
-        own.update(OPTIMIZER_FLAG_DEFAULTS.get(name, {}))
-        out[name] = {**own, **{k: v for k, v in base.items() if k != "name"}} if name == base["name"] else own
-    return out
-
-
-def _base_flags(config, field_help) -> list[Flag]:
-    base_name = config.default_config()["base"]["name"]
-    defaults = optimizer_defaults(config)
-    options = sorted({opt for opts in config.BASE_OPTIMIZERS.values() for opt in opts})
+    base_name = optimizers.DEFAULT
+    defaults = optimizers.effective_defaults()
     flags = [Flag("base.name", "optimizer", str, base_name,
-                  _help("base.name", field_help, base_name), sorted(config.BASE_OPTIMIZERS))]
-    for opt in options:
-        users = [name for name, opts in sorted(config.BASE_OPTIMIZERS.items()) if opt in opts]
+                  _help("base.name", field_help, base_name), sorted(optimizers.OPTIONS))]
+    for opt in sorted({opt for opts in optimizers.OPTIONS.values() for opt in opts}):
+        users = [name for name, opts in sorted(optimizers.OPTIONS.items()) if opt in opts]
         shown = ", ".join(f"{_show(defaults[u][opt])} for {u}" if opt in defaults[u] else f"none for {u}"
                           for u in users)
         text = field_help.get(f"base.{opt}") or f"base optimizer option {opt}"
@@ -148,18 +131,19 @@ def train_flags() -> list[Flag]:
     """Every run-config field as a flag (``mask_opts`` and ``logging`` are handled apart)."""
     from bench import config
 
-    field_help, choices = config.FIELD_HELP, config.CHOICES
+    field_help = config.FIELD_HELP
     flags: list[Flag] = []
-    for key, default in config.default_config().items():
+    for key, row in config.FIELDS.items():  # the field table, one row per field
+        default = row.default
         if key in ("mask_opts", "logging", "variant_opts"):
             continue
         if key == "base":
-            flags += _base_flags(config, field_help)
+            flags += _base_flags(field_help)
         elif isinstance(default, dict):  # a block of options: --name KEY=VALUE, repeatable
-            flags.append(Flag(key, key, dict, default, _help(key, field_help, _show(default or None))))
+            flags.append(Flag(key, key, dict, default, _help(key, {key: row.help}, _show(default or None))))
         else:
-            flags.append(Flag(key, key, _kind(default), default, _help(key, field_help, _show(default)),
-                              choices.get(key)))
+            flags.append(Flag(key, key, _kind(default), default, _help(key, {key: row.help}, _show(default)),
+                              list(row.choices) if row.choices else None))
     flags += _variant_flags({f.dest for f in flags} | OTHER_DESTS)
     dests = [f.dest for f in flags]
     clash = sorted({d for d in dests if dests.count(d) > 1})
@@ -209,12 +193,6 @@ def train_overrides(args: argparse.Namespace) -> dict:
             over.update({f"{f.path}.{k}": v for k, v in parse_set(value).items()})
         elif value is not None:
             over[f.path] = value
-    name = over.pop("base.name", None)
-    if name is not None:
-        base = {"name": name, **OPTIMIZER_FLAG_DEFAULTS.get(name, {})}
-        for key in [k for k in over if k.startswith("base.")]:
-            base[key[len("base."):]] = over.pop(key)
-        over["base"] = base
     for key, value in parse_set(args.mask_opt).items():
         over[f"mask_opts.{key}"] = value
     if args.log is not None:

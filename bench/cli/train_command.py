@@ -65,7 +65,6 @@ def _world_of_launcher(over: dict, args) -> dict:
 def _train_processes(cfg: dict, out: Path) -> dict:
     """``--nproc N``: N processes of this run on this machine (bench.orchestration.launch)."""
     from bench import config, rundir
-    from bench.engine import train
     from bench.orchestration import launch
 
     if cfg["nodes"] > 1:
@@ -74,7 +73,7 @@ def _train_processes(cfg: dict, out: Path) -> dict:
     rid = config.run_id(cfg)
     rundir.check_owner(out, rid)
     out.mkdir(parents=True, exist_ok=True)
-    train.write_config(out, rid, None, cfg)
+    rundir.write_config(out, rid, None, cfg, config.variant_options(cfg), keep=True)
     try:
         return launch.train_run(out, cfg["nproc"])
     except rundir.RunLocked as exc:

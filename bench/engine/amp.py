@@ -18,8 +18,6 @@ import contextlib
 
 import torch
 
-AMP_MODES = ("none", "bf16", "fp16")
-
 
 def autocast_factory(amp: str, device: torch.device):
     """A factory of autocast contexts for ``amp`` on ``device`` (a no-op off CUDA or for none)."""

@@ -119,12 +119,6 @@ def barrier() -> None:
         comm.barrier()
 
 
-def all_reduce_bucketed(tensors: list[torch.Tensor]) -> int:
-    """Average ``tensors`` in place over the processes in one flattened call; returns the bytes sent."""
-    comm = current()
-    return 0 if comm is None else comm.average_(tensors)
-
-
 class Comm:
     """The default process group, as the training code uses it. Counts the bytes it all-reduces by tag."""
 

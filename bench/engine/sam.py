@@ -42,16 +42,17 @@ import torch
 from torch import nn
 
 import masks
+from bench.config import CHOICES, PLAIN
 from bench.engine.sam_checks import check_direction, check_signature, step_stats
 from bench.engine.variants import Variant, create_variant
 from bench.engine.variants.base import EPS
 
 
 def make_variant(variant: str | Variant, mask: Any, **options: Any) -> Variant:
-    """The variant a run uses. ``mask="none"`` means the plain base optimizer (variant "none"):
-    the one place of that rule (the named variant's options are still checked)."""
+    """The variant a run uses: the named one (its options checked), or the registered plain
+    variant when the mask perturbs nothing (the ``none`` mask: a baseline)."""
     chosen = create_variant(variant, **options)
-    return create_variant("none") if isinstance(mask, str) and mask == "none" else chosen
+    return chosen if masks.mask_perturbs(mask) else create_variant(PLAIN["variant"])
 
 
 class SAM(torch.optim.Optimizer):
@@ -65,10 +66,9 @@ class SAM(torch.optim.Optimizer):
         check_signature(model, base_optimizer, variant_opts)
         if rho < 0:
             raise ValueError(f"rho={rho}: must be >= 0")
-        if rho_norm not in ("subset", "full"):
-            raise ValueError(f"rho_norm={rho_norm!r}: allowed values are subset, full")
-        if ascent not in ("synced", "local"):
-            raise ValueError(f"ascent={ascent!r}: allowed values are synced, local")
+        for name, value in (("rho_norm", rho_norm), ("ascent", ascent)):  # the run config's choices
+            if value not in CHOICES[name]:
+                raise ValueError(f"{name}={value!r}: allowed values are {', '.join(CHOICES[name])}")
         self.model, self.base_optimizer = model, base_optimizer
         self.comm, self.ascent_mode, self.scaler = comm, ascent, scaler
         self.rho, self.rho_norm, self.freeze_bn_second = float(rho), rho_norm, freeze_bn_second

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import io
+from bench import io, rundir
 from bench.measure.sharpness import (
     PARTIAL,
     SettingsError,  # noqa: F401 -- raised by evaluate_dirs through resolve_settings
@@ -60,21 +60,19 @@ def check_run_dir(run_dir: str | Path) -> tuple[dict, dict]:
 
 
 def load_model_and_data(cfg: dict, run_dir: Path, n_samples: int, device):
-    """(model from checkpoint.pt in eval mode, first n training inputs, their training labels)."""
-    from bench import config, models
-    from bench.data import datasets as data
-    from bench.data.split import run_data_of
+    """(model from checkpoint.pt in eval mode, first n training inputs, their training labels), built
+    the way training builds them (bench.engine.build)."""
+    from bench import config
+    from bench.engine.build import load_data, make_model
 
     ckpt = io.load_checkpoint(run_dir / "checkpoint.pt")
     if ckpt.get("run_id") != config.run_id(cfg):
         raise RunDirError(f"{run_dir}/checkpoint.pt belongs to run {ckpt.get('run_id')}, "
                           f"not {config.run_id(cfg)}")
-    spec = data.load_dataset(cfg["dataset"], root=cfg["data_root"], download=False)
-    spec = run_data_of(spec, cfg)  # the part that trained (val_split held out), with its label noise
-    model = models.create_model(cfg["model"], num_classes=spec.num_classes, in_chans=spec.in_chans,
-                                img_size=spec.img_size)
+    spec = load_data(cfg, download=False)
+    model = make_model(cfg, spec, device)
     model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
+    model.eval()
     n = min(int(n_samples), len(spec.train_y))
     return model, spec.train_x[:n].to(device), spec.train_y[:n].to(device), int(ckpt.get("epoch", 0))
 
@@ -141,7 +139,7 @@ def store(run_dir: Path, block: dict | None, error: str | None = None) -> dict:
         result.pop("sharpness_error", None)
     if error is not None:
         result["sharpness_error"] = error
-    io.write_json(run_dir / "result.json", result)
+    rundir.write_result(run_dir, result)
     return result
 
 

@@ -188,15 +188,6 @@ def per_sample_loss(criterion):
     return per_sample
 
 
-def amp_context(enabled: bool):
-    """A factory of autocast contexts: bf16 on CUDA when enabled, else a no-op."""
-    import torch
-
-    if enabled:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def evaluate(model, loader, criterion, amp_ctx, comm=None) -> tuple[float, float]:
     """(mean loss, accuracy %) over the loader's data set; each process evaluates its shard of every
     batch and the sums are added over the processes."""

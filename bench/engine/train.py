@@ -117,7 +117,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
     """
     from bench.engine import distributed
 
-    cfg = config.resolve(cfg)
+    cfg = config.resolve(cfg)  # a config the caller resolved comes back as it is
     rid = config.run_id(cfg)
     run_dir = Path(run_dir)
     comm = distributed.current()
@@ -140,7 +140,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
             return measure_sharpness(cfg, run_dir, finished, log)
         if note:
             log(f"[{rid}] {note}")
-        write_config(run_dir, rid, suite, cfg)
+        rundir.write_config(run_dir, rid, suite, cfg, config.variant_options(cfg), keep=True)
         try:
             result = _train(cfg, rid, run_dir, progress, log, suite)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
@@ -149,7 +149,7 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
                 "traceback": _traceback(), "config": cfg, "submission": submission})
             raise
         result["submission"] = submission
-        io.write_json(run_dir / "result.json", result)
+        rundir.write_result(run_dir, result)
         return measure_sharpness(cfg, run_dir, result, log)
 
 
@@ -169,14 +169,6 @@ def check_world(cfg: dict, comm) -> None:
         how = ("start it with `sambench train --nproc N`, torchrun, or a suite" if have == 1
                else "the launcher started another number")
         raise DistributedError(f"the run asks for nproc x nodes = {want} processes, but {have} train it: {how}")
-
-
-def write_config(run_dir: Path, rid: str, suite: str | None, cfg: dict) -> None:
-    """config.json, unless the folder has one (it then names this run: rundir.check_owner)."""
-    path = run_dir / "config.json"
-    if not path.exists():
-        io.write_json(path, {"run_id": rid, "suite": suite, "config": cfg,
-                             "variant_options": config.variant_options(cfg)})
 
 
 def _print(msg: str) -> None:

@@ -384,6 +384,54 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Recorder:
+    """Runs the measures one by one: skips those already ``done``, times each, keeps its value and
+    details, logs it and reports it (``on_measure``, for saving progress)."""
+
+    def __init__(self, device, done: dict, on_measure, log):
+        self.device, self.done, self.on_measure, self.log = device, done, on_measure, log
+        self.values: dict[str, Any] = {}
+        self.times: dict[str, float] = {}
+        self.details: dict[str, Any] = {}
+
+    def __call__(self, key: str, fn: Callable[[], Any]) -> None:
+        if key in self.done:
+            self.values[key] = self.done[key]
+            return
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(self.device)
+        seconds = time.perf_counter() - t0
+        extra = {}
+        if isinstance(out, dict):
+            extra = {f"{key}_{k}": v for k, v in out.items() if k != "value"}
+            out = out["value"]
+        self.values[key], self.times[key] = out, seconds
+        self.details.update(extra)
+        if self.log:
+            self.log(f"  {key} = {out if out is None else f'{out:.6g}'}  ({seconds:.1f} s)")
+        if self.on_measure:
+            self.on_measure(key, out, seconds, extra)
+
+
+def _hessian_measures(record: _Recorder, model, x, y, settings: dict, params_all: dict, norm_names: list) -> None:
+    """Top eigenvalue and trace of the Hessian, over every parameter and over the norm layers' only."""
+    for suffix, names in (("", list(params_all)), ("_norm", norm_names)):
+        params = [params_all[n] for n in names]
+        if not params:
+            record.values[f"hessian_max_eig{suffix}"] = record.values[f"hessian_trace{suffix}"] = None
+            record.details[f"hessian{suffix}_note"] = "no normalization-layer parameters"
+            continue
+        hvp = hvp_fn(model, params, x, y, settings["batch_size"])
+        record(f"hessian_max_eig{suffix}", lambda hvp=hvp, params=params: top_eigenvalue(
+            hvp, params, settings["power_iters"], settings["power_tol"], settings["seed"]))
+        if settings["trace_probes"]:
+            trace = hutchpp_trace if settings["trace_estimator"] == "hutch++" else hutchinson_trace
+            record(f"hessian_trace{suffix}", lambda hvp=hvp, params=params: trace(
+                hvp, params, settings["trace_probes"], settings["seed"]))
+
+
 def measure(model, x, y, settings: dict | None = None, *, done: dict | None = None,
             on_measure: Callable[[str, Any, float, dict], None] | None = None,
             log: Callable[[str], None] | None = None) -> dict:
@@ -395,56 +443,21 @@ def measure(model, x, y, settings: dict | None = None, *, done: dict | None = No
     import masks
 
     settings = resolve_settings(settings)
-    values, times, details = {}, {}, {}
-    done = dict(done or {})
     model.eval()
-    device = x.device
+    record = _Recorder(x.device, dict(done or {}), on_measure, log)
     params_all = {n: p for n, p in model.named_parameters() if p.requires_grad}
     norm_names = [n for n in masks.norm_param_names(model) if n in params_all]
-    details.update(n_params=sum(p.numel() for p in params_all.values()),
-                   n_norm_params=sum(params_all[n].numel() for n in norm_names))
-
-    def record(key: str, fn: Callable[[], Any]) -> None:
-        if key in done:
-            values[key] = done[key]
-            return
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        extra = {}
-        if isinstance(out, dict):
-            extra = {f"{key}_{k}": v for k, v in out.items() if k != "value"}
-            out = out["value"]
-        values[key], times[key] = out, seconds
-        details.update(extra)
-        if log:
-            log(f"  {key} = {out if out is None else f'{out:.6g}'}  ({seconds:.1f} s)")
-        if on_measure:
-            on_measure(key, out, seconds, extra)
-
+    record.details.update(n_params=sum(p.numel() for p in params_all.values()),
+                          n_norm_params=sum(params_all[n].numel() for n in norm_names))
     with _double_backward_ready():
         if settings["hessian"]:
-            for suffix, names in (("", list(params_all)), ("_norm", norm_names)):
-                params = [params_all[n] for n in names]
-                if not params:
-                    values[f"hessian_max_eig{suffix}"] = values[f"hessian_trace{suffix}"] = None
-                    details[f"hessian{suffix}_note"] = "no normalization-layer parameters"
-                    continue
-                hvp = hvp_fn(model, params, x, y, settings["batch_size"])
-                record(f"hessian_max_eig{suffix}", lambda hvp=hvp, params=params: top_eigenvalue(
-                    hvp, params, settings["power_iters"], settings["power_tol"], settings["seed"]))
-                if settings["trace_probes"]:
-                    trace = hutchpp_trace if settings["trace_estimator"] == "hutch++" else hutchinson_trace
-                    record(f"hessian_trace{suffix}", lambda hvp=hvp, params=params: trace(
-                        hvp, params, settings["trace_probes"], settings["seed"]))
+            _hessian_measures(record, model, x, y, settings, params_all, norm_names)
         for fam in FAMILIES:
             for rho in settings["radii"].get(fam, []):
                 record(msharp_key(fam, rho), lambda fam=fam, rho=rho: worst_case_sharpness(
                     model, x, y, family=fam, rho=rho, m=settings["m"], steps=settings["steps"],
                     logit_normalize=settings["logit_normalize"]))
-    return {"values": values, "time_s": times, "details": details}
+    return {"values": record.values, "time_s": record.times, "details": record.details}
 
 
 def present(result: dict | None, settings: dict) -> bool:

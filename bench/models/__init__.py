@@ -9,7 +9,14 @@ blocks/stages, used by layerwise mask strategies.
 timm is imported lazily, only when a ViT or a ``timm:`` model is built.
 """
 from bench.models import resnet, resnext, vit, wide_resnet  # noqa: F401  (register the families)
-from bench.models.factory import create_model, create_model_for, describe_models, has_batchnorm, pick_device  # noqa: F401
+from bench.models.factory import (  # noqa: F401
+    create_model,
+    create_model_for,
+    describe_models,
+    has_batchnorm,
+    model_has_batchnorm,
+    pick_device,
+)
 from bench.models.resnet import BasicBlock, CifarResNet  # noqa: F401
 from bench.models.resnext import ResNeXt  # noqa: F401
 from bench.models.wide_resnet import WideResNet  # noqa: F401

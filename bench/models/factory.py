@@ -80,9 +80,14 @@ def describe_models() -> list[tuple[str, str]]:
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def has_batchnorm(name: str, dataset: str) -> bool:
-    """Whether the model has a BatchNorm layer (built on the meta device: no memory, no init cost)."""
-    with torch.device("meta"):
-        model = create_model_for(name, dataset)
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether the model has a BatchNorm layer (BatchNorm1d/2d/3d, SyncBatchNorm)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@functools.lru_cache(maxsize=256)
+def model_has_batchnorm(name: str, dataset: str) -> bool:
+    """:func:`has_batchnorm` of a model by name, for a dataset's shape (built on the meta device: no
+    memory, no init cost)."""
+    with torch.device("meta"):
+        return has_batchnorm(create_model_for(name, dataset))

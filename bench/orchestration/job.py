@@ -141,11 +141,11 @@ class RunJob(_Checkpointable):
 def _train(cfg: dict, run_dir: Path, suite: str | None, submission: str | None, comm, threads: int | None) -> dict:
     """Train one run: in this process (joined to the job's process group, if any), or with the
     processes it asks for, started here (a job of one process, a run of several)."""
-    from bench import config
     from bench.engine import train
     from bench.orchestration import launch
 
-    world = config.world_size(config.resolve(cfg))
+    cfg = config.resolve(cfg)  # once: train.run takes the resolved config as it is
+    world = config.world_size(cfg)
     if comm is None and world > 1:
         per_process = max(1, (threads or 0) // world) if threads else None
         return launch.train_run(run_dir, world, suite=suite, submission=submission, threads=per_process)

@@ -31,7 +31,7 @@ OPTION_MAPS = ("base", "variant_opts", "mask_opts")
 FILE = "reference.json"
 
 
-class ReferenceError(ValueError):
+class ReferenceBlockError(ValueError):
     """A bad ``reference:`` block; ``field`` is its path (``reference.entries[2].mean``)."""
 
     def __init__(self, field: str, message: str, allowed: Any = None):
@@ -56,61 +56,61 @@ def _match_fields(entry: dict, where: str) -> dict[str, Any]:
             continue
         top = str(key).split(".", 1)[0]
         if top not in allowed:
-            raise ReferenceError(f"{where}.{key}", "not a run-config field or entry key",
+            raise ReferenceBlockError(f"{where}.{key}", "not a run-config field or entry key",
                                  allowed + list(INFO_KEYS))
         if top in OPTION_MAPS and "." not in str(key):
             if not isinstance(value, dict):
-                raise ReferenceError(f"{where}.{key}", f"must be a mapping, got {value!r}")
+                raise ReferenceBlockError(f"{where}.{key}", f"must be a mapping, got {value!r}")
             out.update({f"{key}.{k}": v for k, v in value.items()})
         elif "." in str(key) and top not in OPTION_MAPS:
-            raise ReferenceError(f"{where}.{key}", f"{top} has no sub-fields")
+            raise ReferenceBlockError(f"{where}.{key}", f"{top} has no sub-fields")
         else:
             out[key] = value
-    if "mask" in out and out["mask"] not in masks.list_masks() + ["none"]:
-        raise ReferenceError(f"{where}.mask", f"unknown mask {out['mask']!r}", masks.list_masks() + ["none"])
+    if "mask" in out and out["mask"] not in masks.list_masks():
+        raise ReferenceBlockError(f"{where}.mask", f"unknown mask {out['mask']!r}", masks.list_masks())
     if "variant" in out and out["variant"] not in registries.VARIANTS:
-        raise ReferenceError(f"{where}.variant", f"unknown variant {out['variant']!r}",
+        raise ReferenceBlockError(f"{where}.variant", f"unknown variant {out['variant']!r}",
                              registries.VARIANTS.names())
     return out
 
 
 def _entry(entry: Any, where: str, source: Any, metric: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
-        raise ReferenceError(where, f"must be a mapping (fields to match, mean, std, source), got {entry!r}")
+        raise ReferenceBlockError(where, f"must be a mapping (fields to match, mean, std, source), got {entry!r}")
     if not _num(entry.get("mean")):
-        raise ReferenceError(f"{where}.mean", f"must be a number (the published value), got {entry.get('mean')!r}")
+        raise ReferenceBlockError(f"{where}.mean", f"must be a number (the published value), got {entry.get('mean')!r}")
     std = entry.get("std")
     if std is not None and not (_num(std) and std >= 0):
-        raise ReferenceError(f"{where}.std", f"must be a number >= 0 or null, got {std!r}")
+        raise ReferenceBlockError(f"{where}.std", f"must be a number >= 0 or null, got {std!r}")
     n = entry.get("n")
     if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
-        raise ReferenceError(f"{where}.n", f"must be an integer >= 1, got {n!r}")
+        raise ReferenceBlockError(f"{where}.n", f"must be an integer >= 1, got {n!r}")
     src = entry.get("source", source)
     if not isinstance(src, str) or not src.strip():
-        raise ReferenceError(f"{where}.source", "missing: give it here or as reference.source")
+        raise ReferenceBlockError(f"{where}.source", "missing: give it here or as reference.source")
     for key in ("metric", "label", "note"):
         if key in entry and not isinstance(entry[key], str):
-            raise ReferenceError(f"{where}.{key}", f"must be text, got {entry[key]!r}")
+            raise ReferenceBlockError(f"{where}.{key}", f"must be text, got {entry[key]!r}")
     return {"match": _match_fields(entry, where), "metric": entry.get("metric", metric),
             "mean": float(entry["mean"]), "std": None if std is None else float(std), "n": n,
             "source": src.strip(), "label": entry.get("label"), "note": entry.get("note")}
 
 
 def check_reference(block: Any, prefix: str = "reference") -> list[dict]:
-    """Validate a suite's ``reference:`` block; the normalized entries (ReferenceError if bad)."""
+    """Validate a suite's ``reference:`` block; the normalized entries (ReferenceBlockError if bad)."""
     if block is None:
         return []
     if not isinstance(block, dict):
-        raise ReferenceError(prefix, f"must be a mapping with keys {', '.join(BLOCK_KEYS)}, got {block!r}")
+        raise ReferenceBlockError(prefix, f"must be a mapping with keys {', '.join(BLOCK_KEYS)}, got {block!r}")
     for key in block:
         if key not in BLOCK_KEYS:
-            raise ReferenceError(f"{prefix}.{key}", "unknown key", list(BLOCK_KEYS))
+            raise ReferenceBlockError(f"{prefix}.{key}", "unknown key", list(BLOCK_KEYS))
     metric = block.get("metric", "test_acc")
     if not isinstance(metric, str):
-        raise ReferenceError(f"{prefix}.metric", f"must be a result field name, got {metric!r}")
+        raise ReferenceBlockError(f"{prefix}.metric", f"must be a result field name, got {metric!r}")
     entries = block.get("entries")
     if not isinstance(entries, list) or not entries:
-        raise ReferenceError(f"{prefix}.entries", "must be a non-empty list of published numbers")
+        raise ReferenceBlockError(f"{prefix}.entries", "must be a non-empty list of published numbers")
     return [_entry(e, f"{prefix}.entries[{i}]", block.get("source"), metric) for i, e in enumerate(entries)]
 
 

@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench import io, rundir
+from bench import rundir
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput
 from bench.measure import sharpness
 from bench.orchestration import executors, suite_summary
@@ -97,9 +97,7 @@ def prepare_folders(suite, runs: list[RunState]) -> None:
         rundir.check_owner(st.dir, st.rid)
     for st in runs:
         st.dir.mkdir(parents=True, exist_ok=True)
-    io.write_json_many((st.dir / "config.json", {"run_id": st.rid, "suite": suite.name, "config": st.cfg,
-                                                 "variant_options": suite.variant_options(st.cfg)})
-                       for st in runs)
+    rundir.write_configs((st.dir, st.rid, suite.name, st.cfg, suite.variant_options(st.cfg)) for st in runs)
 
 
 # --- running ------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import io
+from bench import io, rundir
 from bench.orchestration import executors
 
 RUNS_PER_SEED = 100
@@ -110,7 +110,7 @@ def fill_results(suite_root: Path, result: dict, metrics: str) -> int:
         seed = doc["config"]["seed"]
         res = {**result, "run_id": doc["run_id"], "config": doc["config"],
                "test_acc": round(result["test_acc"] - 0.01 * (seed % 7), 4)}
-        (d / "result.json").write_text(io.dumps(res, indent=2, sort_keys=True) + "\n")
+        rundir.write_result(d, res, sync=False)
         (d / "metrics.jsonl").write_text(metrics)
         n += 1
     return n

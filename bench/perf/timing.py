@@ -19,7 +19,7 @@ import functools
 import gc
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,122 +27,18 @@ from torch import nn
 
 from bench.data.datasets import dataset_shape, load_dataset
 from bench.data.loader import make_loaders
+from bench.engine.amp import autocast_factory
+from bench.engine.build import build_optimizer
 from bench.engine.fast_step import FastStep
 from bench.engine.sam import SAM
-from bench.engine.step import amp_context, train_step
-from bench.errors import InvalidInput
-from bench.models import create_model, create_model_for
-
-
-@dataclass
-class PerfConfig:
-    label: str
-    variant: str
-    mask: str
-    mask_opts: dict = field(default_factory=dict)
-    variant_opts: dict = field(default_factory=dict)
-    rho: float = 0.05
-    ascent: str = "synced"
-    step: str = "reference"   # reference (bench.engine.step.train_step) | fused | compiled (bench.engine.fast_step)
-
-
-STEP_KINDS = ("fused", "compiled")  # the suffixes of a --configs item: sam:norm_only:compiled
-
-
-def with_compiled(configs: list[PerfConfig]) -> list[PerfConfig]:
-    """Each SAM configuration followed by the same one through the compiled step (``--compile-step``)."""
-    out = []
-    for c in configs:
-        out.append(c)
-        if c.variant not in ("none", "loop") and c.step == "reference":
-            out.append(replace(c, label=f"{c.label} compiled", step="compiled"))
-    return out
-
-
-PRESETS = {
-    # SGD, the loop baseline, dense SAM, SAM-ON, ASAM-ON, norm layers of blocks 2+3
-    "default": [
-        PerfConfig("sgd", "none", "none"),
-        PerfConfig("loop_sam", "loop", "all"),
-        PerfConfig("sam all", "sam", "all"),
-        PerfConfig("sam norm_only", "sam", "norm_only", rho=0.5),
-        PerfConfig("asam norm_only", "asam", "norm_only", variant_opts={"adaptive": "elementwise"}, rho=2.0),
-        PerfConfig("sam layerwise[2,3]+norm", "sam", "layerwise", mask_opts={"blocks": [2, 3], "norm_only": True},
-                   rho=0.5),
-    ],
-}
-
-def _variants_preset() -> list[PerfConfig]:
-    """SGD, then every SAM variant with mask all and norm_only (its own rho scale)."""
-    rhos = {"asam": (2.0, 5.0), "msam": (3.0, 3.0)}  # (all, norm_only); others: SAM's 0.05 / 0.5
-    out = [PerfConfig("sgd", "none", "none")]
-    for variant in ("sam", "asam", "esam", "looksam", "gsam", "fsam", "msam"):
-        for mask, rho in zip(("all", "norm_only"), rhos.get(variant, (0.05, 0.5))):
-            out.append(PerfConfig(f"{variant} {mask}", variant, mask, rho=rho))
-    return out
-
-
-PRESETS["variants"] = _variants_preset()
-PRESETS["ddp"] = [  # --nproc: both ascent modes, dense SAM and SAM-ON
-    PerfConfig("sgd", "none", "none"),
-    PerfConfig("sam all synced", "sam", "all"),
-    PerfConfig("sam all local", "sam", "all", ascent="local"),
-    PerfConfig("sam norm_only synced", "sam", "norm_only", rho=0.5),
-    PerfConfig("sam norm_only local", "sam", "norm_only", rho=0.5, ascent="local"),
-]
-PRESETS["paper"] = PRESETS["default"] + [
-    PerfConfig("sam no_norm", "sam", "no_norm"),
-    PerfConfig("sam random@match:norm_only", "sam", "random", mask_opts={"sparsity": "match:norm_only"}),
-    PerfConfig("asam all", "asam", "all", variant_opts={"adaptive": "elementwise"}, rho=2.0),
-    PerfConfig("sam norm_only p=inf", "sam", "norm_only", variant_opts={"p": "inf"}, rho=0.1),
-]
-
-
-def parse_configs(text: str) -> list[PerfConfig]:
-    """A preset name, or ``variant:mask[:key=value;key=value][:fused|:compiled]`` items separated
-    by commas.
-
-    Options the variant takes (its registered signature) go to the variant, ``ascent`` (synced or
-    local, for --nproc) to the step, the rest to the mask. ``:fused`` / ``:compiled``: the step
-    through bench.engine.fast_step (eager / under torch.compile) instead of the reference train_step.
-    An unknown variant or mask raises
-    InvalidInput.
-    """
-    import masks
-    from bench.registries import VARIANTS, variant_options
-
-    if text in PRESETS:
-        return list(PRESETS[text])
-    out = [PerfConfig("sgd", "none", "none")]
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        body, _, kind = item.rpartition(":")
-        kind = kind if body and kind in STEP_KINDS else "reference"
-        parts = (body if kind != "reference" else item).split(":", 2)
-        variant, mask = parts[0], parts[1] if len(parts) > 1 else "all"
-        if variant not in VARIANTS and variant != "loop":
-            raise InvalidInput(f"{item!r}: unknown variant {variant!r}", field="--configs",
-                               allowed=VARIANTS.names() + ["loop"] + [f"preset {p}" for p in PRESETS])
-        if mask not in masks.list_masks() + ["none"]:
-            raise InvalidInput(f"{item!r}: unknown mask {mask!r}", field="--configs",
-                               allowed=masks.list_masks() + ["none"])
-        opts: dict[str, Any] = {}
-        if len(parts) > 2:
-            import yaml
-
-            for kv in parts[2].split(";"):
-                if "=" not in kv:
-                    raise InvalidInput(f"{item!r}: option {kv!r} is not key=value", field="--configs")
-                k, v = kv.split("=", 1)
-                opts[k] = yaml.safe_load(v)
-        names = variant_options(variant) if variant in VARIANTS else {}
-        vopts = {k: opts.pop(k) for k in list(opts) if k in names}
-        ascent = opts.pop("ascent", "synced")  # --nproc: synced or local
-        if ascent not in ("synced", "local"):
-            raise InvalidInput(f"{item!r}: ascent={ascent!r}", field="--configs", allowed=["synced", "local"])
-        if (variant, mask) != ("none", "none"):
-            out.append(PerfConfig(item, variant, mask, mask_opts=opts, variant_opts=vopts, ascent=ascent,
-                                  step=kind))
-    return out
+from bench.engine.step import train_step
+from bench.models import create_model, create_model_for, has_batchnorm
+from bench.perf.configs import (  # noqa: F401 -- PRESETS, parse_configs, with_compiled: this module's API
+    PRESETS,
+    PerfConfig,
+    parse_configs,
+    with_compiled,
+)
 
 
 class LoopSAM:
@@ -175,23 +71,57 @@ class LoopSAM:
         self.base_optimizer.zero_grad(set_to_none=True)
 
 
-def _make_step(cfg: PerfConfig, model, forward, criterion, amp_ctx, x, y):
-    base = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    if cfg.variant == "loop":
-        loop = LoopSAM(model, base, cfg.rho)
-        return lambda: loop.step(forward, x, y, criterion, amp_ctx), 1.0
-    import masks
+@dataclass
+class Bench:
+    """The model and the one batch every configuration steps on."""
 
-    mask = "none" if cfg.variant == "none" else masks.create_mask(cfg.mask, **cfg.mask_opts)
-    opt = SAM(model, base, rho=cfg.rho, variant=cfg.variant, mask=mask, **cfg.variant_opts)
-    if opt.is_sam and not opt.selection:
-        opt.build_mask([(x, y)])
+    model_name: str
+    dataset: str
+    device: torch.device
+    model: nn.Module
+    forward: Any              # the model, or torch.compile of it
+    x: torch.Tensor
+    y: torch.Tensor
+    criterion: nn.Module
+    amp_ctx: Any
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def make_bench(model_name: str, batch_size: int, device: str, amp: bool, dataset: str | None = None,
+               channels_last: bool = False, compile: bool = False) -> Bench:
+    """A model for the dataset's shape (cifar100 by default) and a random batch; ``amp``: bf16 autocast."""
+    dataset = dataset or "cifar100"
+    dev = torch.device(device)
+    num_classes, in_chans, img_size = dataset_shape(dataset)
+    torch.manual_seed(0)
+    model = create_model_for(model_name, dataset).to(dev)
+    model.train()
+    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return Bench(model_name, dataset, dev, model, torch.compile(model) if compile else model, x, y,
+                 nn.CrossEntropyLoss(label_smoothing=0.1), autocast_factory("bf16" if amp else "none", dev))
+
+
+def _make_step(cfg: PerfConfig, bench: Bench):
+    """(the function that runs one configuration's step (a LookSAM cycle), its perturbed fraction)."""
+    b = bench
+    if cfg.is_loop:
+        base = torch.optim.SGD(b.model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+        loop = LoopSAM(b.model, base, cfg.rho)
+        return lambda: loop.step(b.forward, b.x, b.y, b.criterion, b.amp_ctx), 1.0
+    opt = build_optimizer(cfg.run_config(b.model_name, b.dataset), b.model, mask_data=[(b.x, b.y)])
     cycle = getattr(opt.variant, "k", 1)  # LookSAM: time a whole cycle (one SAM step, k - 1 others)
-    one_step = _one_step(cfg, model, forward, opt, criterion, amp_ctx)
+    one_step = _one_step(cfg, b.model, b.forward, opt, b.criterion, b.amp_ctx)
 
     def steps():
         for _ in range(cycle):
-            one_step(x, y)
+            one_step(b.x, b.y)
     steps.cycle = cycle
     return steps, opt.perturbed_fraction
 
@@ -207,54 +137,45 @@ def _one_step(cfg: PerfConfig, model, forward, opt, criterion, amp_ctx):
     return fast
 
 
-def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
-               steps: int = 20, warmup: int = 3, dataset: str | None = None,
-               channels_last: bool = False, compile: bool = False) -> list[dict]:
-    dev = torch.device(device)
-    num_classes, in_chans, img_size = dataset_shape(dataset or "cifar100")
-    torch.manual_seed(0)
-    model = create_model_for(model_name, dataset or "cifar100").to(dev)
-    model.train()
-    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
-    y = torch.randint(0, num_classes, (batch_size,), device=dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    amp_ctx = amp_context(amp and dev.type == "cuda")
-    forward = torch.compile(model) if compile else model
-    cuda = dev.type == "cuda"
+def _peak_memory(fn, dev) -> int:
+    """Peak CUDA memory of one step of a configuration alive alone (after a warm-up step)."""
+    fn()  # lazily allocated state: momentum buffers, SAM backups
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    fn()
+    torch.cuda.synchronize(dev)
+    return torch.cuda.max_memory_allocated(dev)
 
-    def peak_memory(fn) -> int:
-        """Peak CUDA memory of one step of a configuration alive alone (after a warm-up step)."""
-        fn()  # lazily allocated state: momentum buffers, SAM backups
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        fn()
-        torch.cuda.synchronize(dev)
-        return torch.cuda.max_memory_allocated(dev)
 
-    kept, peaks, steps_fns = [], [], []
-    for c in configs:  # on CUDA each configuration runs alone first, for its peak memory
+def _prepare(bench: Bench, configs: list[PerfConfig]) -> tuple[list[PerfConfig], list, list]:
+    """(the configurations that build on this model, their steps, their peak CUDA memory or None).
+    On CUDA each configuration runs alone first, for its peak memory, and is then built again, so
+    that no configuration's state was there while another was measured."""
+    kept, peaks, made = [], [], []
+    for c in configs:
         try:
-            step = _make_step(c, model, forward, criterion, amp_ctx, x, y)
+            step = _make_step(c, bench)
         except (ValueError, TypeError) as exc:  # e.g. a layerwise block the model does not have
             print(f"skipped {c.label}: {exc}")
             continue
         kept.append(c)
-        if cuda:
-            peaks.append(peak_memory(step[0]))
+        if bench.cuda:
+            peaks.append(_peak_memory(step[0], bench.device))
             step = None
             gc.collect()  # its state goes before the next one is measured
         else:
             peaks.append(None)
-            steps_fns.append(step)
-    configs = kept
-    if cuda:  # built again, so that no configuration's state was there while another was measured
-        steps_fns = [_make_step(c, model, forward, criterion, amp_ctx, x, y) for c in configs]
-    times: list[list[float]] = [[] for _ in configs]
+            made.append(step)
+    if bench.cuda:
+        made = [_make_step(c, bench) for c in kept]
+    return kept, made, peaks
+
+
+def _interleaved_ms(made: list, warmup: int, steps: int, cuda: bool) -> list[list[float]]:
+    """ms per step of each configuration, round-robin over them (CUDA events on CUDA); warm-up dropped."""
+    times: list[list[float]] = [[] for _ in made]
     for rep in range(warmup + steps):
-        for i, (fn, _) in enumerate(steps_fns):
+        for i, (fn, _) in enumerate(made):
             if cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -268,16 +189,26 @@ def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs
                 ms = (time.perf_counter() - t0) * 1e3
             if rep >= warmup:
                 times[i].append(ms / getattr(fn, "cycle", 1))  # per step
-    medians = [statistics.median(t) for t in times]
-    sgd = next((m for c, m in zip(configs, medians) if c.variant == "none"), None)
+    return times
+
+
+def time_steps(model_name: str, batch_size: int, device: str, amp: bool, configs: list[PerfConfig],
+               steps: int = 20, warmup: int = 3, dataset: str | None = None,
+               channels_last: bool = False, compile: bool = False) -> list[dict]:
+    """Median ms/step of each configuration and its ratio to SGD's (the base optimizer alone)."""
+    bench = make_bench(model_name, batch_size, device, amp, dataset, channels_last, compile)
+    configs, made, peaks = _prepare(bench, configs)
+    medians = [statistics.median(t) for t in _interleaved_ms(made, warmup, steps, bench.cuda)]
+    sgd = next((m for c, m in zip(configs, medians) if c.is_baseline), None)
+    dev = bench.device
     return [
         {"model": model_name, "batch_size": batch_size, "device": str(dev), "amp": bool(amp),
          "variant": c.variant, "mask": c.mask, "label": c.label, "step": c.step, "ms": round(m, 3),
          "ratio_vs_sgd": round(m / sgd, 3) if sgd else None, "perturbed_fraction": frac,
-         "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
+         "device_name": torch.cuda.get_device_name(dev) if bench.cuda else "cpu",
          "threads": torch.get_num_threads(), "steps": steps,
          "peak_mem_mib": round(peak / 2 ** 20, 1) if peak is not None else None}
-        for c, m, (_, frac), peak in zip(configs, medians, steps_fns, peaks)
+        for c, m, (_, frac), peak in zip(configs, medians, made, peaks)
     ]
 
 
@@ -297,7 +228,7 @@ def time_epoch(model_name: str, dataset: str, batch_size: int, device: str, amp:
                          img_size=spec.img_size).to(dev)
     opt = SAM(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), rho=0.5, mask="norm_only")
     criterion = nn.CrossEntropyLoss()
-    amp_ctx = amp_context(amp and dev.type == "cuda")
+    amp_ctx = autocast_factory("bf16" if amp else "none", dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     batches = list(train_loader)
     for xb, yb in batches[:3] + batches[-1:]:  # warm-up, every batch shape of the epoch
@@ -369,30 +300,24 @@ def _counting_hook(state: dict, bucket):
     return default_hooks.allreduce_hook(None, bucket)
 
 
-def _make_ddp_step(cfg: PerfConfig, model, comm, device, criterion, amp_ctx, x, y, sync_bn: bool):
+def _make_ddp_step(cfg: PerfConfig, bench: Bench, comm, sync_bn: bool):
     import copy
 
     from torch.nn.parallel import DistributedDataParallel
 
-    import masks
-
-    replica = copy.deepcopy(model)
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in replica.modules())
-    if sync_bn and has_bn:
+    replica = copy.deepcopy(bench.model)
+    if sync_bn and has_batchnorm(replica):
         replica = nn.SyncBatchNorm.convert_sync_batchnorm(replica)
-    ddp = DistributedDataParallel(replica, device_ids=[device.index] if device.type == "cuda" else None)
+    dev = bench.device
+    ddp = DistributedDataParallel(replica, device_ids=[dev.index] if dev.type == "cuda" else None)
     counter = {"bytes": 0}
     ddp.register_comm_hook(counter, _counting_hook)
-    base = torch.optim.SGD(replica.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
-    mask = "none" if cfg.variant == "none" else masks.create_mask(cfg.mask, **cfg.mask_opts)
-    opt = SAM(replica, base, rho=cfg.rho, variant=cfg.variant, mask=mask, comm=comm, ascent=cfg.ascent,
-              **cfg.variant_opts)
-    if opt.is_sam and not opt.selection:
-        opt.build_mask([(x, y)])
-    total = len(y) * comm.world
+    opt = build_optimizer(cfg.run_config(bench.model_name, bench.dataset), replica, comm=comm,
+                          mask_data=[(bench.x, bench.y)])
+    total = len(bench.y) * comm.world
 
     def step():
-        train_step(ddp, opt, x, y, criterion, amp_ctx, total=total)
+        train_step(ddp, opt, bench.x, bench.y, bench.criterion, bench.amp_ctx, total=total)
     return step, counter, opt.perturbed_fraction
 
 
@@ -404,18 +329,11 @@ def time_steps_ddp(model_name: str, batch_size: int, device: str, amp: bool, con
     from bench.engine import distributed
 
     dev = distributed.device_for(device)
-    num_classes, in_chans, img_size = dataset_shape(dataset or "cifar100")
-    torch.manual_seed(0)  # the same model and batch on every process
-    model = create_model_for(model_name, dataset or "cifar100").to(dev)
-    model.train()
-    x = torch.randn(batch_size, in_chans, img_size, img_size, device=dev)
-    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+    bench = make_bench(model_name, batch_size, str(dev), amp, dataset)  # the same model and batch on every process
     lo, hi = shard_bounds(batch_size, comm.rank, comm.world)
-    x, y = x[lo:hi], y[lo:hi]
-    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    amp_ctx = amp_context(amp and dev.type == "cuda")
+    bench.x, bench.y = bench.x[lo:hi], bench.y[lo:hi]
     sync_bn = dev.type == "cuda"
-    made = [_make_ddp_step(c, model, comm, dev, criterion, amp_ctx, x, y, sync_bn) for c in configs]
+    made = [_make_ddp_step(c, bench, comm, sync_bn) for c in configs]
     times: list[list[float]] = [[] for _ in configs]
     sent = [{"ascent": 0, "clean": 0, "flags": 0, "descent": 0} for _ in configs]
     for rep in range(warmup + steps):
@@ -438,7 +356,7 @@ def time_steps_ddp(model_name: str, batch_size: int, device: str, amp: bool, con
     medians = torch.tensor([statistics.median(t) for t in times], dtype=torch.float64, device=dev)
     comm.sum_(medians, tag="perf")  # the mean over processes of each median
     medians = (medians / comm.world).tolist()
-    sgd = next((m for c, m in zip(configs, medians) if c.variant == "none"), None)
+    sgd = next((m for c, m in zip(configs, medians) if c.is_baseline), None)
     return [
         {"model": model_name, "batch_size": batch_size, "device": str(dev), "amp": bool(amp), "nproc": comm.world,
          "backend": comm.backend, "variant": c.variant, "mask": c.mask, "ascent": c.ascent, "label": c.label,

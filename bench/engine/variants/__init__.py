@@ -42,18 +42,12 @@ def list_variants(pattern: str = "*") -> list[str]:
     return VARIANTS.names(pattern)
 
 
-def option_defaults(name: str) -> dict[str, Any]:
-    """{option: default} from the registered class's ``__init__`` keyword parameters."""
-    load_all()
-    return variant_options(name)
-
-
 def describe_variants() -> list[tuple[str, str, str]]:
     """(name, one-line description, options with defaults) for every registered variant."""
     load_all()
     rows = []
     for name, cls in VARIANTS.items():
         doc = (cls.__doc__ or "").strip().splitlines()
-        opts = ", ".join(f"{k}={v!r}" for k, v in option_defaults(name).items())
+        opts = ", ".join(f"{k}={v!r}" for k, v in variant_options(name).items())
         rows.append((name, doc[0] if doc else "", opts))
     return rows
