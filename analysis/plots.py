@@ -13,7 +13,7 @@ import os
 
 import pandas as pd
 
-from analysis import science
+from analysis import figures, science
 from analysis.figures import (
     ACC_LABEL,
     FORMATS,
@@ -30,7 +30,6 @@ from analysis.figures import (
     prepare,
     published_proxy,
     rho_ticks,
-    save,
     skip,
     title,
 )
@@ -143,7 +142,7 @@ def _acc_vs_sparsity(d: Prepared, outdir, formats) -> PlotPaths:
             title(ax, f"{v} — {s}; {d.rule.short}")
         legend(fig, axes, [published_proxy()] if published_drawn else ())
         stem = name if len(variants) == 1 else f"{name}_{slug(v)}"
-        out.extend(save(fig, outdir, stem, formats))
+        out.extend(figures.save(fig, outdir, stem, formats))
     if not out and name not in out.skipped:
         out.skipped[name] = "; ".join(out.skipped.values()) or "no SAM runs"
     return out
@@ -199,7 +198,7 @@ def _rho_sweep(d: Prepared, outdir, formats) -> PlotPaths:
         ax.set_ylabel(acc_label(d))
         title(ax, f"{v} — {s}")
     legend(fig, axes, [published_proxy()] if published_drawn else ())
-    return PlotPaths(save(fig, outdir, name, formats))
+    return PlotPaths(figures.save(fig, outdir, name, formats))
 
 
 # --- 3. runtime vs accuracy: accuracy against the relative step cost ------------------------
@@ -250,7 +249,7 @@ def _runtime(d: Prepared, outdir, formats) -> PlotPaths:
         extra += [(Line2D([], [], color="#777777", marker=m, ls="none", ms=5, mfc="none"), v)
                   for v, m in vmarkers.items()]
     legend(fig, axes, extra)
-    return PlotPaths(save(fig, outdir, name, formats))
+    return PlotPaths(figures.save(fig, outdir, name, formats))
 
 
 # --- public API --------------------------------------------------------------------------

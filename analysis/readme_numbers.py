@@ -354,7 +354,7 @@ def blocks(numbers: dict) -> dict[str, str]:
         example = "(the demo has no norm_only and all runs to compare)"
     else:
         example = f"$ sambench table results/{numbers['suite']} --compare {pair[0]} {pair[1]}\n" + compare(df, *pair)
-    return {"demo-numbers": "\n\n".join(parts), "demo-compare": f"```\n{example}\n```"}
+    return {"demo-numbers": "\n\n".join(parts), "demo-compare": f"```console\n{example}\n```"}
 
 
 # --- the README's marked blocks --------------------------------------------------------------------

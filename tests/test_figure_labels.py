@@ -18,17 +18,17 @@ import analysis_fixtures as F  # noqa: E402
 def saved(tmp_path_factory):
     """{figure stem: the Figure saved} for the two figures, on the hand-made results."""
     import analysis
-    from analysis import plots
+    from analysis import figures as plots
 
     root = F.make_results(tmp_path_factory.mktemp("results"))
     figures = {}
-    original = plots._save
+    original = plots.save
 
     def keep(fig, outdir, stem, formats):
         figures[stem] = fig
         return original(fig, outdir, stem, formats)
 
-    plots._save = keep
+    plots.save = keep
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -37,7 +37,7 @@ def saved(tmp_path_factory):
             analysis.plot_runtime_vs_accuracy(df, out, formats=("png",))
             analysis.plot_sharpness(df, out, formats=("png",))
     finally:
-        plots._save = original
+        plots.save = original
     return figures
 
 

@@ -227,7 +227,7 @@ def test_validation_is_a_list_of_named_steps():
     # and the checks across fields
     rows = [f"_{name}" for name, row in config.FIELDS.items() if row.checker() is not None]
     assert names[:2] == ["_keys", "_finite"] and names[2:2 + len(rows)] == rows
-    assert names[2 + len(rows):] == ["_variant_builds", "_mask_builds", "_world"]
+    assert names[2 + len(rows):] == ["_variant_builds", "_validation", "_mask_builds", "_world"]
 
 
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 60

@@ -93,7 +93,7 @@ def _result(status="done", acc=90.0, wall=10.0):
 
 
 CFG = {"dataset": "digits", "model": "resnet_ci", "variant": "sam", "mask": "all", "rho": 0.1, "seed": 0,
-       "base": {"name": "sgd"}, "sparsity": None, "variant_opts": {}}
+       "base": {"name": "sgd"}, "sparsity": None, "variant_opts": {}, "mask_opts": {}}
 
 
 def test_suite_reporter_live_line_on_a_terminal(terminal):

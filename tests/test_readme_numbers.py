@@ -115,7 +115,7 @@ def test_blocks_come_from_the_results_and_name_what_was_run(tmp_path):
     assert "SAM-ON (`norm_only`) − dense SAM (`all`) +5.0 [+2.5, +7.5]" in text  # t(0.975, 2) = 4.303
     assert "from the runs of commit `abc123`" in text and "3 seeds, 12 runs" in text
     assert "Spearman rank correlation" in text and "-1.00" in text  # sharpness = 100 - acc
-    assert blocks["demo-compare"].startswith("```\n$ sambench table results/demo --compare norm_only@1 all@0.1\n")
+    assert blocks["demo-compare"].startswith("```console\n$ sambench table results/demo --compare norm_only@1 all@0.1\n")
     assert "+5.000 test_acc, 95% CI [+2.516, +7.484]" in blocks["demo-compare"]
 
 

@@ -17,7 +17,7 @@ from analysis.html_report import external_resources  # noqa: E402
 from bench.cli.app import main  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-WIDTH, HEIGHT = 1000, 3000   # the first figures are within 3000 pixels of the top
+WIDTH, HEIGHT = 1000, 6000   # the first figures are within 6000 pixels of the top
 
 
 def chromium_screenshot(page: Path, png: Path, profile: Path, width: int = WIDTH, height: int = HEIGHT,

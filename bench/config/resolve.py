@@ -149,7 +149,7 @@ def describe(cfg: dict[str, Any]) -> str:
     else:
         opts = ",".join(f"{k}={v}" for k, v in sorted(cfg["variant_opts"].items()))
         sparsity = "" if cfg["sparsity"] is None else f" sparsity={cfg['sparsity']}"
-        mopts = ",".join(f"{k}={v}" for k, v in sorted(cfg["mask_opts"].items()))
+        mopts = ",".join(f"{k}={v}" for k, v in sorted((cfg.get("mask_opts") or {}).items()))
         what = (f"{cfg['variant']}{f'({opts})' if opts else ''} mask={cfg['mask']}{f'({mopts})' if mopts else ''}"
                 f"{sparsity} rho={cfg['rho']}")
     return f"{cfg['dataset']}/{cfg['model']} {what} seed={cfg['seed']}"

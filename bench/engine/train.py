@@ -311,6 +311,12 @@ def step_scalars(setup: Setup, window: list[float]) -> dict[str, float]:
     return out
 
 
+def set_lr(setup: Setup, factor: float) -> None:
+    """Every parameter group of the base optimizer at its configured learning rate times ``factor``."""
+    for group, lr in zip(setup.base.param_groups, setup.base_lrs):
+        group["lr"] = lr * factor
+
+
 def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, bar: Progress | None = None,
                 step_log: Callable[[int, dict], None] | None = None) -> dict:
     """One pass over the training set; ``{train_loss, train_acc, epoch_time_s}`` (loss may be nan),
@@ -340,9 +346,7 @@ def train_epoch(setup: Setup, cfg: dict, rid: str, epoch: int, bar: Progress | N
         s.opt.record_stats, s.opt.stats = step_log is not None and (i + 1) % cfg["log_every"] == 0, None
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
-        factor = lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"])
-        for group, lr in zip(s.base.param_groups, s.base_lrs):
-            group["lr"] = lr * factor
+        set_lr(s, lr_factor(epoch * steps_per_epoch + i, total_steps, warmup, cfg["schedule"]))
         if s.step is not None and (sizes is None or len(sizes) == 1):  # one micro-batch
             out, loss = s.step(x, y)
         else:
