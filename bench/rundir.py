@@ -8,21 +8,33 @@ result.json. The rule:
   Training a run in a folder that holds another run is refused (:class:`ForeignRunDir`,
   exit 2) before anything in it is touched.
 - **Lock.** ``.lock`` is flock-ed by the one process training the run; the kernel releases
-  it when that process dies, so a stale lock cannot exist.
+  it when that process dies, so a stale lock cannot exist. It excludes processes on one host
+  and, where the file system carries flock across hosts (local disks, NFSv4, NFSv3 with lockd,
+  GPFS, Lustre mounted with ``-o flock``), on every host; a file system that refuses flock is an
+  error (:class:`LockUnsupported`), never a silent "not locked".
 - **Result.** result.json is written atomically. It is *final* (``done``/``diverged``:
   never trained again), *failed* (retried: removed when the run is taken up again), or
   *corrupt* (empty, truncated, binary, or JSON that is not an object with a status): it is
   kept, renamed ``result.json.corrupt`` (``-2``, ``-3``... if taken), and the run is redone.
   Whether a result belongs to the current submission is read from the ``submission`` it
   records, never from file times.
+- **Failure.** A failed result.json has one schema (:func:`failure`) and one writer
+  (:func:`write_failure`, :func:`record_failure`): the training process, the launcher of a run's
+  processes, the job and each SLURM task's guard all report through it, and the reports of one
+  failure are joined (:func:`merge_failure`).
 - **State** (:func:`run_state`): done | diverged | failed | corrupt | running | resume | new.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
+import errno
 import fcntl
 import os
-import traceback
+import signal
+import socket
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,20 +57,54 @@ class ForeignRunDir(InvalidInput):
 
 # --- the lock --------------------------------------------------------------------------------------
 
+class LockUnsupported(InvalidInput):
+    """The results folder's file system refuses flock (e.g. Lustre without ``-o flock``)."""
+
+
 @contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """An exclusive, non-blocking lock on the run folder (released if the process dies)."""
-    fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+def run_lock(run_dir: Path, wait_s: float = 0.0):
+    """An exclusive lock on the run folder (``flock`` on ``.lock``; the kernel releases it when the
+    process dies). Non-blocking, or waiting up to ``wait_s``; RunLocked if another process holds
+    it. The file names the holder (pid, host, user, time) for messages. A lock file another user
+    created (read-only for us) is locked all the same: flock needs no write permission."""
+    path = run_dir / ".lock"
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"{run_dir} is being trained by another process") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o664)
+        writable = True
+    except PermissionError:
+        fd, writable = os.open(path, os.O_RDONLY), False
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunLocked(f"{run_dir} is being trained by another process ({holder(run_dir)})") from None
+                time.sleep(0.05)
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise LockUnsupported(
+                        f"{run_dir}: the file system refuses locks (flock: {exc.strerror}); sambench needs "
+                        f"them to train each run once (on Lustre mount with -o flock; on NFS do not use "
+                        f"nolock), or put the results on another file system") from None
+                raise
+        if writable:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()} {os.getuid()} {time.time():.0f}\n".encode())
         yield
     finally:
         os.close(fd)
+
+
+def holder(run_dir: Path) -> str:
+    """Who the ``.lock`` file says holds the lock (``pid 12 on host h``), for messages."""
+    try:
+        parts = (run_dir / ".lock").read_text().split()
+    except (OSError, UnicodeDecodeError):
+        parts = []
+    return f"pid {parts[0]} on host {parts[1]}" if len(parts) >= 2 else "holder unknown"
 
 
 def lock_held(run_dir: Path) -> bool:
@@ -137,21 +183,135 @@ def take_up(run_dir: Path) -> tuple[dict | None, str | None]:
     return None, None
 
 
-def record_failure(run_dir: Path, rid: str, error: str, submission: str | None = None) -> bool:
-    """Write a failed result.json for a failure before training could record it (e.g. an
-    unreadable config.json). Not in a folder a readable config.json gives to another run,
-    nor over a result. Returns whether it was written."""
+# --- failed results: one schema, one writer -------------------------------------------------------
+
+FAILURE_SCHEMA = 1
+FAILURE_KINDS = ("exception", "rank-death", "node-failure", "timeout", "job-ended", "setup")
+LOCK_WAIT_S = 20.0            # a failure report waits this long for a live writer's lock, then writes anyway
+TRACEBACK_CHARS = 4000
+_REPORT_KEYS = ("kind", "error", "rank", "signal", "exit_code", "host", "pid", "recorded_by", "job_id",
+                "failed_at", "traceback")
+
+
+def signal_name(code: int | None) -> str | None:
+    """``-9`` (a Popen return code) or ``9`` -> ``"SIGKILL"``."""
+    if code is None:
+        return None
+    try:
+        return signal.Signals(abs(int(code))).name
+    except ValueError:
+        return f"signal {abs(int(code))}"
+
+
+def failure(error: str, kind: str, *, rid: str | None = None, rank: int | None = None,
+            signal: str | None = None, exit_code: int | None = None, host: str | None = None,
+            pid: int | None = None, traceback: str | None = None, recorded_by: str = "train",
+            submission: str | None = None, config: dict | None = None, job_id: str | None = None) -> dict:
+    """A failed result.json (the one schema; see docs/faults.md):
+
+    ``status`` "failed", ``run_id``, ``error`` (one line), ``kind`` (one of FAILURE_KINDS),
+    ``rank`` (the process of the run it concerns; 0 for a one-process run), ``signal`` (its name,
+    when a signal ended that process), ``exit_code``, ``host``, ``pid``, ``traceback`` (its last
+    TRACEBACK_CHARS characters), ``failed_at`` (UTC, ISO 8601), ``recorded_by`` (train, launcher,
+    job, slurm-task, runner), ``job_id``, ``submission``, ``config``, ``env`` (versions and host,
+    without importing torch), ``failure_schema``, and ``reports``: every report of this failure
+    (several processes may report one death), the top level being the one that says most.
+    """
+    if kind not in FAILURE_KINDS:
+        raise ValueError(f"failure kind {kind!r} is not one of {FAILURE_KINDS}")
+    doc = {"status": "failed", "failure_schema": FAILURE_SCHEMA, "run_id": rid, "error": " ".join(str(error).split()),
+           "kind": kind, "rank": rank, "signal": signal, "exit_code": exit_code,
+           "host": host or socket.gethostname(), "pid": pid if pid is not None else os.getpid(),
+           "traceback": traceback[-TRACEBACK_CHARS:] if traceback else None,
+           "failed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+           "recorded_by": recorded_by, "job_id": job_id or os.environ.get("SLURM_JOB_ID"),
+           "submission": submission, "config": config, "env": failure_env()}
+    doc["reports"] = [{k: doc[k] for k in _REPORT_KEYS}]
+    return doc
+
+
+def failure_from_exception(exc: BaseException, **fields) -> dict:
+    """A failure record for the exception being handled (its traceback included)."""
+    import traceback as tb
+
+    text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    return failure(f"{type(exc).__name__}: {exc}", fields.pop("kind", "exception"), traceback=text, **fields)
+
+
+def failure_env() -> dict:
+    """What failed where: host, Python, platform, git commit, SLURM ids, torch's version if loaded."""
+    import platform
+
+    from bench import env
+
+    torch = sys.modules.get("torch")
+    return {"hostname": socket.gethostname(), "python": platform.python_version(),
+            "platform": platform.platform(), "git_commit": env.git_commit(),
+            "torch": getattr(torch, "__version__", None), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_array": os.environ.get("SLURM_ARRAY_JOB_ID") and
+            f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"}
+
+
+def _weight(report: dict) -> int:
+    """How much a report says about the cause: a process ended by a signal (or a node lost) says
+    most; then an exception with its traceback; then a bare exit status."""
+    if report.get("kind") in ("node-failure", "timeout") or report.get("signal"):
+        return 3
+    if report.get("kind") in ("exception", "setup"):
+        return 2
+    return 1
+
+
+def merge_failure(old: dict | None, new: dict) -> dict:
+    """``new`` joined to a failed result of the same submission: every report kept, the top level
+    taken from the report that says most (the earliest among equals)."""
+    if not old or old.get("status") != "failed" or old.get("submission") != new.get("submission"):
+        return new
+    reports = list(old.get("reports") or [{k: old.get(k) for k in _REPORT_KEYS}]) + list(new["reports"])
+    best = max(reports, key=_weight)  # max keeps the first of equal weight
+    top = dict(new)
+    for key in ("run_id", "config"):
+        top[key] = new.get(key) if new.get(key) is not None else old.get(key)
+    top.update({k: best.get(k) for k in _REPORT_KEYS})
+    top["reports"] = reports
+    return top
+
+
+def write_failure(run_dir: Path, record: dict) -> dict | None:
+    """Write a failure record as result.json, the caller holding the run's lock: never over a final
+    result; joined to a failed one of the same submission (:func:`merge_failure`). Returns what
+    was written, or None (a final result is there)."""
+    old = read_result(run_dir)
+    if old.kind == "final":
+        return None
+    doc = merge_failure(old.data if old.kind == "failed" else None, record)
+    if doc.get("epochs") is None:
+        doc["epochs"] = len(io.read_jsonl(run_dir / "metrics.jsonl"))  # the epochs a resume starts after
+    try:
+        io.write_json(run_dir / "result.json", doc)
+    except OSError as exc:  # a full disk or quota: say so; the run stays to resume from its checkpoint
+        print(f"[sambench] could not record the failure in {run_dir / 'result.json'} ({exc}); the run "
+              f"stays unfinished and resumes from its last checkpoint", file=sys.stderr, flush=True)
+        return None
+    return doc
+
+
+def record_failure(run_dir: Path, record: dict, wait_s: float = LOCK_WAIT_S) -> dict | None:
+    """Record a failure from outside the training process (a launcher, a job, a guard): take the
+    run's lock (waiting up to ``wait_s`` for a process still writing its own report, then writing
+    anyway: the write is atomic), and not in a folder a readable config.json gives to another run.
+    Returns what was written, or None."""
     try:
         held = owner(run_dir)
     except ForeignRunDir:
         held = None  # unreadable files: the failure is worth recording beside them
-    with run_lock(run_dir):
-        if held not in (rid, None) or (run_dir / "result.json").exists():
-            return False
-        io.write_json(run_dir / "result.json", {
-            "status": "failed", "run_id": rid, "error": error, "submission": submission,
-            "traceback": traceback.format_exc()[-4000:]})
-    return True
+    if held not in (record.get("run_id"), None) or not run_dir.is_dir():
+        return None
+    try:
+        with run_lock(run_dir, wait_s=wait_s):
+            return write_failure(run_dir, record)
+    except RunLocked:
+        return write_failure(run_dir, record)
 
 
 # --- the owner ----------------------------------------------------------------------------------

@@ -32,6 +32,11 @@ def cmd_train(args) -> int:
     out = creatable_dir(args.out, "--out") if args.out else Path("results") / "train" / config.run_id(cfg)
     with signals_interrupt():
         if launched:
+            from bench.orchestration import launch
+
+            guarded = launch.guard_this_process(out)  # the rank trains in a child whose death is recorded
+            if guarded is not None:
+                return guarded
             main = distributed.init_from_env(cfg["device"]).is_main
             try:
                 result = train.run(cfg, out, progress=main)
