@@ -137,7 +137,7 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
     check_executor(kind, todo)
     print(f"{suite.name}: {line}", flush=True)
     write_reference(suite, root)  # the suite's published numbers, for table and plot
-    sub = Submission(kind, uuid.uuid4().hex[:16])
+    sub = Submission(kind, uuid.uuid4().hex[:16], suite.name)
     if todo:
         prepare_folders(suite, todo)
     try:
