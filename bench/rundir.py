@@ -380,12 +380,14 @@ class RunState:
     result: Result | None = None
 
 
-def run_state(rid: str, cfg: dict, run_dir: Path, job_alive: Callable[[dict | None], bool]) -> RunState:
+def run_state(rid: str, cfg: dict, run_dir: Path, job_alive: Callable[[dict | None], bool],
+              exists: bool | None = None, result: Result | None = None) -> RunState:
     """Where a run stands. ``job_alive(job.json content)`` says whether a job recorded for it
-    may still train it (a queued SLURM task, a live local worker)."""
-    if not run_dir.is_dir():
+    may still train it (a queued SLURM task, a live local worker). ``exists`` and ``result``: what
+    the caller already knows (a directory listing, :class:`ResultCache`)."""
+    if not (run_dir.is_dir() if exists is None else exists):
         return RunState(rid, cfg, run_dir, "new")
-    result = read_result(run_dir)
+    result = read_result(run_dir) if result is None else result
     if result.kind == "final":
         return RunState(rid, cfg, run_dir, result.status, result)
     if lock_held(run_dir) or job_alive(read_job(run_dir)):
@@ -395,3 +397,71 @@ def run_state(rid: str, cfg: dict, run_dir: Path, job_alive: Callable[[dict | No
     if (run_dir / "checkpoint.pt").exists() or io.read_jsonl(run_dir / "metrics.jsonl"):
         return RunState(rid, cfg, run_dir, "resume", result)
     return RunState(rid, cfg, run_dir, "new", result)
+
+
+def run_states(root: Path, runs: list[tuple[str, dict]], job_alive: Callable[[dict | None], bool]) -> list[RunState]:
+    """:func:`run_state` of each ``(run id, config)`` under ``root``, from one listing of ``root``
+    and the :class:`ResultCache` of its finished runs (a suite of 100,000 finished runs: one
+    stat each, no JSON read)."""
+    try:
+        with os.scandir(root) as entries:
+            present = {e.name for e in entries if e.is_dir()}
+    except OSError:
+        present = set()
+    cache = ResultCache(root, present)
+    states = [run_state(rid, cfg, root / rid, job_alive, exists=rid in present,
+                        result=cache.read(rid) if rid in present else None) for rid, cfg in runs]
+    cache.save()
+    return states
+
+
+class ResultCache:
+    """``<suite folder>/.sambench-states.json``: the status (and the few fields the runner reads) of
+    each finished run's result.json, keyed by that file's (inode, size, mtime in ns). A result.json
+    replaced (every write is a rename: a new inode) or edited is read again; the times are compared
+    for equality only, so clock skew between hosts cannot hide a change. A file written less than
+    ``FRESH_S`` ago is not cached yet. Unwritable folders are simply read every time."""
+
+    NAME = ".sambench-states.json"
+    FORMAT = 1
+    KEYS = ("status", "sharpness", "sharpness_error")
+    FRESH_S = 2.0
+
+    def __init__(self, root: Path, present: set[str]):
+        self.root, self._root, self.changed = root, os.fspath(root), False
+        try:
+            doc = io.read_json(root / self.NAME)
+            entries = doc["entries"] if doc.get("format") == self.FORMAT else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            entries = {}
+        self.entries = {k: v for k, v in entries.items() if k in present} if isinstance(entries, dict) else {}
+        self.changed = len(self.entries) != (len(entries) if isinstance(entries, dict) else 0)
+
+    def read(self, name: str) -> Result:
+        try:
+            st = os.stat(os.path.join(self._root, name, "result.json"))
+        except FileNotFoundError:
+            return Result("absent")
+        except OSError:
+            return read_result(self.root / name)
+        sig = [st.st_ino, st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(name)
+        if isinstance(hit, list) and len(hit) == 4 and hit[:3] == sig and isinstance(hit[3], dict):
+            return Result("final", hit[3])
+        result = read_result(self.root / name)
+        if result.kind == "final":  # (what the runner reads of a finished run: its status, its sharpness)
+            result = Result("final", {k: result.data[k] for k in self.KEYS if k in result.data})
+            if st.st_mtime_ns < time.time_ns() - self.FRESH_S * 1e9:
+                self.entries[name] = sig + [result.data]
+                self.changed = True
+                return result
+        if hit is not None:
+            self.entries.pop(name)
+            self.changed = True
+        return result
+
+    def save(self) -> None:
+        if self.changed:
+            with contextlib.suppress(OSError):
+                io.write_json(self.root / self.NAME, {"format": self.FORMAT, "entries": self.entries},
+                              sync=False, indent=None)

@@ -43,7 +43,7 @@ def plan(suite, root: Path, queue: Queue | None = None) -> list[RunState]:
     def alive(info: dict | None) -> bool:
         return executors.job_alive(info, queue)
 
-    return [_with_sharpness(rundir.run_state(rid, cfg, root / rid, alive)) for rid, cfg in suite.items()]
+    return [_with_sharpness(st) for st in rundir.run_states(root, list(suite.items()), alive)]
 
 
 def _with_sharpness(st: RunState) -> RunState:
@@ -260,40 +260,46 @@ def final_report(suite, root: Path, t_start: float) -> int:
 RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
-def _is_run_dir(d: Path) -> bool:
+def _is_run_dir(d: os.DirEntry | Path) -> bool:
     """A run folder: named by a run id, or holding a run's files (not figures/, .submitit/, ...)."""
     return d.is_dir() and not d.name.startswith(".") and (
-        bool(RUN_ID_RE.match(d.name)) or (d / "config.json").exists() or (d / "result.json").exists())
+        bool(RUN_ID_RE.match(d.name)) or os.path.exists(os.path.join(d, "config.json"))
+        or os.path.exists(os.path.join(d, "result.json")))
 
 
-def _real(d: Path, folder_real: str) -> str:
+def _real(d: os.DirEntry, folder_real: str) -> str:
     """Where a folder entry really is (symbolic links resolved; others cheaply)."""
-    return os.path.realpath(d) if d.is_symlink() else os.path.join(folder_real, d.name)
+    return os.path.realpath(d.path) if d.is_symlink() else os.path.join(folder_real, d.name)
 
 
-def _run_dirs(folder: Path) -> list[Path]:
-    """The run folders in a suite folder, symbolic links followed, each real folder once."""
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def _run_dirs(folder: Path) -> list[str]:
+    """The names of the run folders in a suite folder, symbolic links followed, each real folder once."""
     seen, out, folder_real = set(), [], os.path.realpath(folder)
-    for d in sorted(folder.iterdir()):
+    for d in _entries(folder):
         if _is_run_dir(d):
             real = _real(d, folder_real)
             if real not in seen:
                 seen.add(real)
-                out.append(d)
+                out.append(d.name)
     return out
 
 
 def suite_folders(target: Path) -> list[Path]:
     """``target`` if it holds run folders, else its sub-folders that do (links followed once)."""
-    if any(_is_run_dir(d) for d in target.iterdir()):
+    if any(_is_run_dir(d) for d in _entries(target)):
         return [target]
     seen, out, target_real = set(), [], os.path.realpath(target)
-    for d in sorted(target.iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and any(_is_run_dir(r) for r in d.iterdir()):
+    for d in _entries(target):
+        if d.is_dir() and not d.name.startswith(".") and any(_is_run_dir(r) for r in _entries(Path(d.path))):
             real = _real(d, target_real)
             if real not in seen:
                 seen.add(real)
-                out.append(d)
+                out.append(Path(d.path))
     return out
 
 
@@ -312,7 +318,7 @@ def status_groups(target: Path, out: Path, cache: bool = False) -> list[tuple[st
         return [(suite.name, Path(out) / suite.name, plan(suite, Path(out) / suite.name, queue))]
     if not target.is_dir():
         raise InvalidInput(f"{target}: no such suite file or results folder")
-    groups = [(d.name, d, [rundir.run_state(r.name, {}, r, alive) for r in _run_dirs(d)])
+    groups = [(d.name, d, rundir.run_states(d, [(name, {}) for name in _run_dirs(d)], alive))
               for d in suite_folders(target)]
     if not groups:
         raise InvalidInput(f"{target}: no run folders found (expected <out>/<suite>/<run_id>/)")
