@@ -79,9 +79,8 @@ def collect(root: Path, run_dirs: list[Path], skipped: list, load_run: Callable[
     when the index does not apply (off, no pyarrow, a run folder collected alone).
 
     ``load_run(run_dir, skipped)`` is loading's row of one run; ``finish(frame)`` its whole-frame
-    step (types, column order, labels), which must give the same frame from rows it made itself.
-    Each stored row remembers which columns its run had, so a frame of reused and fresh rows has
-    the columns a frame read from the files would have.
+    step (types, column order, labels). The rows of runs that did not change are taken as
+    ``load_run`` gave them (stored as JSON), so the frame is the one a collect from the files builds.
     """
     if not enabled() or not run_dirs or (root / "config.json").is_file():
         return None
@@ -89,18 +88,20 @@ def collect(root: Path, run_dirs: list[Path], skipped: list, load_run: Callable[
     for d in run_dirs:
         groups.setdefault(d.parent, []).append(d)
     code = fingerprint()
-    sigs = {d: signature(str(d)) for d in run_dirs}
+    sigs = {str(d): signature(str(d)) for d in run_dirs}
     raw: dict[str, str] = {}    # run name -> its row as collect read it (JSON), for the reused runs
     fresh, complete, said = [], True, {}
     for parent, dirs in groups.items():
-        stored = _read(parent, code)
-        rows, missing, same = _reusable(stored, dirs, sigs, said)
+        stored = Stored.open(parent, code)
+        keep, missing, same = stored.compare(dirs, sigs, said) if stored else ([], list(dirs), False)
         complete = complete and same
-        if same and len(groups) == 1 and stored.attrs.get("labels_for") == str(root):
-            skipped += [s for d in run_dirs for s in said.get(d.name, [])]
-            return _as_collected(stored)  # nothing changed: the stored frame as it is
-        if rows is not None:
-            raw.update(zip(rows[_KEY].tolist(), rows[_RAW].tolist()))
+        if same and len(groups) == 1 and stored.meta.get("labels_for") == str(root):
+            frame = stored.frame()
+            if frame is not None:
+                skipped += [s for d in run_dirs for s in said.get(d.name, [])]
+                return frame  # nothing changed: the stored frame as it is
+        if keep:
+            raw.update(stored.rows(keep))
         fresh += missing
     rows_of: dict[str, dict] = {}
     for d in fresh:
@@ -112,103 +113,102 @@ def collect(root: Path, run_dirs: list[Path], skipped: list, load_run: Callable[
     for d in run_dirs:  # in the order of the run folders, as a collect from the files builds them
         row = rows_of.get(d.name)
         if row is None and d.name in raw:
-            row = _decode(json.loads(raw[d.name]))
+            row = _decode_row(json.loads(raw[d.name]))
             row["path"] = str(d)  # (where the run is now)
-            rows_of[d.name] = row
         if row is not None:
             records.append(row)
     out = finish(pd.DataFrame.from_records(records))
     if not complete or fresh:
+        texts = {**raw, **{name: json.dumps(_encode_row(row)) for name, row in rows_of.items()}}
         for parent, dirs in groups.items():
             try:
-                _write(parent, out, rows_of, dirs, sigs, said, code, str(root))
+                _write(parent, out, texts, dirs, sigs, said, code, str(root))
             except Exception:  # noqa: BLE001 -- a cell Arrow cannot hold: no index, the frame stands
                 pass
     return out
 
 
-def _reusable(stored: pd.DataFrame | None, dirs: list[Path], sigs: dict, said: dict[str, list]):
-    """(rows of ``dirs`` whose signature is unchanged, the dirs to read again, whether all are
-    unchanged); ``said`` receives, by run, the unreadable files of the reused runs."""
-    if stored is None:
-        return None, list(dirs), False
-    by_name = {name: (sig, i) for i, (name, sig) in enumerate(zip(stored[_KEY], stored[_SIG]))}
-    no_row = stored.attrs.get("no_row", {})
-    keep, missing, found = [], [], 0
-    for d in dirs:
-        hit = by_name.get(d.name)
-        if hit is not None and hit[0] == sigs[d]:
-            keep.append(hit[1])
-        elif d.name in no_row and no_row[d.name][0] == sigs[d]:
-            said[d.name] = list(no_row[d.name][1])  # still unreadable, still said
-            found += 1
-        else:
-            missing.append(d)
-    same = not missing and len(keep) == len(stored) and found == len(no_row)
-    names, texts = stored[_KEY].tolist(), stored[_SKIPPED].tolist()
-    for i in keep:  # files those runs had that could not be read: still unreadable, still said
-        if isinstance(texts[i], str) and texts[i]:
-            said[names[i]] = json.loads(texts[i])
-    return stored.iloc[keep], missing, same
-
-
-def _as_collected(stored: pd.DataFrame) -> pd.DataFrame:
-    df = stored.drop(columns=[_KEY, _SIG, _SKIPPED, _RAW]).reset_index(drop=True)
-    df.attrs["config_columns"] = stored.attrs.get("config_columns", [])
-    return df
-
-
 # --- the file ------------------------------------------------------------------------------------------
 
-def _read(parent: Path, code: str) -> pd.DataFrame | None:
-    """The stored frame of a suite folder (decoded), or None: absent, unreadable, another code."""
-    import pyarrow.parquet as pq
+class Stored:
+    """A suite folder's index file, read column by column as needed."""
 
-    path = parent / NAME
-    try:
-        table = pq.read_table(path)
-    except Exception:  # noqa: BLE001 -- missing, truncated, not Parquet: rebuilt
-        return None
-    meta = json.loads((table.schema.metadata or {}).get(b"sambench", b"{}"))
-    if meta.get("fingerprint") != code:
-        return None
-    try:
-        return _decoded(table.to_pandas(), meta, parent)
-    except Exception:  # noqa: BLE001 -- a cell that does not decode: rebuilt
-        return None
+    def __init__(self, parent: Path, file, meta: dict):
+        self.parent, self.file, self.meta = parent, file, meta
+        head = file.read(columns=[_KEY, _SIG, _SKIPPED]).to_pydict()
+        self.names, self.sigs, self.skipped = head[_KEY], head[_SIG], head[_SKIPPED]
+
+    @classmethod
+    def open(cls, parent: Path, code: str) -> Stored | None:
+        """The index of ``parent``, or None: absent, unreadable, made by other code."""
+        import pyarrow.parquet as pq
+
+        try:
+            file = pq.ParquetFile(parent / NAME)
+            meta = json.loads((file.schema_arrow.metadata or {}).get(b"sambench", b"{}"))
+            return cls(parent, file, meta) if meta.get("fingerprint") == code else None
+        except Exception:  # noqa: BLE001 -- missing, truncated, not Parquet: rebuilt
+            return None
+
+    def compare(self, dirs: list[Path], sigs: dict, said: dict[str, list]) -> tuple[list[int], list[Path], bool]:
+        """(positions of the stored rows of ``dirs`` whose signature is unchanged, the dirs to read
+        again, whether nothing changed); ``said`` receives, by run, the unreadable files of the
+        reused runs (still unreadable, still said)."""
+        by_name = {name: i for i, name in enumerate(self.names)}
+        no_row = self.meta.get("no_row", {})
+        keep, missing, found = [], [], 0
+        for d in dirs:
+            i, sig = by_name.get(d.name), sigs[str(d)]
+            if i is not None and self.sigs[i] == sig:
+                keep.append(i)
+                if self.skipped[i]:
+                    said[d.name] = json.loads(self.skipped[i])
+            elif d.name in no_row and no_row[d.name][0] == sig:
+                said[d.name] = list(no_row[d.name][1])
+                found += 1
+            else:
+                missing.append(d)
+        return keep, missing, not missing and len(keep) == len(self.names) and found == len(no_row)
+
+    def rows(self, keep: list[int]) -> dict[str, str]:
+        """run name -> its row as read (JSON) for the stored positions ``keep``."""
+        texts = self.file.read(columns=[_RAW]).column(0).to_pylist()
+        return {self.names[i]: texts[i] for i in keep}
+
+    def frame(self) -> pd.DataFrame | None:
+        """The stored collected frame (runs where they are now), or None if a cell does not decode."""
+        columns = [c for c in self.file.schema_arrow.names if c not in (_KEY, _SIG, _SKIPPED, _RAW)]
+        try:
+            df = self.file.read(columns=columns).to_pandas()
+            for c in self.meta.get("json_columns", []):
+                memo: dict[str, object] = {}
+                df[c] = pd.Series([memo[v] if v in memo else memo.setdefault(v, _decode_cell(json.loads(v)))
+                                   for v in df[c].tolist()], index=df.index, dtype=object)
+            for c in self.meta.get("list_columns", []):
+                df[c] = pd.Series([None if v is None else [float(x) for x in v] for v in df[c].tolist()],
+                                  index=df.index, dtype=object)
+        except Exception:  # noqa: BLE001
+            return None
+        if "path" in df.columns:  # where the runs are now (the folder may have moved)
+            df["path"] = [os.path.join(self.parent, name) for name in self.names]
+        df.attrs["config_columns"] = self.meta.get("config_columns", [])
+        return df
 
 
-def _decoded(df: pd.DataFrame, meta: dict, parent: Path) -> pd.DataFrame:
-    for c in meta.get("json_columns", []):
-        df[c] = pd.Series([_decode(json.loads(v)) for v in df[c].tolist()], index=df.index, dtype=object)
-    for c in meta.get("list_columns", []):
-        df[c] = pd.Series([None if v is None else [float(x) for x in v] for v in df[c].tolist()], index=df.index,
-                          dtype=object)
-    if "path" in df.columns:  # where the runs are now (the folder may have moved)
-        df["path"] = [str(parent / name) for name in df[_KEY]]
-    df.attrs["config_columns"] = meta.get("config_columns", [])
-    df.attrs["labels_for"] = meta.get("labels_for")
-    df.attrs["no_row"] = meta.get("no_row", {})   # runs that gave no row: {name: [signature, skipped]}
-    return df
-
-
-def _write(parent: Path, df: pd.DataFrame, rows_of: dict[str, dict], dirs: list[Path], sigs: dict,
+def _write(parent: Path, df: pd.DataFrame, texts: dict[str, str], dirs: list[Path], sigs: dict,
            said: dict[str, list], code: str, labels_for: str) -> None:
     """Store the rows of ``dirs`` (a suite folder's runs): the collected frame's and, for an
-    incremental rebuild, the rows as read (``rows_of``), with the runs that gave no row (in the
-    metadata, with their skipped files); atomically. A folder that cannot be written is left as it is."""
+    incremental rebuild, the rows as read (``texts``, JSON), with the runs that gave no row (in
+    the metadata, with their unreadable files); atomically. A folder that cannot be written is
+    left as it is."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     names = {str(d): d.name for d in dirs}
-    part = df[df["path"].isin(names)].copy() if "path" in df.columns else df.iloc[0:0].copy()
-    part[_KEY] = [names[p] for p in part["path"]]
-    part[_RAW] = [json.dumps(_encode(rows_of[n])) for n in part[_KEY]]
-    by_dir = {name: found for name, found in said.items() if found}   # run -> its unreadable files
-    written = set(part[_KEY])
-    no_row = {d.name: [sigs[d], by_dir.get(d.name, [])] for d in dirs if d.name not in written}
-    part[_SIG] = [sigs[parent / name] for name in part[_KEY]]
-    part[_SKIPPED] = [json.dumps(by_dir[name]) if name in by_dir else "" for name in part[_KEY]]
+    part = df[df["path"].isin(names)] if "path" in df.columns else df.iloc[0:0]
+    keys = [names[p] for p in part["path"].tolist()] if "path" in part.columns else []
+    written = set(keys)
+    no_row = {d.name: [sigs[str(d)], said.get(d.name, [])] for d in dirs if d.name not in written}
     columns, json_columns, list_columns = {}, [], []
     for c in part.columns:
         columns[c], kind = _column(part[c])
@@ -216,6 +216,10 @@ def _write(parent: Path, df: pd.DataFrame, rows_of: dict[str, dict], dirs: list[
             json_columns.append(c)
         elif kind == "list":
             list_columns.append(c)
+    columns[_KEY] = pa.array(keys, type=pa.string())
+    columns[_SIG] = pa.array([sigs[os.path.join(parent, n)] for n in keys], type=pa.string())
+    columns[_SKIPPED] = pa.array([json.dumps(said[n]) if said.get(n) else "" for n in keys], type=pa.string())
+    columns[_RAW] = pa.array([texts[n] for n in keys], type=pa.string())
     meta = {"fingerprint": code, "json_columns": json_columns, "list_columns": list_columns,
             "config_columns": df.attrs.get("config_columns", []), "labels_for": labels_for, "no_row": no_row}
     table = pa.table(columns).replace_schema_metadata({"sambench": json.dumps(meta)})
@@ -237,23 +241,37 @@ def _column(series: pd.Series):
     values = series.tolist()
     if all(v is None or (type(v) is list and all(type(x) is float for x in v)) for v in values):
         return pa.array(values, type=pa.list_(pa.float64())), "list"   # norm_gamma: lists of floats
-    return pa.array([json.dumps(_encode(v)) for v in values], type=pa.string()), "json"
+    memo: dict = {}
+    out = []
+    for v in values:
+        try:
+            text = memo.get((type(v), v))
+            if text is None:
+                text = memo[(type(v), v)] = json.dumps(_encode_cell(v))
+        except TypeError:  # unhashable (a list): not remembered
+            text = json.dumps(_encode_cell(v))
+        out.append(text)
+    return pa.array(out, type=pa.string()), "json"
 
 
-def _encode(v):
-    """JSON for a cell, tuples told from lists (``{"t": [...]}``)."""
+# A row of collect holds scalars, tuples (of scalars or tuples: loading._flatten) and lists
+# (norm_gamma); JSON keeps a tuple as {"t": [...]} so it comes back a tuple.
+
+def _encode_cell(v):
     if isinstance(v, tuple):
-        return {"t": [_encode(x) for x in v]}
-    if isinstance(v, list):
-        return [_encode(x) for x in v]
-    if isinstance(v, dict):
-        return {"d": {k: _encode(x) for k, x in v.items()}}
+        return {"t": [{"t": list(x)} if isinstance(x, tuple) else x for x in v]}
     return v
 
 
-def _decode(v):
-    if isinstance(v, dict):
-        return tuple(_decode(x) for x in v["t"]) if "t" in v else {k: _decode(x) for k, x in v["d"].items()}
-    if isinstance(v, list):
-        return [_decode(x) for x in v]
+def _decode_cell(v):
+    if isinstance(v, dict) and "t" in v:
+        return tuple(tuple(x["t"]) if isinstance(x, dict) and "t" in x else x for x in v["t"])
     return v
+
+
+def _encode_row(row: dict) -> dict:
+    return {k: _encode_cell(v) if isinstance(v, tuple) else v for k, v in row.items()}
+
+
+def _decode_row(row: dict) -> dict:
+    return {k: _decode_cell(v) if isinstance(v, dict) else v for k, v in row.items()}

@@ -108,24 +108,22 @@ def _find_run_dirs(root: Path) -> list[Path]:
     found: list[str] = []
     seen: set[str] = set()
     stack = [(str(root), os.path.realpath(root))]
+    isfile, join = os.path.isfile, os.path.join
     while stack:
         top, real = stack.pop()
         if real in seen:
             continue
         seen.add(real)
-        try:
-            with os.scandir(top) as it:
-                entries = list(it)
-        except OSError:
-            continue
-        names = {e.name for e in entries}
-        if "config.json" in names or "result.json" in names:
+        if isfile(join(top, "config.json")) or isfile(join(top, "result.json")):
             found.append(top)
             continue  # run folders do not nest
-        for e in entries:
-            if not e.name.startswith(".") and e.is_dir():
-                # a folder's real path: resolved only through a link (its parent's real path + its name)
-                stack.append((e.path, os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)))
+        try:
+            with os.scandir(top) as it:
+                entries = [e for e in it if not e.name.startswith(".") and e.is_dir()]
+        except OSError:
+            continue
+        # a folder's real path: resolved only through a link (else its parent's real path + its name)
+        stack += [(e.path, os.path.realpath(e.path) if e.is_symlink() else join(real, e.name)) for e in entries]
     return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]
 
 

@@ -189,6 +189,9 @@ FAILURE_SCHEMA = 1
 FAILURE_KINDS = ("exception", "rank-death", "node-failure", "timeout", "job-ended", "setup")
 LOCK_WAIT_S = 20.0            # a failure report waits this long for a live writer's lock, then writes anyway
 TRACEBACK_CHARS = 4000
+FAILURE_FIELDS = ("status", "failure_schema", "run_id", "error", "kind", "rank", "signal", "exit_code", "host",
+                  "pid", "traceback", "failed_at", "recorded_by", "job_id", "submission", "config", "env",
+                  "reports", "epochs")
 _REPORT_KEYS = ("kind", "error", "rank", "signal", "exit_code", "host", "pid", "recorded_by", "job_id",
                 "failed_at", "traceback")
 
@@ -286,7 +289,7 @@ def write_failure(run_dir: Path, record: dict) -> dict | None:
         return None
     doc = merge_failure(old.data if old.kind == "failed" else None, record)
     if doc.get("epochs") is None:
-        doc["epochs"] = len(io.read_jsonl(run_dir / "metrics.jsonl"))  # the epochs a resume starts after
+        doc["epochs"] = resume_epoch(run_dir)
     try:
         io.write_json(run_dir / "result.json", doc)
     except OSError as exc:  # a full disk or quota: say so; the run stays to resume from its checkpoint
@@ -294,6 +297,19 @@ def write_failure(run_dir: Path, record: dict) -> dict | None:
               f"stays unfinished and resumes from its last checkpoint", file=sys.stderr, flush=True)
         return None
     return doc
+
+
+def resume_epoch(run_dir: Path) -> int:
+    """The epochs a resume starts after: checkpoint.pt's (its tensors mapped, not read), else 0."""
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    try:
+        import torch
+
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 -- unreadable: the resume will say so and start over
+        return 0
 
 
 def record_failure(run_dir: Path, record: dict, wait_s: float = LOCK_WAIT_S) -> dict | None:

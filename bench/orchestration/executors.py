@@ -71,7 +71,11 @@ def submit(sub: Submission, request: Request) -> None:
     """Start the runs with the executor ``sub.kind``, adding each job to ``sub`` as it starts (so
     an interrupt during submission still knows what to stop); then record each run's jobs in
     its job.json."""
-    EXECUTORS[sub.kind](request, sub)
+    try:
+        EXECUTORS[sub.kind](request, sub)
+    finally:
+        if sub.kind == "slurm":
+            io.sync_all()
     write_job_records(sub, request)
 
 
@@ -219,8 +223,10 @@ def _job_record(kind: str, request: Request, jobs: list[dict], **extra: Any) -> 
 
 
 def _record_array(request: Request, runs: list[RunState], comment: str, by_run: dict[str, list[dict]]) -> None:
+    """job.json of an array's runs (renamed into place: a reader sees the old or the new one); brought
+    to disk once, after the submission (:func:`submit`)."""
     io.write_json_many(((st.dir / "job.json", _job_record("slurm", request, by_run.get(st.rid, []), comment=comment))
-                        for st in runs), indent=None)
+                        for st in runs), indent=None, sync=False)
 
 
 EXECUTORS: dict[str, Callable[[Request, Submission], None]] = {

@@ -91,6 +91,33 @@ def check_executor(kind: str, runs: list[RunState]) -> None:
                            f"need --executor slurm (or torchrun on each node with `sambench train`)")
 
 
+def check_writable(root: Path, runs: list[RunState]) -> None:
+    """The folders a submission writes (the suite folder, or the first parent that exists, and each
+    run folder already there) must be writable by this user (InvalidInput, before anything is
+    written): a results folder shared by several users is writable by all of them."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    for folder in [probe] + [st.dir for st in runs if st.state != "new" or st.dir.exists()]:
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK, effective_ids=True):
+            raise InvalidInput(f"{folder}: not writable by this user ({_user()}; it belongs to {_owner(folder)}): "
+                               f"a results folder shared by several users must be writable by each of them "
+                               f"(a group folder: chmod -R g+rwX, umask 002); nothing was written or submitted")
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _owner(path: Path) -> str:
+    try:
+        return path.owner()
+    except (KeyError, OSError):
+        return f"uid {path.stat().st_uid}"
+
+
 def prepare_folders(suite, runs: list[RunState]) -> None:
     """Refuse folders that hold another run (nothing written), then write each config.json."""
     for st in runs:
@@ -135,6 +162,8 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
         return EXIT_OK
     check_data(todo)
     check_executor(kind, todo)
+    if todo:
+        check_writable(root, todo)
     print(f"{suite.name}: {line}", flush=True)
     write_reference(suite, root)  # the suite's published numbers, for table and plot
     sub = Submission(kind, uuid.uuid4().hex[:16], suite.name)
