@@ -162,13 +162,17 @@ class Stored:
             if i is not None and self.sigs[i] == sig:
                 keep.append(i)
                 if self.skipped[i]:
-                    said[d.name] = json.loads(self.skipped[i])
+                    said[d.name] = self._here(json.loads(self.skipped[i]))
             elif d.name in no_row and no_row[d.name][0] == sig:
-                said[d.name] = list(no_row[d.name][1])
+                said[d.name] = self._here(no_row[d.name][1])
                 found += 1
             else:
                 missing.append(d)
         return keep, missing, not missing and len(keep) == len(self.names) and found == len(no_row)
+
+    def _here(self, entries: list[dict]) -> list[dict]:
+        """Skipped files as stored (relative to the suite folder) where they are now."""
+        return [{**e, "path": os.path.join(self.parent, e["path"])} for e in entries]
 
     def rows(self, keep: list[int]) -> dict[str, str]:
         """run name -> its row as read (JSON) for the stored positions ``keep``."""
@@ -207,6 +211,9 @@ def _write(parent: Path, df: pd.DataFrame, texts: dict[str, str], dirs: list[Pat
     names = {str(d): d.name for d in dirs}
     part = df[df["path"].isin(names)] if "path" in df.columns else df.iloc[0:0]
     keys = [names[p] for p in part["path"].tolist()] if "path" in part.columns else []
+    here = {d.name for d in dirs}
+    said = {name: [{**e, "path": os.path.relpath(e["path"], parent)} for e in found]
+            for name, found in said.items() if found and name in here}
     written = set(keys)
     no_row = {d.name: [sigs[str(d)], said.get(d.name, [])] for d in dirs if d.name not in written}
     columns, json_columns, list_columns = {}, [], []

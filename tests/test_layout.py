@@ -210,7 +210,6 @@ ALLOWED_LONG = {
     "bench/engine/build.py:build": "one build path (issue 22)",
     "analysis/labels.py:add_labels": "to be split (issue 19)",
     "analysis/loading.py:_load_run": "to be split (issue 19)",
-    "analysis/loading.py:collect": "to be split (issue 19)",
     "analysis/plots.py:_acc_vs_sparsity": "to be split (issue 19)",
     "analysis/stats.py:paired_difference": "to be split (issue 19)",
 }

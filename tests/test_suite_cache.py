@@ -103,7 +103,9 @@ def test_perf_orchestration_times_each_command(tmp_path, run_sambench, sambench_
     assert proc.returncode == 0, proc.stderr
     records = json.loads(out.read_text())
     steps = {r["step"]: r for r in records}
-    assert {"dry_run_cold", "dry_run", "status", "collect"} <= set(steps), steps
-    assert all(r["runs"] == 100 and r["seconds"] > 0 for r in records)
+    assert {"dry_run_cold", "dry_run", "status", "status_cached", "collect", "collect_indexed",
+            "collect_changed"} <= set(steps), steps
+    assert all(r["runs"] == 100 and r["seconds"] > 0 and r["cpu_s"] > 0 and r["max_rss_mb"] > 20 for r in records)
+    assert steps["dry_run_cold"]["max_rss_mb"] > steps["dry_run"]["max_rss_mb"]  # torch and timm: cold only
     bad = run_sambench("perf", "--orchestration", "150", env=env)
     assert bad.returncode == 2 and "multiple of 100" in bad.stderr

@@ -29,7 +29,7 @@ from pathlib import Path
 from bench import io, rundir
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput
 from bench.measure import sharpness
-from bench.orchestration import executors, suite_summary
+from bench.orchestration import executors, reaper, suite_summary
 from bench.orchestration.executors import Queue, Request, Submission
 from bench.orchestration.reference import write_reference
 from bench.rundir import RunState
@@ -43,7 +43,9 @@ def plan(suite, root: Path, queue: Queue | None = None) -> list[RunState]:
     def alive(info: dict | None) -> bool:
         return executors.job_alive(info, queue)
 
-    return [_with_sharpness(st) for st in rundir.run_states(root, list(suite.items()), alive)]
+    states = rundir.run_states(root, list(suite.items()), alive)
+    reaper.reap(states, alive)  # runs whose SLURM job ended without a result: how it ended
+    return [_with_sharpness(st) for st in states]
 
 
 def _with_sharpness(st: RunState) -> RunState:
@@ -264,6 +266,8 @@ def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], 
                 if not executors.jobs_running(sub, queue) and not any(working(st) for st in pending.values()):
                     time.sleep(poll_s)  # a result written just as the job ended
                     harvest()
+                    _reap_pending(pending, queue, sub)
+                    harvest()
                     break
             time.sleep(poll_s)
         if not executors.wait_done(sub, queue):
@@ -273,6 +277,16 @@ def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], 
             reporter.finished(rid, st.cfg, rundir.read_result(st.dir).data)
     finally:
         reporter.close()
+
+
+def _reap_pending(pending: dict[str, RunState], queue: Queue, sub: Submission) -> None:
+    """Runs still without a result once no job is left: what SLURM says of their jobs (reaper)."""
+    if sub.kind != "slurm" or not pending:
+        return
+    def alive(info: dict | None) -> bool:
+        return executors.job_alive(info, queue)
+
+    reaper.reap([rundir.run_state(rid, st.cfg, st.dir, alive) for rid, st in pending.items()], alive)
 
 
 def final_report(suite, root: Path, t_start: float) -> int:
@@ -349,6 +363,8 @@ def status_groups(target: Path, out: Path, cache: bool = False) -> list[tuple[st
         raise InvalidInput(f"{target}: no such suite file or results folder")
     groups = [(d.name, d, rundir.run_states(d, [(name, {}) for name in _run_dirs(d)], alive))
               for d in suite_folders(target)]
+    for _, _, states in groups:
+        reaper.reap(states, alive)
     if not groups:
         raise InvalidInput(f"{target}: no run folders found (expected <out>/<suite>/<run_id>/)")
     return groups
