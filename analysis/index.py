@@ -89,7 +89,7 @@ def collect(root: Path, run_dirs: list[Path], skipped: list, load_run: Callable[
         groups.setdefault(d.parent, []).append(d)
     code = fingerprint()
     sigs = {str(d): signature(str(d)) for d in run_dirs}
-    raw: dict[str, str] = {}    # run name -> its row as collect read it (JSON), for the reused runs
+    raw: dict[str, tuple[str, dict]] = {}   # reused run -> (its row as read, JSON; its list values)
     fresh, complete, said = [], True, {}
     for parent, dirs in groups.items():
         stored = Stored.open(parent, code)
@@ -113,13 +113,15 @@ def collect(root: Path, run_dirs: list[Path], skipped: list, load_run: Callable[
     for d in run_dirs:  # in the order of the run folders, as a collect from the files builds them
         row = rows_of.get(d.name)
         if row is None and d.name in raw:
-            row = _decode_row(json.loads(raw[d.name]))
+            text, lists = raw[d.name]
+            row = _decode_row(json.loads(text), lists)
             row["path"] = str(d)  # (where the run is now)
         if row is not None:
             records.append(row)
     out = finish(pd.DataFrame.from_records(records))
     if not complete or fresh:
-        texts = {**raw, **{name: json.dumps(_encode_row(row)) for name, row in rows_of.items()}}
+        texts = {name: text for name, (text, _) in raw.items()}
+        texts.update((name, json.dumps(_encode_row(row))) for name, row in rows_of.items())
         for parent, dirs in groups.items():
             try:
                 _write(parent, out, texts, dirs, sigs, said, code, str(root))
@@ -174,10 +176,20 @@ class Stored:
         """Skipped files as stored (relative to the suite folder) where they are now."""
         return [{**e, "path": os.path.join(self.parent, e["path"])} for e in entries]
 
-    def rows(self, keep: list[int]) -> dict[str, str]:
-        """run name -> its row as read (JSON) for the stored positions ``keep``."""
-        texts = self.file.read(columns=[_RAW]).column(0).to_pylist()
-        return {self.names[i]: texts[i] for i in keep}
+    def rows(self, keep: list[int]) -> dict[str, tuple[str, dict]]:
+        """run name -> (its row as read, JSON; its list values, from the frame's columns) for the stored
+        positions ``keep``. (A row's lists, norm_gamma, are stored once, in the frame.)"""
+        names = self.file.schema_arrow.names
+        listed = [c for c in self.meta.get("row_lists", []) if c in names]
+        table = self.file.read(columns=[_RAW, *listed])
+        texts = table.column(_RAW).to_pylist()
+        values = {c: table.column(c).to_pylist() for c in listed}
+        as_json = set(self.meta.get("json_columns", []))
+        out = {}
+        for i in keep:
+            lists = {c: (_decode_cell(json.loads(v[i])) if c in as_json else v[i]) for c, v in values.items()}
+            out[self.names[i]] = (texts[i], lists)
+        return out
 
     def frame(self) -> pd.DataFrame | None:
         """The stored collected frame (runs where they are now), or None if a cell does not decode."""
@@ -227,7 +239,8 @@ def _write(parent: Path, df: pd.DataFrame, texts: dict[str, str], dirs: list[Pat
     columns[_SIG] = pa.array([sigs[os.path.join(parent, n)] for n in keys], type=pa.string())
     columns[_SKIPPED] = pa.array([json.dumps(said[n]) if said.get(n) else "" for n in keys], type=pa.string())
     columns[_RAW] = pa.array([texts[n] for n in keys], type=pa.string())
-    meta = {"fingerprint": code, "json_columns": json_columns, "list_columns": list_columns,
+    row_lists = [c for c in part.columns if part[c].dtype == object and any(type(v) is list for v in part[c].tolist())]
+    meta = {"fingerprint": code, "json_columns": json_columns, "list_columns": list_columns, "row_lists": row_lists,
             "config_columns": df.attrs.get("config_columns", []), "labels_for": labels_for, "no_row": no_row}
     table = pa.table(columns).replace_schema_metadata({"sambench": json.dumps(meta)})
     tmp = parent / f".{NAME}.{os.getpid()}.tmp"
@@ -276,9 +289,12 @@ def _decode_cell(v):
     return v
 
 
+_LISTED = {"l": 1}   # in a stored row: a list value, kept in the frame's column (norm_gamma: no second copy)
+
+
 def _encode_row(row: dict) -> dict:
-    return {k: _encode_cell(v) if isinstance(v, tuple) else v for k, v in row.items()}
+    return {k: _encode_cell(v) if isinstance(v, tuple) else _LISTED if type(v) is list else v for k, v in row.items()}
 
 
-def _decode_row(row: dict) -> dict:
-    return {k: _decode_cell(v) if isinstance(v, dict) else v for k, v in row.items()}
+def _decode_row(row: dict, lists: dict) -> dict:
+    return {k: (lists[k] if v == _LISTED else _decode_cell(v)) if isinstance(v, dict) else v for k, v in row.items()}

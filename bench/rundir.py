@@ -415,10 +415,11 @@ def run_state(rid: str, cfg: dict, run_dir: Path, job_alive: Callable[[dict | No
     return RunState(rid, cfg, run_dir, "new", result)
 
 
-def run_states(root: Path, runs: list[tuple[str, dict]], job_alive: Callable[[dict | None], bool]) -> list[RunState]:
+def run_states(root: Path, runs: list[tuple[str, dict]], job_alive: Callable[[dict | None], bool],
+               save: bool = True) -> list[RunState]:
     """:func:`run_state` of each ``(run id, config)`` under ``root``, from one listing of ``root``
     and the :class:`ResultCache` of its finished runs (a suite of 100,000 finished runs: one
-    stat each, no JSON read)."""
+    stat each, no JSON read), kept up to date when ``save``."""
     try:
         with os.scandir(root) as entries:
             present = {e.name for e in entries if e.is_dir()}
@@ -427,7 +428,8 @@ def run_states(root: Path, runs: list[tuple[str, dict]], job_alive: Callable[[di
     cache = ResultCache(root, present)
     states = [run_state(rid, cfg, root / rid, job_alive, exists=rid in present,
                         result=cache.read(rid) if rid in present else None) for rid, cfg in runs]
-    cache.save()
+    if save:
+        cache.save()
     return states
 
 

@@ -47,6 +47,7 @@ POLL_S = 0.2
 PEER_GRACE_S = 3.0        # a guard whose rank failed with an error waits this long before exiting
 EXIT_LOCKED = 75          # a process found the run folder locked by another training process
 EXIT_HANDLED = 76         # the run already has a result of this submission: nothing to do
+EXIT_INTERRUPTED = 130    # a process stopped by Ctrl-C, SIGTERM or SIGUSR2 (its checkpoint kept)
 TAIL_BYTES = 4000         # the end of a process's stderr kept for its failure record
 GUARDED = "SAMBENCH_GUARDED"   # set in a guarded rank's environment (the child does not guard itself)
 _PR_SET_PDEATHSIG = 1
@@ -285,8 +286,8 @@ def guard_rank(argv: list[str], env: dict[str, str], run_dir: Path | None, submi
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if asked:
-        raise Stopped(f"signal {asked[0]}")
+    if asked or code == EXIT_INTERRUPTED:  # (130: the rank itself was told to stop, e.g. SIGUSR2 before a preemption)
+        raise Stopped(f"signal {asked[0]}" if asked else "the rank was interrupted")
     if code in (0, EXIT_LOCKED, EXIT_HANDLED) or run_dir is None:
         return code
     failure = child.failure()
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_HANDLED
         train.run(cfg, run_dir, suite=args.suite, progress=False, submission=args.submission)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except rundir.RunLocked:
         return EXIT_LOCKED
     except Exception as exc:  # noqa: BLE001 -- rank 0 recorded it; the launcher stops the others

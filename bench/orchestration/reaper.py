@@ -29,8 +29,8 @@ def reap(states: list[RunState], alive) -> list[RunState]:
     state changed (now ``failed``). ``alive(job.json)`` says whether a recorded job may still run."""
     candidates = []
     for st in states:
-        if st.state not in ("resume", "new") or not (st.dir / "metrics.jsonl").exists():
-            continue
+        if st.state not in ("resume", "new") or st.result is None or not (st.dir / "metrics.jsonl").exists():
+            continue  # (st.result None: no folder yet)
         info = rundir.read_job(st.dir)
         if info and info.get("executor") == "slurm" and info.get("jobs") and not alive(info):
             candidates.append((st, info))

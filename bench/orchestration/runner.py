@@ -36,15 +36,17 @@ from bench.rundir import RunState
 
 # --- planning ----------------------------------------------------------------------------------
 
-def plan(suite, root: Path, queue: Queue | None = None) -> list[RunState]:
-    """The state of every run of the suite under ``root`` (reads files only)."""
+def plan(suite, root: Path, queue: Queue | None = None, write: bool = True) -> list[RunState]:
+    """The state of every run of the suite under ``root``. ``write``: keep what was learned (the
+    cache of finished results, the failures SLURM's accounting tells of); a dry run writes nothing."""
     queue = queue or Queue()
 
     def alive(info: dict | None) -> bool:
         return executors.job_alive(info, queue)
 
-    states = rundir.run_states(root, list(suite.items()), alive)
-    reaper.reap(states, alive)  # runs whose SLURM job ended without a result: how it ended
+    states = rundir.run_states(root, list(suite.items()), alive, save=write)
+    if write:
+        reaper.reap(states, alive)  # runs whose SLURM job ended without a result: how it ended
     return [_with_sharpness(st) for st in states]
 
 
@@ -100,7 +102,7 @@ def check_writable(root: Path, runs: list[RunState]) -> None:
     probe = root
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    for folder in [probe] + [st.dir for st in runs if st.state != "new" or st.dir.exists()]:
+    for folder in [probe] + [st.dir for st in runs if st.result is not None]:  # (None: no folder yet)
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK, effective_ids=True):
             raise InvalidInput(f"{folder}: not writable by this user ({_user()}; it belongs to {_owner(folder)}): "
                                f"a results folder shared by several users must be writable by each of them "
@@ -149,7 +151,7 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
         print("sambench run: error: --executor slurm, but no SLURM controller answers "
               "(`scontrol ping`); start one or use --executor local", file=sys.stderr)
         return EXIT_FAIL
-    states = plan(suite, root)
+    states = plan(suite, root, write=not dry_run)
     todo = [s for s in states if s.state in rundir.TO_SUBMIT]
     elsewhere = [s for s in states if s.state == "running"]
     line = f"{suite_summary.summarize(states).line()} -> submitting {len(todo)}"
@@ -220,63 +222,87 @@ def _interrupted(sub: Submission, keep_running: bool, root: Path) -> None:
         print("\ninterrupted", file=sys.stderr, flush=True)
 
 
-def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], poll_s: float = 1.0) -> None:
-    """Report each run as it finishes, until every watched run has a result or nothing is left
-    that could produce one; then wait for the jobs this submission started to exit."""
-    reporter = suite_summary.Reporter(len(watch) + len(elsewhere))
-    pending = {s.rid: s for s in watch + elsewhere}
-    ours = {s.rid for s in watch}
-    queue = Queue()
+class _Watched:
+    """The runs ``wait_for`` waits on, each reported once it has a result; a run of this submission
+    is read only when its result.json is new or changed (a suite of 100,000 runs: a stat each per poll)."""
 
-    def working(st: RunState) -> bool:
-        return rundir.lock_held(st.dir) or executors.job_alive(rundir.read_job(st.dir), queue)
+    def __init__(self, sub: Submission, watch: list[RunState], elsewhere: list[RunState], queue: Queue):
+        self.sub, self.queue = sub, queue
+        self.reporter = suite_summary.Reporter(len(watch) + len(elsewhere))
+        self.pending = {s.rid: s for s in watch + elsewhere}
+        self.ours = {s.rid for s in watch}
+        self.seen: dict[str, tuple | None] = {}  # run -> its result.json's (inode, size, mtime ns) when read
 
-    def result_now(st: RunState) -> dict | None:
+    def working(self, st: RunState) -> bool:
+        return rundir.lock_held(st.dir) or executors.job_alive(rundir.read_job(st.dir), self.queue)
+
+    def result_now(self, st: RunState) -> dict | None:
         """A final result, a failure of this submission, or for a run trained elsewhere the
         result it was left with."""
         if rundir.lock_held(st.dir):
             return None
         result = rundir.read_result(st.dir)
         if result.kind == "final":  # (a job that ended before measuring its sharpness: done all the same)
-            return None if sharpness.pending(st.cfg, result.data) and working(st) else result.data
-        if st.rid in ours:
-            mine = result.kind == "failed" and result.data.get("submission") == sub.submission
+            return None if sharpness.pending(st.cfg, result.data) and self.working(st) else result.data
+        if st.rid in self.ours:
+            mine = result.kind == "failed" and result.data.get("submission") == self.sub.submission
             return result.data if mine else None
-        return None if working(st) else (result.data or {"status": result.kind})
+        return None if self.working(st) else (result.data or {"status": result.kind})
 
-    def harvest() -> None:
-        for rid, st in list(pending.items()):
-            res = result_now(st)
+    def harvest(self) -> None:
+        for rid, st in list(self.pending.items()):
+            if rid in self.ours:
+                sig = _signature(st.dir / "result.json")
+                if sig is None or self.seen.get(rid) == sig:
+                    continue
+                self.seen[rid] = sig
+            res = self.result_now(st)
             if res is not None:
-                reporter.finished(rid, st.cfg, res)
-                pending.pop(rid)
+                self.reporter.finished(rid, st.cfg, res)
+                self.pending.pop(rid)
+            elif rid in self.ours and rundir.lock_held(st.dir):
+                self.seen.pop(rid, None)  # (read while its writer held the lock: read it again)
 
+
+def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], poll_s: float = 1.0) -> None:
+    """Report each run as it finishes, until every watched run has a result or nothing is left
+    that could produce one; then wait for the jobs this submission started to exit."""
+    queue = Queue()
+    runs = _Watched(sub, watch, elsewhere, queue)
     try:
         if sub.kind == "debug":
             for job in sub.jobs:
                 job.results()  # runs in this process
-                harvest()
+                runs.harvest()
         last_check = 0.0
-        while pending:
-            harvest()
-            if not pending:
+        while runs.pending:
+            runs.harvest()
+            if not runs.pending:
                 break
             if time.time() - last_check >= 3 * poll_s:
                 last_check = time.time()
-                if not executors.jobs_running(sub, queue) and not any(working(st) for st in pending.values()):
+                if not executors.jobs_running(sub, queue) and not any(runs.working(st) for st in runs.pending.values()):
                     time.sleep(poll_s)  # a result written just as the job ended
-                    harvest()
-                    _reap_pending(pending, queue, sub)
-                    harvest()
+                    runs.harvest()
+                    _reap_pending(runs.pending, queue, sub)  # what SLURM says of jobs that ended without one
+                    runs.harvest()
                     break
             time.sleep(poll_s)
         if not executors.wait_done(sub, queue):
             print("warning: jobs of this submission are still running; the summary may count their "
                   "runs as running", file=sys.stderr)
-        for rid, st in pending.items():
-            reporter.finished(rid, st.cfg, rundir.read_result(st.dir).data)
+        for rid, st in runs.pending.items():
+            runs.reporter.finished(rid, st.cfg, rundir.read_result(st.dir).data)
     finally:
-        reporter.close()
+        runs.reporter.close()
+
+
+def _signature(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _reap_pending(pending: dict[str, RunState], queue: Queue, sub: Submission) -> None:

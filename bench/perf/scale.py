@@ -26,7 +26,8 @@ folder and times each command in its own process (start-up and imports included)
 
 Each record: ``{"benchmark": "orchestration", "step", "runs", "seconds", "cpu_s", "max_rss_mb",
 "target_s"}``: wall time, the command's CPU time (user + system), and its peak resident memory
-(``ru_maxrss`` of that process, from ``os.wait4``; its children, e.g. squeue, not counted).
+(``ru_maxrss`` of that process, from ``os.wait4``; its children, e.g. squeue, not counted; the
+benchmark's own process stays small, about 40 MB, which a process it starts counts from its start).
 """
 from __future__ import annotations
 
@@ -90,25 +91,23 @@ def _command(args: list[str], log: Path, env: dict) -> tuple[float, float, float
     return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def _template(work: Path) -> tuple[dict, str]:
-    """result.json and metrics.jsonl of one real (one-epoch) run, to copy into every folder."""
-    from bench import config
-    from bench.engine import train
-
-    cfg = config.resolve({"dataset": "digits", "model": "resnet_ci", "epochs": 1, "mask": "norm_only",
-                          "device": "cpu"})
+def _template(work: Path, env: dict) -> tuple[dict, str]:
+    """result.json and metrics.jsonl of one real (one-epoch) run, to copy into every folder. (Trained
+    in a process of its own, as everything that imports torch here: a process this one starts
+    counts this one's memory at the start in its peak, so this one stays small.)"""
     run_dir = work / "template"
-    train.run(cfg, run_dir, progress=False, log=lambda _: None)
+    _command(["train", "--dataset", "digits", "--model", "resnet_ci", "--epochs", "1", "--mask", "norm_only",
+              "--device", "cpu", "--out", str(run_dir)], work / "template.log", env)
     return io.read_json(run_dir / "result.json"), (run_dir / "metrics.jsonl").read_text()
 
 
-def _prepare_in_process(suite_file: Path, out: Path) -> None:
-    """The folders a submission writes (config.json), without an executor."""
-    from bench.orchestration import runner
-    from bench.orchestration.suite import load_suite
-
-    suite = load_suite(suite_file)
-    runner.prepare_folders(suite, runner.plan(suite, out / suite.name))
+def _prepare_in_process(suite_file: Path, out: Path, env: dict) -> None:
+    """The folders a submission writes (config.json), without an executor (in a process of its own)."""
+    code = ("import sys; from pathlib import Path; from bench.orchestration import runner; "
+            "from bench.orchestration.suite import load_suite; s = load_suite(sys.argv[1]); "
+            "runner.prepare_folders(s, runner.plan(s, Path(sys.argv[2]) / s.name))")
+    subprocess.run([sys.executable, "-c", code, str(suite_file), str(out)], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def fill_results(suite_root: Path, result: dict, metrics: str) -> int:
@@ -180,7 +179,7 @@ def benchmark(n_runs: int, slurm: bool | None = None, keep: Path | None = None,
         suite_file.write_text(yaml.safe_dump(suite_doc(n_runs), sort_keys=False))
         out = work / "results"
         root = out / "scale"
-        result, metrics = _template(work)
+        result, metrics = _template(work, env)
         dry = ["run", str(suite_file), "--out", str(out), "--dry-run"]
         record("dry_run_cold", dry)
         record("dry_run", dry)
@@ -193,7 +192,7 @@ def benchmark(n_runs: int, slurm: bool | None = None, keep: Path | None = None,
                 _cancel_submitted(root)
         else:
             say("(no SLURM controller answers: the submission is not timed; folders written in process)")
-            _prepare_in_process(suite_file, out)
+            _prepare_in_process(suite_file, out, env)
         filled = fill_results(root, result, metrics)
         if filled != n_runs:
             raise RuntimeError(f"expected {n_runs} run folders, found {filled}")
