@@ -309,15 +309,9 @@ def test_the_readme_torchrun_command_runs(two_process_run):
     assert proc.stdout.count("done: test accuracy") == 1  # rank 0 reports
 
 
-def test_local_executor_records_a_killed_rank_and_the_next_run_resumes(tmp_path, write_file):
-    """A suite of one 2-process run through the local executor: rank 1 is killed after the first
-    checkpoint; result.json names it (rank, signal, host) and the next `sambench run` resumes the run."""
-    suite = write_file("s.yaml", """
-        name: ddp
-        defaults: {dataset: digits, model: vit_ci, epochs: 3, batch_size: 64, variant: sam, mask: norm_only,
-                   rho: 0.5, device: cpu, nproc: 2, ascent: local, logging: {tensorboard: false}}
-    """)
-    out = tmp_path / "out"
+def _run_and_kill(suite: Path, out: Path, victim: int, epoch_before: int) -> tuple[dict, str]:
+    """`sambench run` of the suite (local executor); SIGKILL rank ``victim`` of its run once a checkpoint
+    newer than ``epoch_before`` exists; (result.json, the command's output)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--executor", "local", "--out", str(out)],
@@ -325,13 +319,13 @@ def test_local_executor_records_a_killed_rank_and_the_next_run_resumes(tmp_path,
     try:
         pids = rank_pids(str(out))
         (run_dir,) = [d for d in (out / "ddp").iterdir() if not d.name.startswith(".")]
-        deadline = time.time() + 120
-        while not (run_dir / "checkpoint.pt").exists():
+        ckpt, deadline = run_dir / "checkpoint.pt", time.time() + 300
+        while not (ckpt.exists() and int(io.load_checkpoint(ckpt)["epoch"]) > epoch_before):
             assert time.time() < deadline and proc.poll() is None, "no epoch finished"
             time.sleep(0.05)
-        os.kill(pids[1], signal.SIGKILL)
+        os.kill(pids[victim], signal.SIGKILL)
         t_kill = time.time()
-        while not (run_dir / "result.json").exists():
+        while not ((run_dir / "result.json").exists() and io.read_json(run_dir / "result.json").get("pid") == pids[victim]):
             assert time.time() - t_kill < DEATH_RECORDED_S, "no result.json after the kill"
             time.sleep(0.05)
         output, _ = proc.communicate(timeout=120)
@@ -339,18 +333,35 @@ def test_local_executor_records_a_killed_rank_and_the_next_run_resumes(tmp_path,
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, output[-3000:]
-    failed = io.read_json(run_dir / "result.json")
-    assert_death_recorded(failed, 1, "launcher", pids[1])
-    assert "1 failed" in output and "process 1 ended with signal SIGKILL" in output, output[-3000:]
+    result = io.read_json(run_dir / "result.json")
+    assert_death_recorded(result, victim, "launcher", pids[victim])
+    assert "1 failed" in output and f"process {victim} ended with signal SIGKILL" in output, output[-3000:]
+    return result, output
 
+
+def test_local_executor_records_a_killed_rank_and_the_next_run_resumes(tmp_path, write_file):
+    """A suite of one 2-process run through the local executor: rank 0 (the one that writes the files), then
+    rank 1 in the next run, is killed after a checkpoint; result.json names it (rank, signal, host) and the
+    next `sambench run` resumes the run from its checkpoint."""
+    suite = write_file("s.yaml", """
+        name: ddp
+        defaults: {dataset: digits, model: vit_ci, epochs: 4, batch_size: 64, variant: sam, mask: norm_only,
+                   rho: 0.5, device: cpu, nproc: 2, ascent: local, logging: {tensorboard: false}}
+    """)
+    out = tmp_path / "out"
+    epoch = 0
+    for victim in (0, 1):
+        failed, _ = _run_and_kill(suite, out, victim, epoch)
+        epoch = failed["epochs"]
     again = sambench("run", str(suite), "--executor", "local", "--out", str(out))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    log = "".join(p.read_text() for p in (out / "ddp" / ".submitit").glob("*_log.out"))
-    assert re.search(r"resuming after epoch [12]/3", log), log[-3000:]
+    (run_dir,) = [d for d in (out / "ddp").iterdir() if not d.name.startswith(".")]
+    log = max((out / "ddp" / ".submitit").glob("*_log.out"), key=lambda p: p.stat().st_mtime).read_text()
+    assert f"resuming after epoch {epoch}/4" in log, log[-3000:]
     result = io.read_json(run_dir / "result.json")
     assert result["status"] == "done" and result["world_size"] == 2 and result["backend"] == "gloo", result
-    assert [m["epoch"] for m in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
-    local = config.resolve({**RUN_CFG, "batch_size": 64, "base.lr": 0.1, "ascent": "local"})
+    assert [m["epoch"] for m in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    local = config.resolve({**RUN_CFG, "epochs": 4, "batch_size": 64, "base.lr": 0.1, "ascent": "local"})
     assert result["run_id"] == config.run_id({**local, "nproc": 2})
     assert result["run_id"] != config.run_id(local)  # a local ascent's m = batch / processes: in the id
     synced = {**local, "ascent": "synced"}

@@ -217,3 +217,17 @@ def _is_task(entry: Path, out: Path) -> bool:
     except OSError:
         return False
     return b"submitit.core._submit" in cmd and str(out).encode() in cmd
+
+
+def test_more_tasks_than_the_clusters_max_job_count_are_refused_naming_runs_per_job(slurm_cluster, tmp_path):
+    from bench.errors import InvalidInput
+    from bench.orchestration import executors
+    from bench.rundir import RunState
+
+    limit = executors.cluster_limit("MaxJobCount", 0)
+    assert limit == 100_000  # bench/slurm/slurm.conf.in
+    runs = [RunState(f"{i:012x}", {}, tmp_path / str(i), "new") for i in range(limit + 1)]
+    executors.check_slurm_limits(runs, {"runs_per_job": 2})  # 50,001 tasks: fine
+    with pytest.raises(InvalidInput, match=r"100,001 SLURM tasks, more than the cluster's MaxJobCount=100,000") as e:
+        executors.check_slurm_limits(runs, {})
+    assert "slurm.runs_per_job to at least 2" in str(e.value)

@@ -42,6 +42,7 @@ LOCAL_TIMEOUT_MIN = 7 * 24 * 60       # the local controller kills a job after i
 DEFAULT_SLURM_TIMEOUT_MIN = 60        # submitit's own default (5 min) is too short for training
 MAX_CPU_WORKERS = 8                   # default local workers without GPUs: one per core, <= 8
 DEFAULT_MAX_ARRAY = 1000              # tasks per job array when scontrol does not say (SLURM: 1001)
+DEFAULT_MAX_JOBS = 10000              # SLURM's default MaxJobCount
 STOP_GRACE_S = 15.0                   # local workers get this long to stop before SIGKILL
 
 
@@ -187,24 +188,43 @@ def slurm_parameters(request: Request, nproc: int, nodes: int) -> dict[str, Any]
     return {k: v for k, v in params.items() if v is not None}
 
 
-_MAX_ARRAY_SIZE: list[int] = []
+_CLUSTER_CONFIG: dict[str, int] = {}
 
 
-def max_array_size() -> int:
-    """Tasks per job array: the cluster's MaxArraySize (``scontrol show config``; task indices
-    go up to MaxArraySize - 1), else DEFAULT_MAX_ARRAY."""
-    if not _MAX_ARRAY_SIZE:
-        size = DEFAULT_MAX_ARRAY
+def cluster_limit(name: str, default: int) -> int:
+    """A number from the cluster's ``scontrol show config`` (MaxArraySize, MaxJobCount), read once."""
+    if not _CLUSTER_CONFIG:
         try:
             out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20,
                                  check=False).stdout
-            m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.M)
-            if m and int(m.group(1)) >= 1:
-                size = int(m.group(1))
         except (OSError, subprocess.TimeoutExpired):
-            pass
-        _MAX_ARRAY_SIZE.append(size)
-    return _MAX_ARRAY_SIZE[0]
+            out = ""
+        _CLUSTER_CONFIG.update((k, int(v)) for k, v in re.findall(r"^(\w+)\s*=\s*(\d+)\s*$", out, re.M))
+        _CLUSTER_CONFIG.setdefault("_read", 1)
+    value = _CLUSTER_CONFIG.get(name, 0)
+    return value if value >= 1 else default
+
+
+def max_array_size() -> int:
+    """Tasks per job array: the cluster's MaxArraySize (task indices go up to MaxArraySize - 1)."""
+    return cluster_limit("MaxArraySize", DEFAULT_MAX_ARRAY)
+
+
+def check_slurm_limits(runs: list[RunState], slurm: dict[str, Any]) -> None:
+    """The submission's tasks must fit the cluster's MaxJobCount (every array task is a job):
+    InvalidInput naming ``slurm.runs_per_job`` that would make them fit, before anything is written."""
+    import math
+
+    from bench.errors import InvalidInput
+
+    per_job = slurm.get("runs_per_job", 1)
+    tasks = math.ceil(len(runs) / per_job)
+    limit = cluster_limit("MaxJobCount", DEFAULT_MAX_JOBS)
+    if tasks > limit:
+        raise InvalidInput(f"{len(runs):,} runs at {per_job} per job are {tasks:,} SLURM tasks, more than the "
+                           f"cluster's MaxJobCount={limit:,} (each array task is a job); set slurm.runs_per_job "
+                           f"to at least {math.ceil(len(runs) / limit)} (e.g. --set slurm.runs_per_job="
+                           f"{math.ceil(len(runs) / limit)})", field="slurm.runs_per_job")
 
 
 def _entries(jobs: list, runs_of_job: list[list[str]]) -> dict[str, list[dict]]:

@@ -168,6 +168,8 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
     check_executor(kind, todo)
     if todo:
         check_writable(root, todo)
+        if kind == "slurm":
+            executors.check_slurm_limits(todo, suite.slurm)
     print(f"{suite.name}: {line}", flush=True)
     write_reference(suite, root)  # the suite's published numbers, for table and plot
     sub = Submission(kind, uuid.uuid4().hex[:16], suite.name)

@@ -11,8 +11,9 @@ folder and times each command in its own process (start-up and imports included)
   ``run``/``status`` of the suite meets);
 - ``submit``: ``sambench run SUITE --executor slurm --no-wait`` to a SLURM cluster that answers
   (jobs submitted held, ``--hold``, and cancelled after the status below, so nothing trains), in
-  arrays of at most the cluster's MaxArraySize tasks; without a cluster the run folders are
-  written in process instead and the step is not timed;
+  arrays of at most the cluster's MaxArraySize tasks, one run per task up to 10,000 runs and
+  N/10,000 above (every array task is a job, and SLURM's default MaxJobCount is 10,000); without a
+  cluster the run folders are written in process instead and the step is not timed;
 - ``status_submitted``: ``sambench status`` on the N folders the submission wrote (config.json,
   job.json; every run queued);
 - ``status``: ``sambench status`` once every folder holds a result.json and a metrics.jsonl
@@ -46,6 +47,7 @@ from bench import io
 from bench.orchestration import executors
 
 RUNS_PER_SEED = 100
+MAX_TASKS = 10_000             # SLURM's default MaxJobCount
 # the issue's targets at 100,000 runs: cold dry run <= 10 s, status <= 10 s, collect <= 20 s
 TARGETS_S = {"dry_run_cold": 10.0, "dry_run": 10.0, "submit": None, "status_submitted": 10.0, "status": 10.0,
              "status_cached": 10.0, "collect": 20.0, "collect_indexed": 20.0, "collect_changed": 20.0}
@@ -73,7 +75,13 @@ def suite_doc(n_runs: int, name: str = "scale") -> dict:
             "defaults": {"dataset": "digits", "epochs": 1, "batch_size": 128},
             "grid": [{**axes, **setting} for setting in MASK_SETTINGS],
             "seeds": list(range(n_runs // RUNS_PER_SEED)),
-            "slurm": {"cpus_per_task": 1, "timeout_min": 10}}
+            "slurm": {"cpus_per_task": 1, "timeout_min": 10, "runs_per_job": runs_per_job(n_runs)}}
+
+
+def runs_per_job(n_runs: int) -> int:
+    """Runs per SLURM task: one, or as many as keep the tasks within SLURM's default MaxJobCount
+    (10,000; every array task is a job): a suite of 100,000 runs goes in tasks of 10."""
+    return max(1, -(-n_runs // MAX_TASKS))
 
 
 def _command(args: list[str], log: Path, env: dict) -> tuple[float, float, float]:
