@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import index
 from analysis.labels import (
     CONFIG_DEFAULTS,
     LABEL_INPUTS,
@@ -104,19 +105,26 @@ def _find_run_dirs(root: Path) -> list[Path]:
     (as ``sambench status`` does), each real folder once, so a link loop ends."""
     if (root / "config.json").is_file():
         return [root]
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
+    found: list[str] = []
+    seen: set[str] = set()
+    stack = [(str(root), os.path.realpath(root))]
+    isfile, join = os.path.isfile, os.path.join
+    while stack:
+        top, real = stack.pop()
         if real in seen:
-            dirnames[:] = []
             continue
         seen.add(real)
-        if "config.json" in filenames or "result.json" in filenames:
-            found.append(Path(dirpath))
-            dirnames[:] = []  # run folders do not nest
-        else:
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    return sorted(found)
+        if isfile(join(top, "config.json")) or isfile(join(top, "result.json")):
+            found.append(top)
+            continue  # run folders do not nest
+        try:
+            with os.scandir(top) as it:
+                entries = [e for e in it if not e.name.startswith(".") and e.is_dir()]
+        except OSError:
+            continue
+        # a folder's real path: resolved only through a link (else its parent's real path + its name)
+        stack += [(e.path, os.path.realpath(e.path) if e.is_symlink() else join(real, e.name)) for e in entries]
+    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]
 
 
 def _variant_columns(config: dict, stored: Any) -> dict[str, Any]:
@@ -276,20 +284,28 @@ def collect(folder: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"no such results folder: {root}")
     skipped: list[dict] = []
     run_dirs = _find_run_dirs(root)
-    rows = [r for r in (_load_run(d, skipped) for d in run_dirs) if r is not None]
-    df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=list(META_COLUMNS))
-    df, config_cols = _ordered(_typed(df))
-    df.attrs["config_columns"] = config_cols
+    df = index.collect(root, run_dirs, skipped, _load_run, _finish)  # the results index, when it applies
+    if df is None:
+        rows = [r for r in (_load_run(d, skipped) for d in run_dirs) if r is not None]
+        df = _finish(pd.DataFrame.from_records(rows))
     df.attrs["skipped"] = skipped
     df.attrs["root"] = str(root)
-    df.attrs["published"] = load_references([root] + [d.parent for d in run_dirs], skipped)
-    df = add_labels(df, force=True)
+    df.attrs["published"] = load_references([root] + sorted({d.parent for d in run_dirs}), skipped)
     if skipped:
         listing = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(f"analysis.collect: skipped {len(skipped)} unreadable file(s): {listing}{more}",
                       stacklevel=2)
     return df
+
+
+def _finish(df: pd.DataFrame) -> pd.DataFrame:
+    """The whole-frame step of collect: numeric types, column order, labels."""
+    if not len(df.columns):
+        df = pd.DataFrame(columns=list(META_COLUMNS))
+    df, config_cols = _ordered(_typed(df))
+    df.attrs["config_columns"] = config_cols
+    return add_labels(df, force=True)
 
 
 def ensure_frame(data) -> pd.DataFrame:

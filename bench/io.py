@@ -1,6 +1,7 @@
 """Files a run writes: atomic JSON (temp file + rename), JSON lines, checkpoints."""
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import math
@@ -57,10 +58,17 @@ def atomic_write_bytes(path: str | Path, data: bytes, sync: bool = True) -> None
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise DiskFull(exc.errno, f"{exc.strerror}: could not write {path} ({len(data):,} bytes); "
+                                      f"the previous {path.name}, if any, is unchanged") from None
         raise
+
+
+class DiskFull(OSError):
+    """A file could not be written for want of space or quota (ENOSPC, EDQUOT, EFBIG); names the file."""
 
 
 def write_json(path: str | Path, obj: Any, sync: bool = True, indent: int | None = 2) -> None:
@@ -68,15 +76,16 @@ def write_json(path: str | Path, obj: Any, sync: bool = True, indent: int | None
     atomic_write_bytes(path, (dumps(obj, indent=indent, sort_keys=True) + "\n").encode(), sync=sync)
 
 
-def write_json_many(items: Iterable[tuple[Path, Any]], indent: int | None = 2) -> int:
+def write_json_many(items: Iterable[tuple[Path, Any]], indent: int | None = 2, sync: bool = True) -> int:
     """Write many JSON files atomically (as :func:`write_json`), then bring them all to disk
     with one :func:`sync_all` instead of one fsync each (thousands of run folders at a
-    submission). Returns the number of files written."""
+    submission; ``sync=False``: the caller syncs once after several calls). Returns the number
+    of files written."""
     n = 0
     for path, obj in items:
         write_json(path, obj, sync=False, indent=indent)
         n += 1
-    if n:
+    if n and sync:
         sync_all()
     return n
 
@@ -139,4 +148,10 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"{type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a sambench checkpoint (a {type(state).__name__})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a sambench checkpoint (no {', '.join(missing)})")
     return state
+
+
+CHECKPOINT_KEYS = ("run_id", "epoch", "model", "optimizer")

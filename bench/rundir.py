@@ -8,13 +8,20 @@ result.json. The rule:
   Training a run in a folder that holds another run is refused (:class:`ForeignRunDir`,
   exit 2) before anything in it is touched.
 - **Lock.** ``.lock`` is flock-ed by the one process training the run; the kernel releases
-  it when that process dies, so a stale lock cannot exist.
+  it when that process dies, so a stale lock cannot exist. It excludes processes on one host
+  and, where the file system carries flock across hosts (local disks, NFSv4, NFSv3 with lockd,
+  GPFS, Lustre mounted with ``-o flock``), on every host; a file system that refuses flock is an
+  error (:class:`LockUnsupported`), never a silent "not locked".
 - **Result.** result.json is written atomically. It is *final* (``done``/``diverged``:
   never trained again), *failed* (retried: removed when the run is taken up again), or
   *corrupt* (empty, truncated, binary, or JSON that is not an object with a status): it is
   kept, renamed ``result.json.corrupt`` (``-2``, ``-3``... if taken), and the run is redone.
   Whether a result belongs to the current submission is read from the ``submission`` it
   records, never from file times.
+- **Failure.** A failed result.json has one schema (:func:`bench.failures.failure`) and one writer
+  (:func:`write_failure`, :func:`record_failure`): the training process, the launcher of a run's
+  processes, the job and each SLURM task's guard all report through it, and the reports of one
+  failure are joined (:func:`bench.failures.merge_failure`).
 - **State** (:func:`run_state`): done | diverged | failed | corrupt | running | resume | new.
 - **Writers.** This module alone writes config.json (:func:`write_config`, :func:`write_configs`)
   and the result of a run that trained (:func:`write_result`); the engine, the runner and the
@@ -23,15 +30,29 @@ result.json. The rule:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
-import traceback
+import socket
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import io
 from bench.errors import InvalidInput
+from bench.failures import (  # noqa: F401 -- the failure schema, re-exported with its writers
+    FAILURE_FIELDS,
+    FAILURE_KINDS,
+    FAILURE_SCHEMA,
+    TRACEBACK_CHARS,
+    failure,
+    failure_env,
+    failure_from_exception,
+    merge_failure,
+    signal_name,
+)
 
 FINAL = ("done", "diverged")
 STATES = ("done", "diverged", "failed", "corrupt", "resume", "new", "running")
@@ -48,20 +69,54 @@ class ForeignRunDir(InvalidInput):
 
 # --- the lock --------------------------------------------------------------------------------------
 
+class LockUnsupported(InvalidInput):
+    """The results folder's file system refuses flock (e.g. Lustre without ``-o flock``)."""
+
+
 @contextlib.contextmanager
-def run_lock(run_dir: Path):
-    """An exclusive, non-blocking lock on the run folder (released if the process dies)."""
-    fd = os.open(run_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+def run_lock(run_dir: Path, wait_s: float = 0.0):
+    """An exclusive lock on the run folder (``flock`` on ``.lock``; the kernel releases it when the
+    process dies). Non-blocking, or waiting up to ``wait_s``; RunLocked if another process holds
+    it. The file names the holder (pid, host, user, time) for messages. A lock file another user
+    created (read-only for us) is locked all the same: flock needs no write permission."""
+    path = run_dir / ".lock"
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"{run_dir} is being trained by another process") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o664)
+        writable = True
+    except PermissionError:
+        fd, writable = os.open(path, os.O_RDONLY), False
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunLocked(f"{run_dir} is being trained by another process ({holder(run_dir)})") from None
+                time.sleep(0.05)
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise LockUnsupported(
+                        f"{run_dir}: the file system refuses locks (flock: {exc.strerror}); sambench needs "
+                        f"them to train each run once (on Lustre mount with -o flock; on NFS do not use "
+                        f"nolock), or put the results on another file system") from None
+                raise
+        if writable:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()} {os.getuid()} {time.time():.0f}\n".encode())
         yield
     finally:
         os.close(fd)
+
+
+def holder(run_dir: Path) -> str:
+    """Who the ``.lock`` file says holds the lock (``pid 12 on host h``), for messages."""
+    try:
+        parts = (run_dir / ".lock").read_text().split()
+    except (OSError, UnicodeDecodeError):
+        parts = []
+    return f"pid {parts[0]} on host {parts[1]}" if len(parts) >= 2 else "holder unknown"
 
 
 def lock_held(run_dir: Path) -> bool:
@@ -140,21 +195,59 @@ def take_up(run_dir: Path) -> tuple[dict | None, str | None]:
     return None, None
 
 
-def record_failure(run_dir: Path, rid: str, error: str, submission: str | None = None) -> bool:
-    """Write a failed result.json for a failure before training could record it (e.g. an
-    unreadable config.json). Not in a folder a readable config.json gives to another run,
-    nor over a result. Returns whether it was written."""
+# --- failed results: one schema, one writer -------------------------------------------------------
+
+LOCK_WAIT_S = 20.0            # a failure report waits this long for a live writer's lock, then writes anyway
+
+
+def write_failure(run_dir: Path, record: dict) -> dict | None:
+    """Write a failure record as result.json, the caller holding the run's lock: never over a final
+    result; joined to a failed one of the same submission (:func:`merge_failure`). Returns what
+    was written, or None (a final result is there)."""
+    old = read_result(run_dir)
+    if old.kind == "final":
+        return None
+    doc = merge_failure(old.data if old.kind == "failed" else None, record)
+    if doc.get("epochs") is None:
+        doc["epochs"] = resume_epoch(run_dir)
+    try:
+        io.write_json(run_dir / "result.json", doc)
+    except OSError as exc:  # a full disk or quota: say so; the run stays to resume from its checkpoint
+        print(f"[sambench] could not record the failure in {run_dir / 'result.json'} ({exc}); the run "
+              f"stays unfinished and resumes from its last checkpoint", file=sys.stderr, flush=True)
+        return None
+    return doc
+
+
+def resume_epoch(run_dir: Path) -> int:
+    """The epochs a resume starts after: checkpoint.pt's (its tensors mapped, not read), else 0."""
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    try:
+        import torch
+
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 -- unreadable: the resume will say so and start over
+        return 0
+
+
+def record_failure(run_dir: Path, record: dict, wait_s: float = LOCK_WAIT_S) -> dict | None:
+    """Record a failure from outside the training process (a launcher, a job, a guard): take the
+    run's lock (waiting up to ``wait_s`` for a process still writing its own report, then writing
+    anyway: the write is atomic), and not in a folder a readable config.json gives to another run.
+    Returns what was written, or None."""
     try:
         held = owner(run_dir)
     except ForeignRunDir:
         held = None  # unreadable files: the failure is worth recording beside them
-    with run_lock(run_dir):
-        if held not in (rid, None) or (run_dir / "result.json").exists():
-            return False
-        io.write_json(run_dir / "result.json", {
-            "status": "failed", "run_id": rid, "error": error, "submission": submission,
-            "traceback": traceback.format_exc()[-4000:]})
-    return True
+    if held not in (record.get("run_id"), None) or not run_dir.is_dir():
+        return None
+    try:
+        with run_lock(run_dir, wait_s=wait_s):
+            return write_failure(run_dir, record)
+    except RunLocked:
+        return write_failure(run_dir, record)
 
 
 # --- config.json and the finished result.json: their one writer --------------------------------------
@@ -254,12 +347,14 @@ class RunState:
     result: Result | None = None
 
 
-def run_state(rid: str, cfg: dict, run_dir: Path, job_alive: Callable[[dict | None], bool]) -> RunState:
+def run_state(rid: str, cfg: dict, run_dir: Path, job_alive: Callable[[dict | None], bool],
+              exists: bool | None = None, result: Result | None = None) -> RunState:
     """Where a run stands. ``job_alive(job.json content)`` says whether a job recorded for it
-    may still train it (a queued SLURM task, a live local worker)."""
-    if not run_dir.is_dir():
+    may still train it (a queued SLURM task, a live local worker). ``exists`` and ``result``: what
+    the caller already knows (a directory listing, :class:`ResultCache`)."""
+    if not (run_dir.is_dir() if exists is None else exists):
         return RunState(rid, cfg, run_dir, "new")
-    result = read_result(run_dir)
+    result = read_result(run_dir) if result is None else result
     if result.kind == "final":
         return RunState(rid, cfg, run_dir, result.status, result)
     if lock_held(run_dir) or job_alive(read_job(run_dir)):
@@ -269,3 +364,73 @@ def run_state(rid: str, cfg: dict, run_dir: Path, job_alive: Callable[[dict | No
     if (run_dir / "checkpoint.pt").exists() or io.read_jsonl(run_dir / "metrics.jsonl"):
         return RunState(rid, cfg, run_dir, "resume", result)
     return RunState(rid, cfg, run_dir, "new", result)
+
+
+def run_states(root: Path, runs: list[tuple[str, dict]], job_alive: Callable[[dict | None], bool],
+               save: bool = True) -> list[RunState]:
+    """:func:`run_state` of each ``(run id, config)`` under ``root``, from one listing of ``root``
+    and the :class:`ResultCache` of its finished runs (a suite of 100,000 finished runs: one
+    stat each, no JSON read), kept up to date when ``save``."""
+    try:
+        with os.scandir(root) as entries:
+            present = {e.name for e in entries if e.is_dir()}
+    except OSError:
+        present = set()
+    cache = ResultCache(root, present)
+    states = [run_state(rid, cfg, root / rid, job_alive, exists=rid in present,
+                        result=cache.read(rid) if rid in present else None) for rid, cfg in runs]
+    if save:
+        cache.save()
+    return states
+
+
+class ResultCache:
+    """``<suite folder>/.sambench-states.json``: the status (and the few fields the runner reads) of
+    each finished run's result.json, keyed by that file's (inode, size, mtime in ns). A result.json
+    replaced (every write is a rename: a new inode) or edited is read again; the times are compared
+    for equality only, so clock skew between hosts cannot hide a change. A file written less than
+    ``FRESH_S`` ago is not cached yet. Unwritable folders are simply read every time."""
+
+    NAME = ".sambench-states.json"
+    FORMAT = 1
+    KEYS = ("status", "sharpness", "sharpness_error")
+    FRESH_S = 2.0
+
+    def __init__(self, root: Path, present: set[str]):
+        self.root, self._root, self.changed = root, os.fspath(root), False
+        try:
+            doc = io.read_json(root / self.NAME)
+            entries = doc["entries"] if doc.get("format") == self.FORMAT else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            entries = {}
+        self.entries = {k: v for k, v in entries.items() if k in present} if isinstance(entries, dict) else {}
+        self.changed = len(self.entries) != (len(entries) if isinstance(entries, dict) else 0)
+
+    def read(self, name: str) -> Result:
+        try:
+            st = os.stat(os.path.join(self._root, name, "result.json"))
+        except FileNotFoundError:
+            return Result("absent")
+        except OSError:
+            return read_result(self.root / name)
+        sig = [st.st_ino, st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(name)
+        if isinstance(hit, list) and len(hit) == 4 and hit[:3] == sig and isinstance(hit[3], dict):
+            return Result("final", hit[3])
+        result = read_result(self.root / name)
+        if result.kind == "final":  # (what the runner reads of a finished run: its status, its sharpness)
+            result = Result("final", {k: result.data[k] for k in self.KEYS if k in result.data})
+            if st.st_mtime_ns < time.time_ns() - self.FRESH_S * 1e9:
+                self.entries[name] = sig + [result.data]
+                self.changed = True
+                return result
+        if hit is not None:
+            self.entries.pop(name)
+            self.changed = True
+        return result
+
+    def save(self) -> None:
+        if self.changed:
+            with contextlib.suppress(OSError):
+                io.write_json(self.root / self.NAME, {"format": self.FORMAT, "entries": self.entries},
+                              sync=False, indent=None)

@@ -7,8 +7,10 @@
   one rank's ascent skips the step on both, weights bit-equal; the ascent all-reduce carries only
   the perturbed tensors, in one call per step; only rank 0 writes a run's files.
 - whole runs: ``sambench train --nproc 2`` ends with the parameters and test_loss of the one-process
-  run; a killed rank fails the run within 120 s and the re-run resumes it to the same parameters;
-  docs/distributed.md's torchrun command; a suite with ``nproc: 2`` through the local executor; (SLURM) a
+  run; a killed rank fails the run within 120 s and the re-run resumes it to the same parameters (and
+  under torchrun, the killed rank is named);
+  docs/distributed.md's torchrun command; a suite with ``nproc: 2`` through the local executor (rank 1 killed: the
+  failure names it, the next run resumes); (SLURM) a
   2-process run as one job of 2 tasks.
 
 Budget: about 2.5 minutes on 2 cores (without the SLURM test).
@@ -21,6 +23,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -201,6 +204,41 @@ def ranks_of(pid: int, n: int, timeout: float = 60) -> dict[int, int]:
     raise AssertionError(f"the launcher {pid} did not start {n} processes")
 
 
+DEATH_RECORDED_S = 30   # a rank's death is in result.json this soon (launch: <= STOP_GRACE_S + lock wait)
+
+
+def assert_death_recorded(result: dict, rank: int, recorded_by: str, pid: int | None = None) -> None:
+    """result.json names the dead rank, its signal, host and pid, in the one failure schema."""
+    assert (result["kind"], result["rank"], result["signal"]) == ("rank-death", rank, "SIGKILL"), result
+    assert result["host"] == socket.gethostname() and result["recorded_by"] == recorded_by, result
+    assert pid is None or result["pid"] == pid
+    assert any(r["signal"] == "SIGKILL" and r["rank"] == rank for r in result["reports"])
+    assert result["epochs"] >= 1  # the checkpoint the next run resumes from
+
+
+def rank_pids(marker: str, timeout: float = 120, guarded: bool = False) -> dict[int, int]:
+    """{rank: pid} of the processes training a run: ``python -m bench.orchestration.launch RUN_DIR``, or
+    (``guarded``) the guarded children of torchrun's workers."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = {}
+        for entry in Path("/proc").iterdir():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+                if entry.name.isdigit() and marker.encode() in cmd:
+                    env = (entry / "environ").read_bytes().split(b"\0")
+                    rank = [e for e in env if e.startswith(b"RANK=")]
+                    wanted = b"SAMBENCH_GUARDED=1" in env if guarded else b"bench.orchestration.launch" in cmd
+                    if rank and wanted:
+                        found[int(rank[0][5:])] = int(entry.name)
+            except OSError:
+                continue
+        if len(found) == 2:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no 2 processes training {marker}")
+
+
 def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, tmp_path):
     """``sambench train --nproc 2``: rank 0 (the one that writes result.json) is killed after the first
     epoch's checkpoint; the re-run ends where the uninterrupted torchrun run ended."""
@@ -225,10 +263,11 @@ def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, t
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, output[-3000:]
-    assert waited < 120, waited
+    assert waited < DEATH_RECORDED_S, waited
     result = io.read_json(out / "result.json")
     assert result["status"] == "failed", result
     assert f"process {victim} ended with signal SIGKILL" in result["error"], result["error"]
+    assert_death_recorded(result, victim, "launcher", pids[victim])
     assert (out / "checkpoint.pt").exists()
 
     again = sambench("train", *RUN, "--nproc", "2", "--out", str(out))
@@ -240,6 +279,29 @@ def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_it(two_process_run, t
     print(f"rank {victim} killed: the run ended as failed {waited:.1f} s later")
 
 
+def test_a_rank_killed_under_torchrun_is_recorded(tmp_path):
+    """torchrun's worker guards its rank in a child: rank 1 killed, result.json names it; torchrun stops rank 0."""
+    out = tmp_path / "run"
+    argv = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "bench",
+            "train", *RUN, "--epochs", "20", "--log", "none", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids = rank_pids(str(out) + "\0", guarded=True)
+        deadline = time.time() + 120
+        while not (out / "checkpoint.pt").exists():
+            assert time.time() < deadline and proc.poll() is None, "no epoch finished"
+            time.sleep(0.05)
+        os.kill(pids[1], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, output[-3000:]
+    assert_death_recorded(io.read_json(out / "result.json"), 1, "torchrun-worker", pids[1])
+
+
 def test_the_documented_torchrun_command_runs(two_process_run):
     out, proc = two_process_run
     result = io.read_json(out / "result.json")
@@ -247,17 +309,59 @@ def test_the_documented_torchrun_command_runs(two_process_run):
     assert proc.stdout.count("done: test accuracy") == 1  # rank 0 reports
 
 
-def test_local_executor_runs_a_suite_of_two_process_runs(tmp_path, write_file):
+def _run_and_kill(suite: Path, out: Path, victim: int, epoch_before: int) -> tuple[dict, str]:
+    """`sambench run` of the suite (local executor); SIGKILL rank ``victim`` of its run once a checkpoint
+    newer than ``epoch_before`` exists; (result.json, the command's output)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--executor", "local", "--out", str(out)],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pids = rank_pids(str(out))
+        (run_dir,) = [d for d in (out / "ddp").iterdir() if not d.name.startswith(".")]
+        ckpt, deadline = run_dir / "checkpoint.pt", time.time() + 300
+        while not (ckpt.exists() and int(io.load_checkpoint(ckpt)["epoch"]) > epoch_before):
+            assert time.time() < deadline and proc.poll() is None, "no epoch finished"
+            time.sleep(0.05)
+        os.kill(pids[victim], signal.SIGKILL)
+        t_kill = time.time()
+        while not ((run_dir / "result.json").exists() and io.read_json(run_dir / "result.json").get("pid") == pids[victim]):
+            assert time.time() - t_kill < DEATH_RECORDED_S, "no result.json after the kill"
+            time.sleep(0.05)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, output[-3000:]
+    result = io.read_json(run_dir / "result.json")
+    assert_death_recorded(result, victim, "launcher", pids[victim])
+    assert "1 failed" in output and f"process {victim} ended with signal SIGKILL" in output, output[-3000:]
+    return result, output
+
+
+def test_local_executor_records_a_killed_rank_and_the_next_run_resumes(tmp_path, write_file):
+    """A suite of one 2-process run through the local executor: rank 0 (the one that writes the files), then
+    rank 1 in the next run, is killed after a checkpoint; result.json names it (rank, signal, host) and the
+    next `sambench run` resumes the run from its checkpoint."""
     suite = write_file("s.yaml", """
         name: ddp
-        defaults: {dataset: digits, model: vit_ci, epochs: 1, batch_size: 64, variant: sam, mask: norm_only,
-                   rho: 0.5, device: cpu, nproc: 2, ascent: local}
+        defaults: {dataset: digits, model: vit_ci, epochs: 4, batch_size: 64, variant: sam, mask: norm_only,
+                   rho: 0.5, device: cpu, nproc: 2, ascent: local, logging: {tensorboard: false}}
     """)
-    proc = sambench("run", str(suite), "--executor", "local", "--out", str(tmp_path / "out"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (result,) = [io.read_json(p) for p in (tmp_path / "out" / "ddp").glob("*/result.json")]
+    out = tmp_path / "out"
+    epoch = 0
+    for victim in (0, 1):
+        failed, _ = _run_and_kill(suite, out, victim, epoch)
+        epoch = failed["epochs"]
+    again = sambench("run", str(suite), "--executor", "local", "--out", str(out))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    (run_dir,) = [d for d in (out / "ddp").iterdir() if not d.name.startswith(".")]
+    log = max((out / "ddp" / ".submitit").glob("*_log.out"), key=lambda p: p.stat().st_mtime).read_text()
+    assert f"resuming after epoch {epoch}/4" in log, log[-3000:]
+    result = io.read_json(run_dir / "result.json")
     assert result["status"] == "done" and result["world_size"] == 2 and result["backend"] == "gloo", result
-    local = config.resolve({**RUN_CFG, "epochs": 1, "batch_size": 64, "base.lr": 0.1, "ascent": "local"})
+    assert [m["epoch"] for m in io.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    local = config.resolve({**RUN_CFG, "epochs": 4, "batch_size": 64, "base.lr": 0.1, "ascent": "local"})
     assert result["run_id"] == config.run_id({**local, "nproc": 2})
     assert result["run_id"] != config.run_id(local)  # a local ascent's m = batch / processes: in the id
     synced = {**local, "ascent": "synced"}

@@ -8,6 +8,8 @@ import sys
 
 from conftest import REPO
 
+from bench.orchestration import suite_cache
+
 SUITE = """
 name: cached
 defaults: {dataset: digits, model: resnet_ci, epochs: 1, batch_size: 64}
@@ -59,10 +61,10 @@ def test_a_corrupt_entry_is_a_miss_and_an_invalid_suite_is_never_stored(tmp_path
     rc, first, _, err = dry_run(suite, tmp_path / "out", env)
     assert rc == 0, err
     (entry,) = entries(cache)
-    entry.write_text('{"format": 1, "runs": [')            # cut short
+    entry.write_text(f'{{"format": {suite_cache.FORMAT}, "runs": [')  # cut short
     rc, again, torch_again, err = dry_run(suite, tmp_path / "out", env)
     assert rc == 0 and again == first and torch_again == "TORCH-IMPORTED", err
-    assert json.loads(entry.read_text())["format"] == 1    # written again, whole
+    assert json.loads(entry.read_text())["format"] == suite_cache.FORMAT  # written again, whole
 
     bad = write_file("bad.yaml", SUITE.replace("RHOS", "0.05").replace("norm_only", "no_such_mask"))
     for _ in range(2):                                      # refused every time, from the check itself
@@ -103,7 +105,9 @@ def test_perf_orchestration_times_each_command(tmp_path, run_sambench, sambench_
     assert proc.returncode == 0, proc.stderr
     records = json.loads(out.read_text())
     steps = {r["step"]: r for r in records}
-    assert {"dry_run_cold", "dry_run", "status", "collect"} <= set(steps), steps
-    assert all(r["runs"] == 100 and r["seconds"] > 0 for r in records)
+    assert {"dry_run_cold", "dry_run", "status", "status_cached", "collect", "collect_indexed",
+            "collect_changed"} <= set(steps), steps
+    assert all(r["runs"] == 100 and r["seconds"] > 0 and r["cpu_s"] > 0 and r["max_rss_mb"] > 20 for r in records)
+    assert steps["dry_run_cold"]["max_rss_mb"] > steps["dry_run"]["max_rss_mb"]  # torch and timm: cold only
     bad = run_sambench("perf", "--orchestration", "150", env=env)
     assert bad.returncode == 2 and "multiple of 100" in bad.stderr

@@ -7,8 +7,20 @@ from pathlib import Path
 from bench.errors import InvalidInput
 
 
+def utf8(path: str, what: str) -> str:
+    """A path that is valid UTF-8 (a name Python decoded with surrogates is not): TensorBoard, the
+    SLURM scripts submitit writes and the results index need it. Spaces are fine."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} {path.encode('utf-8', 'surrogateescape')!r}: not valid UTF-8 (byte "
+                           f"{path[exc.start].encode('utf-8', 'surrogateescape')!r} at {exc.start}); "
+                           f"sambench needs UTF-8 paths (spaces are fine): rename the folder") from None
+    return path
+
+
 def existing_dir(path: str, what: str) -> Path:
-    p = Path(path)
+    p = Path(utf8(path, what))
     if not p.exists():
         raise InvalidInput(f"{path}: no such {what}")
     if not p.is_dir():
@@ -17,8 +29,8 @@ def existing_dir(path: str, what: str) -> Path:
 
 
 def creatable_dir(path: str, flag: str) -> Path:
-    """A folder that exists or can be made (no file in its way)."""
-    p = Path(path)
+    """A folder that exists or can be made (no file in its way), named in UTF-8."""
+    p = Path(utf8(path, flag))
     for q in [p, *p.parents]:
         if q.exists():
             if not q.is_dir():
@@ -28,7 +40,7 @@ def creatable_dir(path: str, flag: str) -> Path:
 
 
 def creatable_file(path: str, flag: str) -> Path:
-    p = Path(path)
+    p = Path(utf8(path, flag))
     if p.is_dir():
         raise InvalidInput(f"{flag} {path}: is a folder, expected a file name")
     creatable_dir(str(p.parent), flag)

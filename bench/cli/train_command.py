@@ -32,6 +32,11 @@ def cmd_train(args) -> int:
     out = creatable_dir(args.out, "--out") if args.out else Path("results") / "train" / config.run_id(cfg)
     with signals_interrupt():
         if launched:
+            from bench.orchestration import launch
+
+            guarded = launch.guard_this_process(out)  # the rank trains in a child whose death is recorded
+            if guarded is not None:
+                return guarded
             main = distributed.init_from_env(cfg["device"]).is_main
             try:
                 result = train.run(cfg, out, progress=main)
@@ -42,12 +47,27 @@ def cmd_train(args) -> int:
         elif config.world_size(cfg) > 1:
             result = _train_processes(cfg, out)
         else:
-            result = train.run(cfg, out, progress=True)
+            result = _train_here(cfg, out)
     print(f"{result['status']}: test accuracy {result['test_acc']:.2f}% after {result['epochs']} epochs, "
           f"{result['wall_time_s']:.1f} s, perturbed fraction {result['perturbed_fraction']:.6f} -> {out}"
           if result.get("test_acc") is not None else
           f"{result['status']}{': ' + result['error'] if result.get('error') else ''} -> {out}")
     return EXIT_OK if result["status"] == "done" else EXIT_FAIL
+
+
+def _train_here(cfg: dict, out: Path) -> dict:
+    """The run in this process; a failure it recorded (result.json, with its traceback) is reported
+    as its one-line error (exit 1), not as a traceback."""
+    from bench import rundir
+    from bench.engine import train
+
+    try:
+        return train.run(cfg, out, progress=True)
+    except Exception:
+        recorded = rundir.read_result(out)
+        if recorded.kind != "failed" or recorded.data.get("recorded_by") != "train":
+            raise
+        return {**recorded.data, "error": f"{recorded.data['error']} (traceback in {out / 'result.json'})"}
 
 
 def _world_of_launcher(over: dict, args) -> dict:

@@ -189,6 +189,24 @@ def find_root(root: str | None) -> Path:
                     + "\nPoint --data-root (or $SAMBENCH_DATA_ROOT) at the folder holding train/ and val/.")
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+
+
+def empty_classes(d: Path) -> list[Path]:
+    """The class folders under ``d`` holding no image file (torchvision's ImageFolder refuses them)."""
+    empty = []
+    for cls in sorted(p for p in d.iterdir() if p.is_dir()):
+        with os.scandir(cls) as it:
+            if not any(e.name.lower().endswith(IMAGE_SUFFIXES) for e in it):
+                empty.append(cls)
+    return empty
+
+
 @locator("imagefolder")
 def _locate_imagefolder(root: str | None = None, download: bool = False) -> None:
-    find_root(root)
+    base = find_root(root)
+    empty = [p for sub in ("train", "val") for p in empty_classes(base / sub)]
+    if empty:
+        raise DataError(f"imagefolder {base}: {len(empty)} class folder(s) hold no image "
+                        f"({', '.join(IMAGE_SUFFIXES)}): {', '.join(map(str, empty[:5]))}"
+                        + (" ..." if len(empty) > 5 else "") + "; remove them or add images")

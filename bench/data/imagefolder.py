@@ -68,7 +68,11 @@ class KeyedImages(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
         path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
+        try:
+            image = self.folder.loader(path)
+        except Exception as exc:  # noqa: BLE001 -- truncated, not an image, unreadable: name the file
+            raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); remove or "
+                            f"replace it") from None
         if not self.random:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
@@ -128,13 +132,23 @@ class FolderLoader(StepLoader):
             if not len(step.index):
                 xb, yb = torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
             else:
-                xb, yb = next(batches)
+                xb, yb = _next(batches)
             yield (xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True),
                    step.sizes, step.total)
 
     def __iter__(self):
         for xb, yb, _, _ in self.steps():
             yield xb, yb
+
+
+def _next(batches):
+    """The next batch; an unreadable image (a DataError in a DataLoader worker, which torch re-raises
+    with the worker's traceback as its message) raised again with its own one-line message."""
+    try:
+        return next(batches)
+    except DataError as exc:
+        last = str(exc).strip().splitlines()[-1]
+        raise DataError(last.split("DataError: ", 1)[-1]) from None
 
 
 @dataclass
@@ -227,7 +241,10 @@ def imagefolder(root: str | None = None, download: bool = False) -> FolderSpec:
     if download:
         raise DataError("imagefolder: nothing to download; point --data-root at a folder holding train/ and val/")
     base = find_root(root)
-    train, val = ImageFolder(str(base / "train")), ImageFolder(str(base / "val"))
+    try:
+        train, val = ImageFolder(str(base / "train")), ImageFolder(str(base / "val"))
+    except FileNotFoundError as exc:  # a class folder without images (torchvision: "Found no valid file ...")
+        raise DataError(f"imagefolder {base}: {exc}") from None
     if train.classes != val.classes:
         extra = sorted(set(train.classes) ^ set(val.classes))[:5]
         raise DataError(f"imagefolder {base}: train/ and val/ have different classes (e.g. {extra})")

@@ -215,23 +215,3 @@ def follow(comm: Comm, known: dict[str, type] | None = None) -> Any:
         cls = (known or {}).get(name, PeerError)
         raise cls(text if cls is not PeerError else f"rank 0: {name}: {text}")
     return msg["outcome"]
-
-
-def from_submitit(device: str = "auto") -> Comm | None:
-    """Inside a SLURM job of several tasks (submitit): export the torch.distributed variables from the
-    job environment and join the group (backend for ``device``: the runs' device field); None for a
-    one-task job or outside submitit."""
-    try:
-        import submitit
-
-        job_env = submitit.JobEnvironment()
-        tasks = job_env.num_tasks
-    except Exception:  # noqa: BLE001 -- not inside a submitit job
-        return None
-    if tasks <= 1:
-        return None
-    if not launched():
-        from submitit.helpers import TorchDistributedEnvironment
-
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    return init_from_env(device)

@@ -144,9 +144,9 @@ def run(cfg: dict, run_dir: str | Path, suite: str | None = None, progress: bool
         try:
             result = _train(cfg, rid, run_dir, progress, log, suite)
         except Exception as exc:  # recorded, so a crashed run never blocks the others
-            io.write_json(run_dir / "result.json", {
-                "status": "failed", "run_id": rid, "error": f"{type(exc).__name__}: {exc}{plugin_frame(exc)}",
-                "traceback": _traceback(), "config": cfg, "submission": submission})
+            failed = rundir.failure_from_exception(exc, plugin_frame(exc), rid=rid, rank=0, config=cfg,
+                                                   submission=submission)
+            rundir.write_failure(run_dir, failed)
             raise
         result["submission"] = submission
         rundir.write_result(run_dir, result)
@@ -177,12 +177,6 @@ def _print(msg: str) -> None:
 
 def _silent(msg: str) -> None:
     """The log of processes other than rank 0."""
-
-
-def _traceback() -> str:
-    import traceback
-
-    return traceback.format_exc()[-4000:]
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,7 +41,8 @@ from bench.rundir import RunState
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60       # the local controller kills a job after its timeout
 DEFAULT_SLURM_TIMEOUT_MIN = 60        # submitit's own default (5 min) is too short for training
 MAX_CPU_WORKERS = 8                   # default local workers without GPUs: one per core, <= 8
-MAX_ARRAY = 1000                      # tasks per SLURM job array (SLURM's default MaxArraySize is 1001)
+DEFAULT_MAX_ARRAY = 1000              # tasks per job array when scontrol does not say (SLURM: 1001)
+DEFAULT_MAX_JOBS = 10000              # SLURM's default MaxJobCount
 STOP_GRACE_S = 15.0                   # local workers get this long to stop before SIGKILL
 
 
@@ -60,6 +62,7 @@ class Request:
 class Submission:
     kind: str
     submission: str
+    suite: str | None = None                                    # the jobs are named sambench-<suite>
     jobs: list = field(default_factory=list)                    # submitit jobs
     runs_of_job: list[list[str]] = field(default_factory=list)  # run ids per job
     note: str = ""                                              # how it was started (for the user)
@@ -69,7 +72,11 @@ def submit(sub: Submission, request: Request) -> None:
     """Start the runs with the executor ``sub.kind``, adding each job to ``sub`` as it starts (so
     an interrupt during submission still knows what to stop); then record each run's jobs in
     its job.json."""
-    EXECUTORS[sub.kind](request, sub)
+    try:
+        EXECUTORS[sub.kind](request, sub)
+    finally:
+        if sub.kind == "slurm":
+            io.sync_all()
     write_job_records(sub, request)
 
 
@@ -131,12 +138,36 @@ def submit_slurm(request: Request, sub: Submission) -> None:
 
 
 def _submit_slurm_group(request: Request, sub: Submission, runs: list[RunState], nproc: int, nodes: int) -> None:
+    """One group's runs as job arrays of at most the cluster's MaxArraySize tasks. Each array's
+    runs get a job.json naming the array (its SLURM comment) before sbatch, and its job ids after:
+    a ``sambench run`` killed at any point leaves every queued job known to the next one."""
     import submitit
 
     from bench.orchestration.job import RunJob
 
-    s = request.slurm
     ex = submitit.AutoExecutor(folder=request.folder, cluster="slurm")
+    ex.update_parameters(**slurm_parameters(request, nproc, nodes))
+    per_job = request.slurm.get("runs_per_job", 1)
+    dirs = resolved_dirs([st.dir for st in runs])
+    chunks = [range(i, min(i + per_job, len(runs))) for i in range(0, len(runs), per_job)]
+    size = max_array_size()
+    for start in range(0, len(chunks), size):
+        part = chunks[start:start + size]
+        comment = f"sambench:{request.submission}:{nproc}x{nodes}:{start // size}"
+        part_runs = [runs[i] for chunk in part for i in chunk]
+        _record_array(request, part_runs, comment, {})  # before sbatch: the array this run is in
+        ex.update_parameters(slurm_comment=comment)
+        first = len(sub.jobs)
+        with ex.batch():
+            for chunk in part:
+                sub.jobs.append(ex.submit(RunJob(), [dirs[i] for i in chunk], request.suite,
+                                          request.slurm.get("cpus_per_task"), request.submission, None))
+                sub.runs_of_job.append([runs[i].rid for i in chunk])
+        _record_array(request, part_runs, comment, _entries(sub.jobs[first:], sub.runs_of_job[first:]))
+
+
+def slurm_parameters(request: Request, nproc: int, nodes: int) -> dict[str, Any]:
+    s = request.slurm
     params = {
         "name": f"sambench-{request.suite}",
         "timeout_min": s.get("timeout_min", DEFAULT_SLURM_TIMEOUT_MIN),
@@ -154,16 +185,68 @@ def _submit_slurm_group(request: Request, sub: Submission, runs: list[RunState],
     if nproc * nodes > 1:  # one task per process; one GPU per process when the suite asks for GPUs
         params.update(nodes=nodes, tasks_per_node=nproc, gpus_per_node=nproc if s.get("gpus_per_node") else None,
                       slurm_srun_args=["--kill-on-bad-exit=1"])
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    per_job = s.get("runs_per_job", 1)
-    dirs = resolved_dirs([st.dir for st in runs])
-    chunks = [range(i, min(i + per_job, len(runs))) for i in range(0, len(runs), per_job)]
-    for start in range(0, len(chunks), MAX_ARRAY):
-        with ex.batch():
-            for chunk in chunks[start:start + MAX_ARRAY]:
-                sub.jobs.append(ex.submit(RunJob(), [dirs[i] for i in chunk], request.suite,
-                                          s.get("cpus_per_task"), request.submission, None))
-                sub.runs_of_job.append([runs[i].rid for i in chunk])
+    return {k: v for k, v in params.items() if v is not None}
+
+
+_CLUSTER_CONFIG: dict[str, int] = {}
+
+
+def cluster_limit(name: str, default: int) -> int:
+    """A number from the cluster's ``scontrol show config`` (MaxArraySize, MaxJobCount), read once."""
+    if not _CLUSTER_CONFIG:
+        try:
+            out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20,
+                                 check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        _CLUSTER_CONFIG.update((k, int(v)) for k, v in re.findall(r"^(\w+)\s*=\s*(\d+)\s*$", out, re.M))
+        _CLUSTER_CONFIG.setdefault("_read", 1)
+    value = _CLUSTER_CONFIG.get(name, 0)
+    return value if value >= 1 else default
+
+
+def max_array_size() -> int:
+    """Tasks per job array: the cluster's MaxArraySize (task indices go up to MaxArraySize - 1)."""
+    return cluster_limit("MaxArraySize", DEFAULT_MAX_ARRAY)
+
+
+def check_slurm_limits(runs: list[RunState], slurm: dict[str, Any]) -> None:
+    """The submission's tasks must fit the cluster's MaxJobCount (every array task is a job):
+    InvalidInput naming ``slurm.runs_per_job`` that would make them fit, before anything is written."""
+    import math
+
+    from bench.errors import InvalidInput
+
+    per_job = slurm.get("runs_per_job", 1)
+    tasks = math.ceil(len(runs) / per_job)
+    limit = cluster_limit("MaxJobCount", DEFAULT_MAX_JOBS)
+    if tasks > limit:
+        raise InvalidInput(f"{len(runs):,} runs at {per_job} per job are {tasks:,} SLURM tasks, more than the "
+                           f"cluster's MaxJobCount={limit:,} (each array task is a job); set slurm.runs_per_job "
+                           f"to at least {math.ceil(len(runs) / limit)} (e.g. --set slurm.runs_per_job="
+                           f"{math.ceil(len(runs) / limit)})", field="slurm.runs_per_job")
+
+
+def _entries(jobs: list, runs_of_job: list[list[str]]) -> dict[str, list[dict]]:
+    """run id -> the jobs given to it: ``{"job_id", "stdout", "stderr"}``."""
+    by_run: dict[str, list[dict]] = {}
+    for job, run_ids in zip(jobs, runs_of_job):
+        entry = {"job_id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
+        for rid in run_ids:
+            by_run.setdefault(rid, []).append(entry)
+    return by_run
+
+
+def _job_record(kind: str, request: Request, jobs: list[dict], **extra: Any) -> dict:
+    return {"executor": kind, "host": socket.gethostname(), "user": getpass.getuser(), "submitted_at": time.time(),
+            "suite": request.suite, "submission": request.submission, "jobs": jobs, **extra}
+
+
+def _record_array(request: Request, runs: list[RunState], comment: str, by_run: dict[str, list[dict]]) -> None:
+    """job.json of an array's runs (renamed into place: a reader sees the old or the new one); brought
+    to disk once, after the submission (:func:`submit`)."""
+    io.write_json_many(((st.dir / "job.json", _job_record("slurm", request, by_run.get(st.rid, []), comment=comment))
+                        for st in runs), indent=None, sync=False)
 
 
 EXECUTORS: dict[str, Callable[[Request, Submission], None]] = {
@@ -174,16 +257,12 @@ EXECUTORS: dict[str, Callable[[Request, Submission], None]] = {
 
 
 def write_job_records(sub: Submission, request: Request) -> None:
-    """job.json in each run folder: which jobs (and logs) this submission gave the run."""
-    by_run: dict[str, list[dict]] = {}
-    for job, run_ids in zip(sub.jobs, sub.runs_of_job):
-        entry = {"job_id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}
-        for rid in run_ids:
-            by_run.setdefault(rid, []).append(entry)
-    host, now = socket.gethostname(), time.time()
-    io.write_json_many(((st.dir / "job.json", {"executor": sub.kind, "host": host, "submitted_at": now,
-                                               "suite": request.suite, "submission": sub.submission,
-                                               "jobs": by_run.get(st.rid, [])})
+    """job.json in each run folder: which jobs (and logs) this submission gave the run (SLURM
+    arrays record their own, as they are submitted)."""
+    if sub.kind == "slurm":
+        return
+    by_run = _entries(sub.jobs, sub.runs_of_job)
+    io.write_json_many(((st.dir / "job.json", _job_record(sub.kind, request, by_run.get(st.rid, [])))
                         for st in request.runs), indent=None)
 
 
@@ -297,7 +376,7 @@ def jobs_running(sub: Submission, queue: Queue, max_age: float = 2.0) -> bool:
     if sub.kind == "local":
         return any(not job.done() for job in sub.jobs)
     if sub.kind == "slurm":
-        alive = queue.alive_ids(max_age=max_age)
+        alive = queue.alive_ids(f"sambench-{sub.suite}" if sub.suite else None, max_age=max_age)
         if alive is None:  # squeue unreachable: fall back on submitit's own view
             with contextlib.suppress(Exception):
                 return any(not job.done() for job in sub.jobs)
@@ -309,37 +388,50 @@ def jobs_running(sub: Submission, queue: Queue, max_age: float = 2.0) -> bool:
 # --- which recorded jobs are alive ------------------------------------------------------------------
 
 class Queue:
-    """Which SLURM jobs are alive (pending, running, requeued, completing...), from one squeue call."""
+    """Which SLURM jobs are alive (pending, running, requeued, completing...), from one squeue call
+    per job name (every user's jobs: a results folder shared by several users sees all of them)."""
 
     def __init__(self) -> None:
-        self._ids: set[str] | None = None
-        self._at = 0.0
+        self._seen: dict[str | None, tuple[float, Alive | None]] = {}
 
-    def alive_ids(self, max_age: float = 2.0) -> set[str] | None:
-        if self._ids is not None and time.time() - self._at < max_age:
-            return self._ids
-        self._ids = squeue_ids()
-        self._at = time.time()
-        return self._ids
+    def alive(self, name: str | None = None, max_age: float = 2.0) -> Alive | None:
+        at, found = self._seen.get(name, (0.0, None))
+        if name not in self._seen or time.time() - at >= max_age:
+            found = squeue_alive(name)
+            self._seen[name] = (time.time(), found)
+        return found
+
+    def alive_ids(self, name: str | None = None, max_age: float = 2.0) -> set[str] | None:
+        found = self.alive(name, max_age)
+        return None if found is None else found.ids
 
 
-def squeue_ids() -> set[str] | None:
-    """Ids (``123`` and ``123_4`` for array tasks) of this user's jobs still in the queue."""
+@dataclass
+class Alive:
+    ids: set[str]                  # ``123`` and ``123_4`` for array tasks
+    comments: set[str]             # the arrays' comments (``sambench:<submission>:...``)
+
+
+def squeue_alive(name: str | None = None) -> Alive | None:
+    """The jobs still in the queue (named ``name``, when given; every user's), or None when squeue
+    is missing or fails."""
     if shutil.which("squeue") is None:
         return None
+    cmd = ["squeue", "-h", "-r", "-o", "%i %A %T %k"] + (["-n", name] if name else [])
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %A %T"],
-                             capture_output=True, text=True, timeout=20, check=False)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    ids = set()
+    found = Alive(set(), set())
     for line in out.stdout.splitlines():
-        parts = line.split()
+        parts = line.split(None, 3)
         if len(parts) >= 2:
-            ids.update(parts[:2])
-    return ids
+            found.ids.update(parts[:2])
+        if len(parts) == 4:
+            found.comments.add(parts[3].strip())
+    return found
 
 
 def _pid_alive(pid: int) -> bool:
@@ -362,8 +454,12 @@ def job_alive(info: dict | None, queue: Queue) -> bool:
         return False
     jobs = info.get("jobs") or []
     if info.get("executor") == "slurm":
-        alive = queue.alive_ids()
-        return bool(alive) and any(str(j.get("job_id")) in alive for j in jobs)
+        alive = queue.alive(f"sambench-{info['suite']}" if info.get("suite") else None)
+        if alive is None:
+            return False
+        if not jobs and info.get("comment"):  # recorded before its sbatch returned: look for the array
+            return info["comment"] in alive.comments
+        return any(str(j.get("job_id")) in alive.ids for j in jobs)
     if info.get("executor") == "local" and info.get("host") == socket.gethostname():
         return any(_pid_alive(int(j["job_id"])) for j in jobs if str(j.get("job_id", "")).isdigit())
     return False

@@ -6,12 +6,14 @@ submitit requeues it with the same runs, and each resumes from its checkpoint.pt
 every epoch); finished ones return at once.
 
 A run of several processes (``nproc`` x ``nodes``): in a SLURM job of that many tasks every task
-runs this job, joins the process group from submitit's job environment and trains with the
-others (rank 0 decides and writes; a failure ends the job, and srun the other tasks); in a job of
-one process (the local executor) the job starts the run's processes itself (:mod:`bench.orchestration.launch`).
+runs this job and trains its rank of each run in a child process that it guards
+(:func:`bench.orchestration.launch.guard_rank`: a rank that dies is recorded, with its rank, signal
+and host, and the job ends, and srun stops the other tasks); in a job of one process (the local
+executor) the job starts the run's processes itself (:mod:`bench.orchestration.launch`).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -64,40 +66,30 @@ class RunJob(_Checkpointable):
 
     def __call__(self, run_dirs: list[str], suite: str | None = None, threads: int | None = None,
                  submission: str | None = None, worker: tuple[int, int] | None = None) -> list[dict]:
+        tasks = _job_tasks()
+        if tasks > 1:  # one task of a job of several: this task's rank of each run, guarded
+            return self.guarded(run_dirs, suite, submission)
         if threads:
             import torch
 
             torch.set_num_threads(int(threads))
         if worker is not None:
             _stop_on_sigterm()
-        from bench.engine import distributed
-
-        comm = distributed.from_submitit(_first_device(run_dirs))
         order = work_order([Path(d) for d in run_dirs], worker)
         outcomes = []
-        try:
-            for i, (run_dir, own) in enumerate(order):
-                outcome = self.run_one(run_dir, suite, submission, retry_locked=own, label=f"{i + 1}/{len(order)}",
-                                       comm=comm, threads=threads)
-                if outcome is not None:
-                    outcomes.append(outcome)
-                    if comm is not None and outcome["status"] == "failed":
-                        raise RuntimeError(f"run {outcome['run_id']} failed in a job of {comm.world} processes: "
-                                           f"{outcome['error']}; the job ends (its other runs stay to do)")
-        finally:
-            distributed.destroy()
+        for i, (run_dir, own) in enumerate(order):
+            outcome = self.run_one(run_dir, suite, submission, retry_locked=own, label=f"{i + 1}/{len(order)}",
+                                   threads=threads)
+            if outcome is not None:
+                outcomes.append(outcome)
         return outcomes
 
     @staticmethod
     def run_one(run_dir: Path, suite: str | None, submission: str | None, retry_locked: bool = True,
-                label: str = "", comm=None, threads: int | None = None) -> dict | None:
-        main = comm is None or comm.is_main
+                label: str = "", threads: int | None = None) -> dict | None:
         done = rundir.read_result(run_dir)
-        handled = submission is not None and done.data is not None and done.data.get("submission") == submission
-        if comm is not None:
-            handled = comm.share(handled)  # rank 0's view, so every process takes the same runs
-        if handled:
-            return None
+        if submission is not None and done.data is not None and done.data.get("submission") == submission:
+            return None  # handled in this submission
         rid = run_dir.name
         try:
             doc = io.read_json(run_dir / "config.json")
@@ -107,15 +99,13 @@ class RunJob(_Checkpointable):
             if rundir.lock_held(run_dir):  # another process is (re)writing the folder: its run
                 print(f"[sambench] run {rid}: locked by another process, left to it", flush=True)
                 return {"run_id": rid, "status": "locked", "error": None}
-            return _record_failure(run_dir, rid, exc, submission) if main else _failed(rid, exc)
-        if main:
-            print(f"[sambench] {label} run {rid}: {config.describe(cfg)}", flush=True)
+            return _record_failure(run_dir, rid, exc, submission)
+        print(f"[sambench] {label} run {rid}: {config.describe(cfg)}", flush=True)
         attempts = LOCK_RETRIES if retry_locked else 1
         for attempt in range(attempts):
             try:
-                result = _train(cfg, run_dir, suite, submission, comm, threads)
-                if main:
-                    print(f"[sambench] run {rid}: {result['status']}", flush=True)
+                result = _train(cfg, run_dir, suite, submission, threads)
+                print(f"[sambench] run {rid}: {result['status']}", flush=True)
                 return {"run_id": rid, "status": result["status"], "error": result.get("error")}
             except rundir.RunLocked:
                 if attempt + 1 < attempts:
@@ -127,8 +117,37 @@ class RunJob(_Checkpointable):
                 print(f"[sambench] run {rid} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
                 traceback.print_exc()
                 sys.stderr.flush()
-                return _record_failure(run_dir, rid, exc, submission) if main else _failed(rid, exc)
+                return _record_failure(run_dir, rid, exc, submission)
         return None
+
+    @staticmethod
+    def guarded(run_dirs: list[str], suite: str | None, submission: str | None) -> list[dict]:
+        """In a SLURM job of nodes x tasks: this task trains its rank of each run in a child
+        process it guards (:func:`bench.orchestration.launch.guard_rank`). A rank that dies is
+        recorded with its rank, signal and host, and the job ends with an error, so srun
+        (``--kill-on-bad-exit``) stops the other tasks; the runs not reached stay to do."""
+        from bench.orchestration import launch
+
+        outcomes = []
+        for i, run_dir in enumerate(Path(d) for d in run_dirs):
+            env = _rank_env(i)
+            if env["RANK"] == "0":
+                print(f"[sambench] {i + 1}/{len(run_dirs)} run {run_dir.name}: {env['WORLD_SIZE']} processes",
+                      flush=True)
+            code = launch.guard_rank(launch.run_argv(run_dir, suite, submission, skip_handled=True), env,
+                                     run_dir, submission)
+            if code == launch.EXIT_HANDLED:
+                continue
+            result = rundir.read_result(run_dir).data or {}
+            if code == launch.EXIT_LOCKED:
+                outcomes.append({"run_id": run_dir.name, "status": "locked", "error": None})
+                continue
+            if code != 0:
+                raise RuntimeError(f"run {run_dir.name}: rank {env['RANK']} ended with "
+                                   f"{'signal ' + str(rundir.signal_name(code)) if code < 0 else f'exit status {code}'}"
+                                   f" ({result.get('error')}); the job ends (its other runs stay to do)")
+            outcomes.append({"run_id": run_dir.name, "status": result.get("status"), "error": result.get("error")})
+        return outcomes
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Preempted or timed out: requeue the same runs; each resumes from its checkpoint.pt."""
@@ -138,38 +157,49 @@ class RunJob(_Checkpointable):
         return DelayedSubmission(self, *args, **kwargs)
 
 
-def _train(cfg: dict, run_dir: Path, suite: str | None, submission: str | None, comm, threads: int | None) -> dict:
-    """Train one run: in this process (joined to the job's process group, if any), or with the
-    processes it asks for, started here (a job of one process, a run of several)."""
+def _job_tasks() -> int:
+    """The number of tasks of the submitit job this process runs in (1 outside submitit)."""
+    try:
+        import submitit
+
+        return submitit.JobEnvironment().num_tasks
+    except Exception:  # noqa: BLE001 -- not inside a submitit job
+        return 1
+
+
+def _rank_env(run_index: int) -> dict[str, str]:
+    """torch.distributed's variables for this task's rank, from submitit's job environment (one
+    master port per run of the job, so a run's group never meets the previous one's sockets)."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    dist = TorchDistributedEnvironment()
+    port = 20000 + (dist.master_port - 20000 + run_index) % 40000
+    return dict(os.environ, MASTER_ADDR=dist.master_addr, MASTER_PORT=str(port), RANK=str(dist.rank),
+                WORLD_SIZE=str(dist.world_size), LOCAL_RANK=str(dist.local_rank),
+                LOCAL_WORLD_SIZE=str(dist.local_world_size), PYTHONUNBUFFERED="1")
+
+
+def _train(cfg: dict, run_dir: Path, suite: str | None, submission: str | None, threads: int | None) -> dict:
+    """Train one run: in this process, or with the processes it asks for, started here (a job of
+    one process, a run of several)."""
     from bench.engine import train
     from bench.orchestration import launch
 
     cfg = config.resolve(cfg)  # once: train.run takes the resolved config as it is
     world = config.world_size(cfg)
-    if comm is None and world > 1:
+    if world > 1:
         per_process = max(1, (threads or 0) // world) if threads else None
         return launch.train_run(run_dir, world, suite=suite, submission=submission, threads=per_process)
     return train.run(cfg, run_dir, suite=suite, progress=False, submission=submission)
 
 
-def _first_device(run_dirs: list[str]) -> str:
-    """The device the runs of this job ask for (the process group's backend follows it)."""
-    try:
-        return io.read_json(Path(run_dirs[0]) / "config.json")["config"].get("device", "auto")
-    except Exception:  # noqa: BLE001 -- an unreadable config fails later, with its own message
-        return "auto"
-
-
-def _failed(rid: str, exc: BaseException) -> dict:
-    """A failure seen by a process other than rank 0 (rank 0 records it)."""
-    return {"run_id": rid, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-
-
 def _record_failure(run_dir: Path, rid: str, exc: BaseException, submission: str | None) -> dict:
     """A failure train.run could not record itself (an unreadable config.json, a foreign folder)."""
     error = f"{type(exc).__name__}: {exc}"
+    kind = "setup" if isinstance(exc, (OSError, ValueError, KeyError, rundir.ForeignRunDir)) else "exception"
     try:
-        rundir.record_failure(run_dir, rid, error, submission)
-    except Exception as exc2:  # noqa: BLE001 -- locked by someone else, or the folder is gone
+        rundir.record_failure(run_dir, rundir.failure_from_exception(exc, kind=kind, rid=rid, rank=0,
+                                                                     recorded_by="job", submission=submission))
+    except Exception as exc2:  # noqa: BLE001 -- the folder is gone, or not ours
         print(f"[sambench] run {rid}: could not record the failure ({exc2})", file=sys.stderr, flush=True)
     return {"run_id": rid, "status": "failed", "error": error}

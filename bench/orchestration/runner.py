@@ -29,21 +29,25 @@ from pathlib import Path
 from bench import rundir
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput
 from bench.measure import sharpness
-from bench.orchestration import executors, suite_summary
+from bench.orchestration import executors, reaper, suite_summary
 from bench.orchestration.executors import Queue, Request, Submission
 from bench.orchestration.reference import write_reference
 from bench.rundir import RunState
 
 # --- planning ----------------------------------------------------------------------------------
 
-def plan(suite, root: Path, queue: Queue | None = None) -> list[RunState]:
-    """The state of every run of the suite under ``root`` (reads files only)."""
+def plan(suite, root: Path, queue: Queue | None = None, write: bool = True) -> list[RunState]:
+    """The state of every run of the suite under ``root``. ``write``: keep what was learned (the
+    cache of finished results, the failures SLURM's accounting tells of); a dry run writes nothing."""
     queue = queue or Queue()
 
     def alive(info: dict | None) -> bool:
         return executors.job_alive(info, queue)
 
-    return [_with_sharpness(rundir.run_state(rid, cfg, root / rid, alive)) for rid, cfg in suite.items()]
+    states = rundir.run_states(root, list(suite.items()), alive, save=write)
+    if write:
+        reaper.reap(states, alive)  # runs whose SLURM job ended without a result: how it ended
+    return [_with_sharpness(st) for st in states]
 
 
 def _with_sharpness(st: RunState) -> RunState:
@@ -91,6 +95,33 @@ def check_executor(kind: str, runs: list[RunState]) -> None:
                            f"need --executor slurm (or torchrun on each node with `sambench train`)")
 
 
+def check_writable(root: Path, runs: list[RunState]) -> None:
+    """The folders a submission writes (the suite folder, or the first parent that exists, and each
+    run folder already there) must be writable by this user (InvalidInput, before anything is
+    written): a results folder shared by several users is writable by all of them."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    for folder in [probe] + [st.dir for st in runs if st.result is not None]:  # (None: no folder yet)
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK, effective_ids=True):
+            raise InvalidInput(f"{folder}: not writable by this user ({_user()}; it belongs to {_owner(folder)}): "
+                               f"a results folder shared by several users must be writable by each of them "
+                               f"(a group folder: chmod -R g+rwX, umask 002); nothing was written or submitted")
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def _owner(path: Path) -> str:
+    try:
+        return path.owner()
+    except (KeyError, OSError):
+        return f"uid {path.stat().st_uid}"
+
+
 def prepare_folders(suite, runs: list[RunState]) -> None:
     """Refuse folders that hold another run (nothing written), then write each config.json."""
     for st in runs:
@@ -118,7 +149,7 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
         print("sambench run: error: --executor slurm, but no SLURM controller answers "
               "(`scontrol ping`); start one or use --executor local", file=sys.stderr)
         return EXIT_FAIL
-    states = plan(suite, root)
+    states = plan(suite, root, write=not dry_run)
     todo = [s for s in states if s.state in rundir.TO_SUBMIT]
     elsewhere = [s for s in states if s.state == "running"]
     line = f"{suite_summary.summarize(states).line()} -> submitting {len(todo)}"
@@ -133,9 +164,13 @@ def run_suite(suite, out: Path, executor: str = "local", max_parallel: int | Non
         return EXIT_OK
     check_data(todo)
     check_executor(kind, todo)
+    if todo:
+        check_writable(root, todo)
+        if kind == "slurm":
+            executors.check_slurm_limits(todo, suite.slurm)
     print(f"{suite.name}: {line}", flush=True)
     write_reference(suite, root)  # the suite's published numbers, for table and plot
-    sub = Submission(kind, uuid.uuid4().hex[:16])
+    sub = Submission(kind, uuid.uuid4().hex[:16], suite.name)
     if todo:
         prepare_folders(suite, todo)
     try:
@@ -187,62 +222,98 @@ def _interrupted(sub: Submission, keep_running: bool, root: Path) -> None:
         print("\ninterrupted", file=sys.stderr, flush=True)
 
 
-def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], poll_s: float = 1.0) -> None:
-    """Report each run as it finishes, until every watched run has a result or nothing is left
-    that could produce one; then wait for the jobs this submission started to exit."""
-    reporter = suite_summary.Reporter(len(watch) + len(elsewhere))
-    pending = {s.rid: s for s in watch + elsewhere}
-    ours = {s.rid for s in watch}
-    queue = Queue()
+class _Watched:
+    """The runs ``wait_for`` waits on, each reported once it has a result; a run of this submission
+    is read only when its result.json is new or changed (a suite of 100,000 runs: a stat each per poll)."""
 
-    def working(st: RunState) -> bool:
-        return rundir.lock_held(st.dir) or executors.job_alive(rundir.read_job(st.dir), queue)
+    def __init__(self, sub: Submission, watch: list[RunState], elsewhere: list[RunState], queue: Queue):
+        self.sub, self.queue = sub, queue
+        self.reporter = suite_summary.Reporter(len(watch) + len(elsewhere))
+        self.pending = {s.rid: s for s in watch + elsewhere}
+        self.ours = {s.rid for s in watch}
+        self.seen: dict[str, tuple | None] = {}  # run -> its result.json's (inode, size, mtime ns) when read
 
-    def result_now(st: RunState) -> dict | None:
+    def working(self, st: RunState) -> bool:
+        return rundir.lock_held(st.dir) or executors.job_alive(rundir.read_job(st.dir), self.queue)
+
+    def result_now(self, st: RunState) -> dict | None:
         """A final result, a failure of this submission, or for a run trained elsewhere the
         result it was left with."""
         if rundir.lock_held(st.dir):
             return None
         result = rundir.read_result(st.dir)
         if result.kind == "final":  # (a job that ended before measuring its sharpness: done all the same)
-            return None if sharpness.pending(st.cfg, result.data) and working(st) else result.data
-        if st.rid in ours:
-            mine = result.kind == "failed" and result.data.get("submission") == sub.submission
+            return None if sharpness.pending(st.cfg, result.data) and self.working(st) else result.data
+        if st.rid in self.ours:
+            mine = result.kind == "failed" and result.data.get("submission") == self.sub.submission
             return result.data if mine else None
-        return None if working(st) else (result.data or {"status": result.kind})
+        return None if self.working(st) else (result.data or {"status": result.kind})
 
-    def harvest() -> None:
-        for rid, st in list(pending.items()):
-            res = result_now(st)
+    def harvest(self) -> None:
+        for rid, st in list(self.pending.items()):
+            if rid in self.ours:
+                sig = _signature(st.dir / "result.json")
+                if sig is None or self.seen.get(rid) == sig:
+                    continue
+                self.seen[rid] = sig
+            res = self.result_now(st)
             if res is not None:
-                reporter.finished(rid, st.cfg, res)
-                pending.pop(rid)
+                self.reporter.finished(rid, st.cfg, res)
+                self.pending.pop(rid)
+            elif rid in self.ours and rundir.lock_held(st.dir):
+                self.seen.pop(rid, None)  # (read while its writer held the lock: read it again)
 
+
+def wait_for(sub: Submission, watch: list[RunState], elsewhere: list[RunState], poll_s: float = 1.0) -> None:
+    """Report each run as it finishes, until every watched run has a result or nothing is left
+    that could produce one; then wait for the jobs this submission started to exit."""
+    queue = Queue()
+    runs = _Watched(sub, watch, elsewhere, queue)
     try:
         if sub.kind == "debug":
             for job in sub.jobs:
                 job.results()  # runs in this process
-                harvest()
+                runs.harvest()
         last_check = 0.0
-        while pending:
-            harvest()
-            if not pending:
+        while runs.pending:
+            runs.harvest()
+            if not runs.pending:
                 break
-            reporter.update(lambda: sum(rundir.lock_held(st.dir) for st in pending.values()))
+            runs.reporter.update(lambda: sum(rundir.lock_held(st.dir) for st in runs.pending.values()))
             if time.time() - last_check >= 3 * poll_s:
                 last_check = time.time()
-                if not executors.jobs_running(sub, queue) and not any(working(st) for st in pending.values()):
+                if not executors.jobs_running(sub, queue) and not any(runs.working(st) for st in runs.pending.values()):
                     time.sleep(poll_s)  # a result written just as the job ended
-                    harvest()
+                    runs.harvest()
+                    _reap_pending(runs.pending, queue, sub)  # what SLURM says of jobs that ended without one
+                    runs.harvest()
                     break
             time.sleep(poll_s)
         if not executors.wait_done(sub, queue):
             print("warning: jobs of this submission are still running; the summary may count their "
                   "runs as running", file=sys.stderr)
-        for rid, st in pending.items():
-            reporter.finished(rid, st.cfg, rundir.read_result(st.dir).data)
+        for rid, st in runs.pending.items():
+            runs.reporter.finished(rid, st.cfg, rundir.read_result(st.dir).data)
     finally:
-        reporter.close()
+        runs.reporter.close()
+
+
+def _signature(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _reap_pending(pending: dict[str, RunState], queue: Queue, sub: Submission) -> None:
+    """Runs still without a result once no job is left: what SLURM says of their jobs (reaper)."""
+    if sub.kind != "slurm" or not pending:
+        return
+    def alive(info: dict | None) -> bool:
+        return executors.job_alive(info, queue)
+
+    reaper.reap([rundir.run_state(rid, st.cfg, st.dir, alive) for rid, st in pending.items()], alive)
 
 
 def final_report(suite, root: Path, t_start: float) -> int:
@@ -259,40 +330,46 @@ def final_report(suite, root: Path, t_start: float) -> int:
 RUN_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
-def _is_run_dir(d: Path) -> bool:
+def _is_run_dir(d: os.DirEntry | Path) -> bool:
     """A run folder: named by a run id, or holding a run's files (not figures/, .submitit/, ...)."""
     return d.is_dir() and not d.name.startswith(".") and (
-        bool(RUN_ID_RE.match(d.name)) or (d / "config.json").exists() or (d / "result.json").exists())
+        bool(RUN_ID_RE.match(d.name)) or os.path.exists(os.path.join(d, "config.json"))
+        or os.path.exists(os.path.join(d, "result.json")))
 
 
-def _real(d: Path, folder_real: str) -> str:
+def _real(d: os.DirEntry, folder_real: str) -> str:
     """Where a folder entry really is (symbolic links resolved; others cheaply)."""
-    return os.path.realpath(d) if d.is_symlink() else os.path.join(folder_real, d.name)
+    return os.path.realpath(d.path) if d.is_symlink() else os.path.join(folder_real, d.name)
 
 
-def _run_dirs(folder: Path) -> list[Path]:
-    """The run folders in a suite folder, symbolic links followed, each real folder once."""
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def _run_dirs(folder: Path) -> list[str]:
+    """The names of the run folders in a suite folder, symbolic links followed, each real folder once."""
     seen, out, folder_real = set(), [], os.path.realpath(folder)
-    for d in sorted(folder.iterdir()):
+    for d in _entries(folder):
         if _is_run_dir(d):
             real = _real(d, folder_real)
             if real not in seen:
                 seen.add(real)
-                out.append(d)
+                out.append(d.name)
     return out
 
 
 def suite_folders(target: Path) -> list[Path]:
     """``target`` if it holds run folders, else its sub-folders that do (links followed once)."""
-    if any(_is_run_dir(d) for d in target.iterdir()):
+    if any(_is_run_dir(d) for d in _entries(target)):
         return [target]
     seen, out, target_real = set(), [], os.path.realpath(target)
-    for d in sorted(target.iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and any(_is_run_dir(r) for r in d.iterdir()):
+    for d in _entries(target):
+        if d.is_dir() and not d.name.startswith(".") and any(_is_run_dir(r) for r in _entries(Path(d.path))):
             real = _real(d, target_real)
             if real not in seen:
                 seen.add(real)
-                out.append(d)
+                out.append(Path(d.path))
     return out
 
 
@@ -311,8 +388,10 @@ def status_groups(target: Path, out: Path, cache: bool = False) -> list[tuple[st
         return [(suite.name, Path(out) / suite.name, plan(suite, Path(out) / suite.name, queue))]
     if not target.is_dir():
         raise InvalidInput(f"{target}: no such suite file or results folder")
-    groups = [(d.name, d, [rundir.run_state(r.name, {}, r, alive) for r in _run_dirs(d)])
+    groups = [(d.name, d, rundir.run_states(d, [(name, {}) for name in _run_dirs(d)], alive))
               for d in suite_folders(target)]
+    for _, _, states in groups:
+        reaper.reap(states, alive)
     if not groups:
         raise InvalidInput(f"{target}: no run folders found (expected <out>/<suite>/<run_id>/)")
     return groups

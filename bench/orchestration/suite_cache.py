@@ -34,7 +34,7 @@ from typing import Any
 
 from bench import io
 
-FORMAT = 1
+FORMAT = 2                     # 2: configs stored once per group of seeds (pack)
 MAX_ENTRIES = 16
 _REGISTRY_MODULES = ("masks.base", "bench.registries")
 _VERSIONED = ("torch", "torchvision", "timm")
@@ -117,27 +117,28 @@ def load(name: str | None) -> dict | None:
     path = where / f"{name}.json"
     try:
         payload = io.read_json(path)
-    except (OSError, ValueError):
+        expansion = unpack(payload)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if expansion is None:
         return None
     with contextlib.suppress(OSError):
         os.utime(path)  # recently used
-    return payload
+    return expansion
 
 
-def store(name: str | None, payload: dict[str, Any]) -> bool:
+def store(name: str | None, expansion: dict[str, Any]) -> bool:
     """Keep an expansion (JSON that reads back equal, else nothing is stored); returns whether
     it was stored. Never raises for a folder that cannot be written."""
     where = folder()
     if name is None or where is None:
         return False
-    payload = {"format": FORMAT, **payload}
+    payload = pack(expansion)
     try:
         text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):  # a value JSON cannot hold (a date, a set): not cached
         return False
-    if json.loads(text) != payload:  # e.g. a tuple or a non-string key: would come back changed
+    if unpack(json.loads(text)) != expansion:  # e.g. a tuple or a non-string key: would come back changed
         return False
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -146,6 +147,45 @@ def store(name: str | None, payload: dict[str, Any]) -> bool:
     except OSError:
         return False
     return True
+
+
+def pack(expansion: dict[str, Any]) -> dict[str, Any]:
+    """The stored form: each run config once per group of runs that differ in their seed only
+    (the seeds of one grid point), as ``configs`` (seed left out) and ``runs`` = ``[[config index,
+    seed], ...]``: a suite of 100,000 runs over 100 grid points keeps 100 configs, not 100,000.
+
+    A run joins the group before it when its config equals the group's with its seed, and the
+    group's run id with that seed is its own (so a 1 that the id tells from 1.0 is never merged)."""
+    from bench import config
+
+    configs: list[dict] = []
+    runs: list[list[Any]] = []
+    rep: dict | None = None
+    ids_of = None
+    for cfg, rid in zip(expansion["runs"], expansion["run_ids"]):
+        seed = cfg.get("seed")
+        if ids_of is None or type(seed) is not int or {**rep, "seed": seed} != cfg or ids_of(seed) != rid:
+            rep = {k: v for k, v in cfg.items() if k != "seed"}
+            configs.append(rep)
+            ids_of = config.run_ids_by_seed({**rep, "seed": 0}) if type(seed) is int else None
+            runs.append([len(configs) - 1, seed] if "seed" in cfg else [len(configs) - 1])
+            continue
+        runs.append([len(configs) - 1, seed])
+    rest = {k: v for k, v in expansion.items() if k != "runs"}
+    return {"format": FORMAT, "configs": configs, "runs": runs, **rest}
+
+
+def unpack(payload: Any) -> dict[str, Any] | None:
+    """The expansion :func:`pack` stored (every run's config its own copy), or None for another format."""
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        return None
+    from bench.config import plain_copy
+
+    configs = payload["configs"]
+    runs = [plain_copy(configs[entry[0]]) if len(entry) == 1 else {**plain_copy(configs[entry[0]]), "seed": entry[1]}
+            for entry in payload["runs"]]
+    rest = {k: v for k, v in payload.items() if k not in ("format", "configs", "runs")}
+    return {"runs": runs, **rest}
 
 
 def _evict(where: Path) -> None:
