@@ -24,7 +24,10 @@ def test_the_demo_is_small_and_compares_sgd_sam_and_sam_on_over_five_seeds():
     assert sorted({r["seed"] for r in demo.runs}) == [0, 1, 2, 3, 4] and len(demo.runs) == 20
     assert {r["model"] for r in demo.runs} == {"resnet_ci"} and {r["dataset"] for r in demo.runs} == {"digits"}
     assert all(r["label_noise"] == 0.4 and r["epochs"] == 20 and r["sharpness"] is not None for r in demo.runs)
-    assert "VAL_SPLIT" in (REPO / "suites" / "demo.yaml").read_text()  # where issue 18's val_split goes
+    # each rho chosen on a held-out 20% with noisy labels, never on the test set
+    assert all(r["val_split"] == 0.2 and r["val_noisy"] is True for r in demo.runs)
+    full = load_suite(REPO / "suites" / "demo_full.yaml")
+    assert all(r["val_split"] == 0.2 for r in full.runs)
 
 
 def test_make_demo_prints_both_paired_intervals_and_demo_full_runs_the_long_suite():
