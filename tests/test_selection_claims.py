@@ -104,6 +104,16 @@ def test_val_chooses_by_validation_and_test_is_the_labelled_oracle(df):
         analysis.parse_rule("best")
 
 
+def test_the_readme_caption_says_where_the_oracle_would_have_chosen_otherwise(df):
+    from analysis.readme_numbers import oracle_text
+
+    text = oracle_text(df)
+    assert "(SAM): ρ = 0.05, 87.0% against 84.0% at ρ = 0.1" in text, text   # dense SAM
+    assert "(SAM): ρ = 1, 91.2% against 89.2% at ρ = 0.5" in text, text
+    same = df[(df["mask"].isin(["none", "all"])) & (df["rho"].isna() | (df["rho"] == 0.1))]
+    assert "picks the same ρ (one ρ per method)" in oracle_text(same)
+
+
 def test_tables_compare_and_collect_name_the_rule(df):
     import analysis
 
