@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.cli import data_command
 from bench.cli.claims_command import cmd_claims
+from bench.cli.data_command import add_parser as add_data_parser
 from bench.cli.perf_command import cmd_perf
 from bench.cli.result_commands import cmd_collect, cmd_list, cmd_plot, cmd_report, cmd_sharpness, cmd_table
 from bench.cli.suite_commands import WATCH_EVERY_S, cmd_run, cmd_status
@@ -117,7 +117,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     _train_parser(command("train", "one run, in process"), train_flags)
     _perf_parser(command("perf", "step-time ratios to SGD, in one process"))
 
-    data_command.add_parser(command("data", "fetch the public data sets, list what is present and where"),
+    add_data_parser(command("data", "fetch the public data sets, list what is present and where"),
                             HelpFormatter)
 
     p = command("list", "the registries")
@@ -196,9 +196,9 @@ def _status_parser(p: argparse.ArgumentParser) -> None:
 
 def _train_parser(p: argparse.ArgumentParser, train_flags: bool) -> None:
     if train_flags:
-        from bench.cli import flags
+        from bench.cli.flags import add_train_flags
 
-        flags.add_train_flags(p)
+        add_train_flags(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any run config field by its path, e.g. base.betas=[0.9,0.99] or "
                         "logging.wandb.mode=offline; repeatable (default: none)")

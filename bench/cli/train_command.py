@@ -11,18 +11,18 @@ def cmd_train(args) -> int:
     """One run: in this process; in N processes it starts (``--nproc N``); or as one rank of a group
     started by torchrun (RANK/WORLD_SIZE set: every rank runs this command, rank 0 reports)."""
     from bench import config
-    from bench.cli import flags
+    from bench.cli.flags import option_for, train_overrides
     from bench.data.datasets import DataError, check_available
     from bench.engine import distributed, train
 
-    over = flags.train_overrides(args)
+    over = train_overrides(args)
     launched = distributed.launched()
     if launched:
         over.update(_world_of_launcher(over, args))
     try:
         cfg = config.resolve(over)
     except config.ConfigError as exc:
-        raise InvalidInput(f"{flags.option_for(exc.field)} ({exc.render()})") from None
+        raise InvalidInput(f"{option_for(exc.field)} ({exc.render()})") from None
     if cfg["data_root"] is not None and not Path(cfg["data_root"]).is_dir():
         raise InvalidInput(f"--data-root: no such directory: {cfg['data_root']}")
     try:
