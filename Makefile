@@ -21,7 +21,7 @@ test:
 test-fast:
 	SAMBENCH_NO_SLURM=1 $(PY) -m pytest -q -m "not slurm"
 
-# the first thing to run (about 3 minutes on 2 CPU cores, offline: docs/first-hour.md): SGD, SAM and
+# the first thing to run (about a minute on 2 idle CPU cores, at most 3 shared; offline: docs/first-hour.md): SGD, SAM and
 # SAM-ON on noisy-label digits, 5 seeds; the two seed-paired differences with their 95% intervals
 demo:
 	@if ls results/demo/*/result.json >/dev/null 2>&1; then echo "demo: results/demo already holds runs:" \
