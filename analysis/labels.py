@@ -164,8 +164,22 @@ def row_keys(df, cols: list[str]) -> list[str]:
     if not cols:
         return ["[]"] * len(df)
     canon = _Canon()
-    columns = [[canon(v) for v in df[c].tolist()] for c in cols]
+    columns = [_column_keys(df[c].tolist(), canon) for c in cols]
     return ["[" + ", ".join(vals) + "]" for vals in zip(*columns)]
+
+
+def _column_keys(values: list, canon: _Canon) -> list[str]:
+    """``[canon(v) for v in values]``; a column of one scalar type (the usual case) is factorized
+    first, so each distinct value is canonicalized once (values equal within one type share a key,
+    as in ``_Canon``'s memo)."""
+    kinds = set(map(type, values))
+    if len(kinds) != 1 or next(iter(kinds)) not in _SCALARS or not values:
+        return [canon(v) for v in values]
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(np.array(values, dtype=object), use_na_sentinel=False)
+    return np.array([canon(u) for u in uniques], dtype=object)[codes].tolist()
 
 
 def fmt_value(v: Any) -> str:
