@@ -283,7 +283,7 @@ def test_a_rank_killed_under_torchrun_is_recorded(tmp_path):
     """torchrun's worker guards its rank in a child: rank 1 killed, result.json names it; torchrun stops rank 0."""
     out = tmp_path / "run"
     argv = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "bench",
-            "train", *RUN, "--epochs", "20", "--log", "none", "--out", str(out)]
+            "train", *RUN, "--epochs", "20", "--out", str(out)]  # (no --log: torchrun takes it for its own --log-dir)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

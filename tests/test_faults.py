@@ -510,3 +510,19 @@ def test_results_record_the_full_variant_options(tmp_path):
     assert json.loads((tmp_path / "r" / "config.json").read_text())["variant_options"] == full
     df = analysis.collect(tmp_path / "r")
     assert df.loc[0, "variant_label"] == "ASAM adaptive=layerwise" and df.loc[0, "variant_opts.eta"] == 0.01
+
+
+def test_the_reaper_takes_the_signal_from_the_step_when_the_job_has_only_an_exit_status():
+    """sacct of a job whose task was SIGKILLed: the job (its batch script) says 9:0, the step 0:9."""
+    from bench.orchestration.reaper import _jobs_of, failure_of
+
+    lines = ("1331|FAILED|9:0|vm\n1331.batch|FAILED|9:0|vm\n1331.extern|COMPLETED|0:0|vm\n"
+             "1331.0|CANCELLED by 0|0:9|vm\n7_1|OUT_OF_MEMORY|0:125|n2\n7_1.batch|OUT_OF_MEMORY|0:125|n2\n"
+             "8|FAILED|1:0|n3\n8.batch|FAILED|1:0|n3\n")
+    jobs = _jobs_of(lines)
+    assert jobs == {"1331": ("FAILED", "9:9", "vm"), "7_1": ("OUT_OF_MEMORY", "0:125", "n2"), "8": ("FAILED", "1:0", "n3")}
+    killed = failure_of("r1", "1331", *jobs["1331"], "sub")
+    assert (killed["signal"], killed["kind"], killed["host"]) == ("SIGKILL", "job-ended", "vm")
+    assert "ended FAILED (signal SIGKILL) on vm" in killed["error"]
+    plain = failure_of("r2", "8", *jobs["8"], "sub")
+    assert plain["signal"] is None and plain["exit_code"] == 1 and "exit status 1" in plain["error"]

@@ -29,6 +29,7 @@ LAYERS = [
     ("bench.__main__", "bench.cli"),                   # the command line
     # analysis reads result files only (it imports nothing of bench or masks: test below); the CLI uses it
     ("analysis.readme_numbers",),                       # the README's demo numbers, generated and checked
+    ("analysis.readme_captions",),                      # the README's demo captions
     ("analysis.html_report",),                          # sambench report
     ("analysis.plots",),                                # the figures
     ("analysis.science",),                              # sharpness and γ figures

@@ -105,7 +105,7 @@ def test_val_chooses_by_validation_and_test_is_the_labelled_oracle(df):
 
 
 def test_the_readme_caption_says_where_the_oracle_would_have_chosen_otherwise(df):
-    from analysis.readme_numbers import oracle_text
+    from analysis.readme_captions import oracle_text
 
     text = oracle_text(df)
     assert "(SAM): ρ = 0.05, 87.0% against 84.0% at ρ = 0.1" in text, text   # dense SAM

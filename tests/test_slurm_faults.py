@@ -94,7 +94,7 @@ def test_a_killed_rank_of_a_slurm_job_is_recorded_and_the_run_resumed(slurm_clus
     for victim in (1, 0):
         sub = run_sambench("run", suite, "--executor", "slurm", "--out", out, "--no-wait", timeout=120)
         assert sub.returncode == 0, sub.stdout + sub.stderr
-        (run_dir,) = [d for d in (out / "ddp-kill").iterdir() if not d.name.startswith(".")]
+        (run_dir,) = [d for d in (out / "ddp-kill").iterdir() if (d / "config.json").is_file()]
         result = kill_rank_after_a_checkpoint(run_dir, victim, epoch)
         epoch = result["epochs"]
         assert epoch >= 1
@@ -169,12 +169,12 @@ def test_a_diverging_run_in_an_array_is_recorded_and_the_others_finish(slurm_clu
     proc = run_sambench("run", suite, "--executor", "slurm", "--out", out, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "diverge: 3 runs: 2 done, 1 diverged, 0 failed" in proc.stdout, proc.stdout
-    results = sorted((io.read_json(d / "config.json")["config"]["base"]["lr"], io.read_json(d / "result.json"))
-                     for d in (out / "diverge").iterdir() if not d.name.startswith("."))
+    results = sorted(((io.read_json(d / "config.json")["config"]["base"]["lr"], io.read_json(d / "result.json"))
+                      for d in (out / "diverge").iterdir() if (d / "config.json").is_file()), key=lambda t: t[0])
     assert [(lr, r["status"]) for lr, r in results] == [(0.1, "done"), (0.1, "done"), (1e12, "diverged")]
     assert results[-1][1]["test_acc"] is None and results[-1][1]["epochs"] == 1  # stopped at its first epoch
     jobs = {io.read_json(d / "job.json")["jobs"][0]["job_id"] for d in (out / "diverge").iterdir()
-            if not d.name.startswith(".")}
+            if (d / "config.json").is_file()}
     assert len(jobs) == 2  # 3 runs, 2 per task: the diverging run shares its task with a run that finished
 
 
@@ -191,7 +191,7 @@ def test_a_one_process_job_killed_outright_is_recorded_from_slurms_accounting(sl
     out = tmp_path / "out"
     sub = run_sambench("run", suite, "--executor", "slurm", "--out", out, "--no-wait", timeout=120)
     assert sub.returncode == 0, sub.stdout + sub.stderr
-    (run_dir,) = [d for d in (out / "killed").iterdir() if not d.name.startswith(".")]
+    (run_dir,) = [d for d in (out / "killed").iterdir() if (d / "config.json").is_file()]
     job_id = io.read_json(run_dir / "job.json")["jobs"][0]["job_id"]
     wait_for(lambda: (run_dir / "checkpoint.pt").exists(), 300, "no checkpoint")
     (task,) = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _is_task(e, out)]
@@ -216,7 +216,10 @@ def _is_task(entry: Path, out: Path) -> bool:
         cmd = (entry / "cmdline").read_bytes()
     except OSError:
         return False
-    return b"submitit.core._submit" in cmd and str(out).encode() in cmd
+    argv0 = cmd.split(b"\0", 1)[0]
+    # the job's python process (not srun, which names the same command line in its arguments)
+    return b"python" in Path(argv0.decode(errors="replace")).name.encode() and b"submitit.core._submit" in cmd \
+        and str(out).encode() in cmd
 
 
 def test_more_tasks_than_the_clusters_max_job_count_are_refused_naming_runs_per_job(slurm_cluster, tmp_path):

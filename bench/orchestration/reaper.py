@@ -73,13 +73,32 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, tuple[str, str, str]]:
     found: dict[str, tuple[str, str, str]] = {}
     for start in range(0, len(ids), SACCT_CHUNK):
         try:
-            out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State,ExitCode,NodeList", "-j",
+            out = subprocess.run(["sacct", "-n", "-P", "-o", "JobID,State,ExitCode,NodeList", "-j",
                                   ",".join(ids[start:start + SACCT_CHUNK])], capture_output=True, text=True,
                                  timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return found
-        for line in out.stdout.splitlines():
-            parts = line.split("|")
-            if len(parts) == 4:
-                found[parts[0]] = (parts[1].split()[0] if parts[1] else "", parts[2], parts[3])
+        found.update(_jobs_of(out.stdout))
     return found
+
+
+def _jobs_of(sacct_lines: str) -> dict[str, tuple[str, str, str]]:
+    """job id -> (State, ExitCode, NodeList) from ``sacct -P`` lines of jobs and their steps. A job's
+    ExitCode is its batch script's (srun exits with a status when its task was killed); the signal
+    that ended the task is in its step's ExitCode ("0:9"), which is taken when the job's has none."""
+    jobs: dict[str, tuple[str, str, str]] = {}
+    step_signal: dict[str, str] = {}
+    for line in sacct_lines.splitlines():
+        parts = line.split("|")
+        if len(parts) != 4:
+            continue
+        job_id, step = parts[0].partition(".")[::2]
+        if not step:
+            jobs[job_id] = (parts[1].split()[0] if parts[1] else "", parts[2], parts[3])
+        elif parts[2].partition(":")[2] not in ("", "0") and job_id not in step_signal:
+            step_signal[job_id] = parts[2].partition(":")[2]
+    for job_id, sig in step_signal.items():
+        if job_id in jobs and jobs[job_id][1].partition(":")[2] in ("", "0"):
+            state, exit_code, nodes = jobs[job_id]
+            jobs[job_id] = (state, f"{exit_code.partition(':')[0]}:{sig}", nodes)  # the job's status, the step's signal
+    return jobs
