@@ -239,18 +239,24 @@ def _epoch_curves(paths: list[str], key: str) -> tuple[np.ndarray, np.ndarray, n
     return np.arange(1, n + 1), values.mean(axis=0), std
 
 
-def learning_curves(df: pd.DataFrame, info: ReportInfo, rule) -> str:
+def curve_rows(df: pd.DataFrame, rule, tune=None) -> pd.DataFrame:
+    """The configurations whose learning curves the report draws: what the rule (and ``tune``) chose,
+    as in every other section of the page."""
+    from analysis.selection import select
+
+    return select(df, rule, tune).chosen if len(df) else df
+
+
+def learning_curves(df: pd.DataFrame, info: ReportInfo, rule, tune=None) -> str:
     """Train loss, train accuracy and test accuracy per epoch (from metrics.jsonl) of each method at
-    the ρ its selection rule chose, mean ± std over seeds: one figure per setting, embedded as PNG."""
+    the configuration its selection rule chose, mean ± std over seeds: one figure per setting, embedded as PNG."""
     import io
 
     from matplotlib.figure import Figure
 
     from analysis.labels import BASELINE_COLOR, mask_color
-    from analysis.selection import choose
-    from analysis.stats import aggregate
 
-    best = choose(aggregate(df), rule) if len(df) else df
+    best = curve_rows(df, rule, tune)
     if not len(best):
         return "<p>No finished runs.</p>"
     paths = dict(zip(df["run_id"].astype(str), df["path"].astype(str)))
@@ -409,7 +415,7 @@ def render(folder: str | os.PathLike, title: str | None = None, select=None,
             ("tables", "Tables", _tables_section(df, info, rule, tune)),
             ("claims", "Claims of the SAM-ON paper", _claims_section(df, info, rule, tune)),
             ("figures", "Figures", _figures_section(df, info, rule, tune)),
-            ("curves", "Learning curves", learning_curves(df, info, rule)),
+            ("curves", "Learning curves", learning_curves(df, info, rule, tune)),
             ("failed", "Failed runs", _failed_section(df)),
             ("runs", "All runs", _runs_section(df)),
             ("environment", "Environment", _environment_section(df)),

@@ -209,5 +209,8 @@ def test_tune_chooses_a_swept_setting_field_too(tmp_path):
     (row,) = [r for _, r in tuned.chosen.iterrows()]
     assert row["base.lr"] == 0.05 and row["tuned"] == "ρ=0.1, base.lr=0.05" and row["test_acc_mean"] == 84.5
     assert "(n=2, ρ=0.1, base.lr=0.05)" in analysis.table(df, select="val", tune=["rho", "base.lr"])
+    from analysis.html_report import curve_rows  # the report's learning curves follow the same choice
+    assert list(curve_rows(df, "val", ["rho", "base.lr"])["base.lr"]) == [0.05]
+    assert sorted(curve_rows(df, "val")["base.lr"]) == [0.05, 0.1]
     with pytest.raises(analysis.SelectionError, match="part of the method"):
         analysis.select(df, "val", tune=["sparsity"])
