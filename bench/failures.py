@@ -31,9 +31,12 @@ def signal_name(code: int | None) -> str | None:
         return f"signal {abs(int(code))}"
 
 
+HERE = "this process"   # the default of failure()'s host and pid: where failure() is called (None: not known)
+
+
 def failure(error: str, kind: str, *, rid: str | None = None, rank: int | None = None,
-            signal: str | None = None, exit_code: int | None = None, host: str | None = None,
-            pid: int | None = None, traceback: str | None = None, recorded_by: str = "train",
+            signal: str | None = None, exit_code: int | None = None, host: str | None = HERE,
+            pid: int | str | None = HERE, traceback: str | None = None, recorded_by: str = "train",
             submission: str | None = None, config: dict | None = None, job_id: str | None = None) -> dict:
     """A failed result.json (the one schema; see docs/faults.md):
 
@@ -49,7 +52,7 @@ def failure(error: str, kind: str, *, rid: str | None = None, rank: int | None =
         raise ValueError(f"failure kind {kind!r} is not one of {FAILURE_KINDS}")
     doc = {"status": "failed", "failure_schema": FAILURE_SCHEMA, "run_id": rid, "error": " ".join(str(error).split()),
            "kind": kind, "rank": rank, "signal": signal, "exit_code": exit_code,
-           "host": host or socket.gethostname(), "pid": pid if pid is not None else os.getpid(),
+           "host": socket.gethostname() if host == HERE else host, "pid": os.getpid() if pid == HERE else pid,
            "traceback": traceback[-TRACEBACK_CHARS:] if traceback else None,
            "failed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
            "recorded_by": recorded_by, "job_id": job_id or os.environ.get("SLURM_JOB_ID"),

@@ -526,3 +526,6 @@ def test_the_reaper_takes_the_signal_from_the_step_when_the_job_has_only_an_exit
     assert "ended FAILED (signal SIGKILL) on vm" in killed["error"]
     plain = failure_of("r2", "8", *jobs["8"], "sub")
     assert plain["signal"] is None and plain["exit_code"] == 1 and "exit status 1" in plain["error"]
+    assert killed["pid"] is None and killed["reports"][0]["pid"] is None  # the job's process is gone
+    nowhere = failure_of("r3", "9", "NODE_FAIL", "0:0", "", "sub")  # sacct without a node list
+    assert nowhere["host"] is None and "on an unknown node" in nowhere["error"]  # not this (login) host

@@ -59,9 +59,8 @@ def failure_of(rid: str, job_id: str, state: str, exit_code: str, nodes: str, su
     how = f"signal {sig_name}" if sig_name else f"exit status {code}"
     record = rundir.failure(f"SLURM job {job_id} ended {state} ({how}) on {nodes or 'an unknown node'} before the "
                             f"run recorded a result", FAILED_STATES[state], rid=rid, rank=0, signal=sig_name,
-                            exit_code=code, host=nodes or None, recorded_by="runner", submission=submission,
-                            job_id=job_id)
-    record["pid"] = record["reports"][0]["pid"] = None  # (not known: the job's process is gone)
+                            exit_code=code, host=nodes or None, pid=None, recorded_by="runner",
+                            submission=submission, job_id=job_id)  # (the job's process is gone: no pid)
     return record
 
 
