@@ -180,6 +180,12 @@ def move_aside(path: Path) -> Path:
     raise OSError(f"{path}: too many corrupt copies beside it")
 
 
+def handled(run_dir: Path, submission: str | None) -> bool:
+    """The run has a result of this submission (it was handled before a requeue, or by another job)."""
+    done = read_result(run_dir)
+    return submission is not None and done.data is not None and done.data.get("submission") == submission
+
+
 def take_up(run_dir: Path) -> tuple[dict | None, str | None]:
     """Before (re)training a run, holding its lock: ``(final result, None)`` if it is finished;
     otherwise clear the way and return ``(None, note)``: a failed result is removed, a corrupt

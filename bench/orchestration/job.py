@@ -87,8 +87,7 @@ class RunJob(_Checkpointable):
     @staticmethod
     def run_one(run_dir: Path, suite: str | None, submission: str | None, retry_locked: bool = True,
                 label: str = "", threads: int | None = None) -> dict | None:
-        done = rundir.read_result(run_dir)
-        if submission is not None and done.data is not None and done.data.get("submission") == submission:
+        if rundir.handled(run_dir, submission):
             return None  # handled in this submission
         rid = run_dir.name
         try:
@@ -185,8 +184,7 @@ def _train(cfg: dict, run_dir: Path, suite: str | None, submission: str | None, 
     from bench.engine import train
     from bench.orchestration import launch
 
-    cfg = config.resolve(cfg)  # once: train.run takes the resolved config as it is
-    world = config.world_size(cfg)
+    world = config.world_size({"nproc": 1, "nodes": 1, **cfg})  # (train.run resolves the config, once)
     if world > 1:
         per_process = max(1, (threads or 0) // world) if threads else None
         return launch.train_run(run_dir, world, suite=suite, submission=submission, threads=per_process)

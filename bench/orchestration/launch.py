@@ -310,12 +310,6 @@ def guard_this_process(run_dir: Path) -> int | None:
 
 # --- the process entry -----------------------------------------------------------------------------
 
-def _handled(run_dir: Path, submission: str | None) -> bool:
-    """The run has a result of this submission (it was handled before a requeue, or by another job)."""
-    done = rundir.read_result(run_dir)
-    return submission is not None and done.data is not None and done.data.get("submission") == submission
-
-
 def main(argv: list[str] | None = None) -> int:
     """One process of a run that spans several (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m bench.orchestration.launch")
@@ -341,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = io.read_json(run_dir / "config.json")["config"]
     try:
         comm = distributed.init_from_env(cfg.get("device", "auto"))
-        handled = _handled(run_dir, args.submission) if args.skip_handled else False
+        handled = rundir.handled(run_dir, args.submission) if args.skip_handled else False
         if comm is not None and args.skip_handled:
             handled = comm.share(handled)  # rank 0's view, so every process does the same
         if handled:
