@@ -51,8 +51,8 @@ def _references(sel, reference: dict, ctx_cols: list[str]) -> dict[str, Any]:
 
 
 def _difference(row: pd.Series, ref: pd.Series, metric: str, confidence: float) -> dict:
-    res = paired(by_seed(row.get(f"{metric}_by_seed")), by_seed(ref.get(f"{metric}_by_seed")), confidence)
     mine, theirs = by_seed(row.get(f"{metric}_by_seed")), by_seed(ref.get(f"{metric}_by_seed"))
+    res = paired(mine, theirs, confidence)
     common = res["seeds"]
     return {"diff_mean": res["mean"], "diff_std": res["std"], "ci_low": res["low"], "ci_high": res["high"],
             "p_value": res["p_value"], "n": res["n"], "seeds": common,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from masks.base import Mask, check_int, check_required_sparsity, check_seed, register_mask, topk_selection
 from masks.fisher_scores import benchmark, fisher_diagonal  # noqa: F401 -- benchmark: this module's API
-from masks.fisher_taps import model_device, take_samples  # noqa: F401 -- shared with other masks
 
 
 @register_mask("fisher")

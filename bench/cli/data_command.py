@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 
 from bench.cli.paths import creatable_dir
+from bench.data import fetch
 from bench.errors import EXIT_OK, InvalidInput, RunFailed
 
-FETCHABLE = ("fashion_mnist", "cifar10", "cifar100")   # bench.data.fetch.SOURCES (kept here for --help)
 BUNDLED = {"digits": "bundled with scikit-learn (1,797 8x8 images); nothing to fetch",
            "synthetic": "generated from a seed (for tests); nothing to fetch"}
 IMAGE_FOLDERS = ("imagenet", "imagefolder")
@@ -32,8 +32,8 @@ def add_parser(p: argparse.ArgumentParser, formatter: type[argparse.HelpFormatte
                        description="Download NAME's official archives (through a .part file that a second run "
                                    "resumes), verify their checksums and unpack them where the loaders look. Exit "
                                    "status: 0 ready, 1 download failed (offline, checksum mismatch), 2 bad input.",
-                       epilog=_imagenet_help())
-    f.add_argument("names", nargs="+", metavar="NAME", help=f"one or more of {', '.join(FETCHABLE)}")
+                       epilog=fetch.IMAGENET_HELP)
+    f.add_argument("names", nargs="+", metavar="NAME", help=f"one or more of {', '.join(fetch.SOURCES)}")
     f.add_argument("--root", metavar="DIR", help=ROOT_HELP)
     f.set_defaults(func=cmd_data_fetch)
     ls = sub.add_parser("list", formatter_class=Formatter, help="every data set: present or not, where, how to get it",
@@ -42,14 +42,7 @@ def add_parser(p: argparse.ArgumentParser, formatter: type[argparse.HelpFormatte
     ls.set_defaults(func=cmd_data_list)
 
 
-def _imagenet_help() -> str:
-    from bench.data.fetch import IMAGENET_HELP
-
-    return IMAGENET_HELP
-
-
 def cmd_data_fetch(args) -> int:
-    from bench.data import fetch
 
     for name in args.names:  # every name checked before anything is downloaded
         if name in IMAGE_FOLDERS:
@@ -84,7 +77,6 @@ def _fetch_one(fetch, name: str, root: Path | None) -> None:
 
 
 def cmd_data_list(args) -> int:
-    from bench.data import fetch
     from bench.data import files as datafiles
 
     root = args.root
@@ -100,7 +92,6 @@ def cmd_data_list(args) -> int:
 
 def _list_row(name: str, root: str | None, shown_root: Path) -> tuple[str, str, str]:
     """(name, present | missing | partial, where it is or how to get it)."""
-    from bench.data import fetch
 
     if name in BUNDLED:
         return name, "present", BUNDLED[name].split(";")[0]

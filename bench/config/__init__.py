@@ -24,7 +24,6 @@ from bench.config.fields import (  # noqa: F401
     EXPERIMENT,
     FIELD_HELP,
     FIELDS,
-    FLAGS,
     ID_OMITS_DEFAULT,
     MAX_EPOCHS,
     MAX_PROCESSES,

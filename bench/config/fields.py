@@ -124,15 +124,10 @@ EXPERIMENT: dict[str, Any] = {f.name: f.default for f in FIELDS.values() if f.ex
 RUNTIME: dict[str, Any] = {f.name: f.default for f in FIELDS.values() if not f.experiment}
 ID_OMITS_DEFAULT: tuple[str, ...] = tuple(f.name for f in FIELDS.values() if f.id_omits_default)
 CHOICES: dict[str, list] = {f.name: list(f.choices) for f in FIELDS.values() if f.choices}
-FLAGS: tuple[str, ...] = tuple(f.name for f in FIELDS.values() if isinstance(f.default, bool))
 FIELD_HELP: dict[str, str] = {**{f.name: f.help for f in FIELDS.values()},
                               "base.name": "base optimizer",
                               **{f"base.{k}": h for k, h in optimizers.HELP.items()}}
 OPTION_MAPS = ("base", "variant_opts", "mask_opts", "logging")  # mappings merged field by field
-
-
-def allowed_keys() -> list[str]:
-    return list(FIELDS)
 
 
 def field_checks() -> list[tuple[str, Check]]:

@@ -59,6 +59,7 @@ class SAM(torch.optim.Optimizer):
     """Masked SAM around any base optimizer; shares the base's ``param_groups``."""
 
     record_stats = False   # set for the steps a training loop logs: ``stats`` then holds step_stats
+
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, rho: float = 0.05,
                  variant: str | Variant = "sam", mask: str | masks.Mask = "all",
                  rho_norm: str = "subset", freeze_bn_second: bool = False, comm: Any = None,
@@ -93,6 +94,7 @@ class SAM(torch.optim.Optimizer):
         self._backup: list[torch.Tensor] = []
         self._bn_saved: list[tuple[nn.Module, Any, torch.Tensor | None]] = []
         self._perturbed_now = False
+        self._direction_checked = False  # a variant's direction() is checked at the first perturbation
         self._clean: dict[str, torch.Tensor] | None = None  # the clean gradient, kept for the variant
         self._groups = 0                             # ascents taken in this step (m-sharpness groups)
         self._acc: list[torch.Tensor] | None = None  # the ascent gradient summed over micro-batches
@@ -279,7 +281,7 @@ class SAM(torch.optim.Optimizer):
         d = self.variant.direction(self._ascent_names, self._ascent, grads)
         if d is None:
             return  # nothing to perturb along (MSAM before its momentum exists)
-        if not getattr(self, "_direction_checked", False):
+        if not self._direction_checked:
             check_direction(self.variant, self._ascent_names, self._ascent, d)
             self._direction_checked = True
         e = self.variant.finish(self._perturbation(d))
