@@ -173,12 +173,7 @@ class Mask:
 
     def __init__(self, sparsity: float | str | None = None, seed: int = 0, **options: Any):
         if options:
-            from bench.errors import did_you_mean
-
-            allowed = mask_options(type(self))
-            hints = "".join(did_you_mean(k, allowed) for k in sorted(options))
-            raise TypeError(f"mask {self.registered_name!r} has no option {', '.join(map(repr, sorted(options)))}"
-                            f"{hints} (allowed: {', '.join(allowed) or 'none'})")
+            raise unknown_options(self.registered_name, sorted(options), mask_options(type(self)))
         if sparsity is not None and not self.uses_sparsity:
             raise TypeError(f"mask {self.registered_name!r} takes no sparsity")
         check_sparsity(sparsity)
@@ -296,12 +291,17 @@ def create_mask(name: "str | Mask", **kwargs: Any) -> Mask:
     allowed = mask_options(cls)
     unknown = sorted(k for k in kwargs if k not in allowed)
     if unknown and not _takes_any(cls):
-        from bench.errors import did_you_mean
-
-        hints = "".join(did_you_mean(k, allowed) for k in unknown)
-        raise TypeError(f"mask {name!r} has no option {', '.join(map(repr, unknown))}{hints} "
-                        f"(allowed: {', '.join(allowed) or 'none'})")
+        raise unknown_options(name, unknown, allowed)
     return cls(**kwargs)
+
+
+def unknown_options(name: str, unknown: list[str], allowed: list[str]) -> TypeError:
+    """The error for options a strategy does not take, with the one meant when it is one edit away."""
+    from bench.errors import did_you_mean
+
+    hints = "".join(did_you_mean(k, allowed) for k in unknown)
+    return TypeError(f"mask {name!r} has no option {', '.join(map(repr, unknown))}{hints} "
+                     f"(allowed: {', '.join(allowed) or 'none'})")
 
 
 def _takes_any(cls: type) -> bool:
