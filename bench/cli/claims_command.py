@@ -3,20 +3,8 @@ their verdicts (analysis.claims, analysis/paper_claims.py; the protocol: docs/pr
 from __future__ import annotations
 
 from bench.cli.paths import creatable_file, results_folder
+from bench.cli.selection_flags import selected, selection_args
 from bench.errors import EXIT_OK, InvalidInput
-
-
-def selection_args(args) -> tuple:
-    """(rule, tuned fields) of the --select / --tune flags, checked (a bad rule: InvalidInput, exit 2)."""
-    import analysis
-
-    tune = tuple(f.strip() for f in args.tune.split(",") if f.strip()) if getattr(args, "tune", None) else None
-    if args.select is not None:
-        try:
-            analysis.parse_rule(args.select)
-        except analysis.SelectionError as exc:
-            raise InvalidInput(str(exc)) from None
-    return args.select, tune
 
 
 def cmd_claims(args) -> int:
@@ -27,10 +15,7 @@ def cmd_claims(args) -> int:
         raise InvalidInput(f"--alpha: must be in (0, 1), got {args.alpha}")
     out = creatable_file(args.csv, "--csv") if args.csv else None
     rule, tune = selection_args(args)
-    try:
-        frame = analysis.claims(folder, rule, tune, alpha=args.alpha)
-    except analysis.SelectionError as exc:
-        raise InvalidInput(str(exc)) from None
+    frame = selected(lambda: analysis.claims(folder, rule, tune, alpha=args.alpha))
     print(analysis.claims_text(frame), end="")
     if out is not None:
         analysis.write_csv(frame, out)

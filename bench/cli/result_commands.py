@@ -1,8 +1,8 @@
 """``sambench list | collect | plot | table | report | sharpness``: what is registered, and results read back."""
 from __future__ import annotations
 
-from bench.cli.claims_command import selection_args
 from bench.cli.paths import creatable_dir, creatable_file, results_folder
+from bench.cli.selection_flags import selected, selection_args
 from bench.errors import EXIT_FAIL, EXIT_OK, InvalidInput, parse_set
 
 
@@ -48,22 +48,12 @@ def cmd_collect(args) -> int:
     rule, tune = selection_args(args)
     df = analysis.collect(folder)
     if len(df):
-        df = _selected(lambda: analysis.mark_selection(df, rule, tune))
+        df = selected(lambda: analysis.mark_selection(df, rule, tune))
     analysis.write_csv(df, out)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     tag = f"; column selected: the configuration chosen by {df['selected_by'].iloc[0]}" if len(df) else ""
     print(f"{len(df)} runs ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}{tag}) -> {out}")
     return EXIT_OK
-
-
-def _selected(make):
-    """``make()``, a selection rule that cannot be applied being invalid input (exit 2)."""
-    import analysis
-
-    try:
-        return make()
-    except analysis.SelectionError as exc:
-        raise InvalidInput(str(exc)) from None
 
 
 def cmd_plot(args) -> int:
@@ -72,7 +62,7 @@ def cmd_plot(args) -> int:
     folder = results_folder(args.dir)
     outdir = creatable_dir(args.output, "-o") if args.output else folder / "figures"
     rule, tune = selection_args(args)
-    paths = _selected(lambda: analysis.plot_all(folder, outdir, select=rule, tune=tune))
+    paths = selected(lambda: analysis.plot_all(folder, outdir, select=rule, tune=tune))
     for p in paths:
         print(p)
     print(f"{len(paths)} figure files in {outdir}")
@@ -86,12 +76,12 @@ def cmd_table(args) -> int:
     rule, tune = selection_args(args)
     if args.compare:
         try:
-            print(_selected(lambda: analysis.compare(folder, *args.compare, metric=args.metric, select=rule,
+            print(selected(lambda: analysis.compare(folder, *args.compare, metric=args.metric, select=rule,
                                                      tune=tune)))
         except analysis.CompareError as exc:
             raise InvalidInput(f"--compare: {exc}") from None
         return EXIT_OK
-    print(_selected(lambda: analysis.table(folder, fmt="latex" if args.latex else "markdown", select=rule,
+    print(selected(lambda: analysis.table(folder, fmt="latex" if args.latex else "markdown", select=rule,
                                            tune=tune)), end="")
     return EXIT_OK
 
@@ -103,7 +93,7 @@ def cmd_report(args) -> int:
     folder = results_folder(args.dir)
     out = creatable_file(args.output, "-o") if args.output else folder / "report.html"
     rule, tune = selection_args(args)
-    info = _selected(lambda: analysis.write_report(folder, out, select=rule, tune=tune))
+    info = selected(lambda: analysis.write_report(folder, out, select=rule, tune=tune))
     for text in info.warnings:  # collected while the page was made
         warn(text)
     print(f"{len(info.figures)} figures, {len(info.tables)} tables, selected by {info.rule} -> {info.path}")
